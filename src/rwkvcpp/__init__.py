@@ -1,0 +1,27 @@
+"""rwkvcpp: run RWKV language models fast on CPUs.
+
+The native engine (``rwkvcpp._core``) is imported lazily so that the pure-Python
+parts (writer, tokenizers, converters) work and import quickly on their own.
+"""
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "Model": ("rwkvcpp.model", "Model"),
+    "RWKVError": ("rwkvcpp.model", "RWKVError"),
+    "system_info": ("rwkvcpp.model", "system_info"),
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        module_name, attr = _LAZY[name]
+        value = getattr(importlib.import_module(module_name), attr)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'rwkvcpp' has no attribute {name!r}")
+
+
+__all__ = list(_LAZY)
