@@ -1,0 +1,105 @@
+/* RWKV v7 ("Goose") time mixing: the state is updated by a generalised delta rule,
+ * S = S diag(w) - (S kk) (kk * a)^T + v k^T, read out with r. */
+#include <string.h>
+
+#include "../ops.h"
+
+typedef struct {
+    const float *r, *w, *k, *v, *kk, *a;
+    float *y, *state;
+    int64_t T, H, N;
+} wkv7_task;
+
+static void wkv7_head(void *p, int64_t h) {
+    const wkv7_task *a = p;
+    const int64_t N = a->N, C = a->H * N;
+    float *S = a->state + h * N * N; /* [value i][key j] */
+    float b[64]; /* kk * a for one head (the head size is always 64) */
+    for (int64_t t = 0; t < a->T; t++) {
+        const int64_t o = t * C + h * N;
+        const float *r = a->r + o, *w = a->w + o, *k = a->k + o, *v = a->v + o, *kk = a->kk + o, *aa = a->a + o;
+        for (int64_t j = 0; j < N; j++) b[j] = kk[j] * aa[j];
+        for (int64_t i = 0; i < N; i++) {
+            float *Si = S + i * N;
+            float sa = 0.0f, y = 0.0f;
+            for (int64_t j = 0; j < N; j++) sa += Si[j] * kk[j];
+            for (int64_t j = 0; j < N; j++) {
+                Si[j] = Si[j] * w[j] - sa * b[j] + v[i] * k[j];
+                y += Si[j] * r[j];
+            }
+            a->y[o + i] = y;
+        }
+    }
+}
+
+/* y = up(act(down(x))): a low-rank projection through the lora scratch */
+static void lora(rwkv_model *m, const rwkv_matrix *down, const rwkv_matrix *up, const float *x, int64_t T,
+                 float (*act)(float), float *y) {
+    float *h = m->scratch.lora;
+    rwkv_matmul(m, down, x, T, h);
+    if (act)
+        for (int64_t i = 0; i < T * down->rows; i++) h[i] = act(h[i]);
+    rwkv_matmul(m, up, h, T, y);
+}
+
+static float tanh_act(float x) { return tanhf(x); }
+
+/* state: att previous-x (C), then the H x N x N wkv matrices */
+void rwkv_time_mix_v7(rwkv_model *m, const rwkv_layer *L, int layer, float *state, int64_t T) {
+    rwkv_scratch *s = &m->scratch;
+    const int64_t C = m->info.n_embed, H = m->info.n_head, N = m->info.head_size;
+    float *sx = s->prev;
+
+    rwkv_layer_norm(s->xx, s->x, &L->ln1, T, C);
+    rwkv_token_shift(s->prev, s->xx, state, T, C);
+    for (int64_t i = 0; i < T * C; i++) sx[i] -= s->xx[i];
+    for (int j = 0; j < 6; j++) rwkv_maa(s->mix[j], s->xx, sx, L->x_rwkvag + j * C, NULL, T, C);
+
+    rwkv_matmul(m, &L->receptance, s->mix[0], T, s->r);
+    lora(m, &L->w1, &L->w2, s->mix[1], T, tanh_act, s->w);
+    rwkv_matmul(m, &L->key, s->mix[2], T, s->k);
+    rwkv_matmul(m, &L->value, s->mix[3], T, s->v);
+    lora(m, &L->a1, &L->a2, s->mix[4], T, NULL, s->a);
+    lora(m, &L->g1, &L->g2, s->mix[5], T, rwkv_sigmoid, s->g);
+
+    for (int64_t t = 0; t < T; t++)
+        for (int64_t i = 0; i < C; i++) {
+            const int64_t j = t * C + i;
+            s->a[j] = rwkv_sigmoid(L->a0[i] + s->a[j]);
+            s->kk[j] = s->k[j] * L->k_k[i];
+            s->k[j] = s->k[j] * (1.0f + (s->a[j] - 1.0f) * L->k_a[i]);
+            s->w[j] = expf(-0.606531f * rwkv_sigmoid(L->w0[i] + s->w[j]));
+        }
+    for (int64_t g = 0; g < T * H; g++) { /* kk: unit length per head */
+        float *kk = s->kk + g * N, norm = 0.0f;
+        for (int64_t i = 0; i < N; i++) norm += kk[i] * kk[i];
+        norm = fmaxf(sqrtf(norm), 1e-12f);
+        for (int64_t i = 0; i < N; i++) kk[i] /= norm;
+    }
+    /* value residual: every layer mixes in the first layer's values */
+    if (layer == 0) {
+        memcpy(s->v_first, s->v, (size_t)(T * C) * sizeof(float));
+    } else {
+        lora(m, &L->v1, &L->v2, s->mix[3], T, NULL, s->wkv_out);
+        for (int64_t t = 0; t < T; t++)
+            for (int64_t i = 0; i < C; i++) {
+                const int64_t j = t * C + i;
+                s->v[j] += (s->v_first[j] - s->v[j]) * rwkv_sigmoid(L->v0[i] + s->wkv_out[j]);
+            }
+    }
+
+    wkv7_task task = {s->r, s->w, s->k, s->v, s->kk, s->a, s->y, state + C, T, H, N};
+    rwkv_parallel_for(m, H, wkv7_head, &task);
+    rwkv_group_norm(s->y, &L->ln_x, T, H, N, 64e-5f);
+
+    for (int64_t g = 0; g < T * H; g++) { /* a per-head bonus for the current token */
+        const int64_t o = g * N, h = g % H;
+        float rk = 0.0f;
+        for (int64_t i = 0; i < N; i++) rk += s->r[o + i] * s->k[o + i] * L->r_k[h * N + i];
+        for (int64_t i = 0; i < N; i++) s->y[o + i] += rk * s->v[o + i];
+    }
+    for (int64_t i = 0; i < T * C; i++) s->y[i] *= s->g[i];
+
+    rwkv_matmul(m, &L->output, s->y, T, s->wkv_out);
+    rwkv_add(s->x, s->wkv_out, T * C);
+}

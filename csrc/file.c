@@ -1,0 +1,224 @@
+#include "file.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "rwkv.h"
+#include "types.h"
+
+int rwkv_fail(char *err, size_t err_len, int status, const char *fmt, ...) {
+    if (err && err_len) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err, err_len, fmt, ap);
+        va_end(ap);
+    }
+    return status;
+}
+
+static int32_t read_i32(const uint8_t *p) {
+    return (int32_t)((uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24);
+}
+
+/* Strict UTF-8: no overlongs, no surrogates, nothing above U+10FFFF, no NUL. */
+static int valid_utf8(const uint8_t *s, size_t n) {
+    size_t i = 0;
+    while (i < n) {
+        uint8_t c = s[i];
+        size_t len;
+        uint32_t cp;
+        if (c == 0) return 0;
+        if (c < 0x80) {
+            i++;
+            continue;
+        } else if ((c & 0xe0) == 0xc0) {
+            len = 2;
+            cp = c & 0x1f;
+        } else if ((c & 0xf0) == 0xe0) {
+            len = 3;
+            cp = c & 0x0f;
+        } else if ((c & 0xf8) == 0xf0) {
+            len = 4;
+            cp = c & 0x07;
+        } else {
+            return 0;
+        }
+        if (i + len > n) return 0;
+        for (size_t k = 1; k < len; k++) {
+            if ((s[i + k] & 0xc0) != 0x80) return 0;
+            cp = (cp << 6) | (s[i + k] & 0x3f);
+        }
+        if ((len == 2 && cp < 0x80) || (len == 3 && cp < 0x800) || (len == 4 && cp < 0x10000)) return 0;
+        if (cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return 0;
+        i += len;
+    }
+    return 1;
+}
+
+static int parse_records(rwkv_file *f, char *err, size_t err_len) {
+    const char *path = f->path;
+    size_t pos = 24;
+    int cap = 0;
+    while (pos < f->size) {
+        int index = f->n_records;
+        if (f->size - pos < 12)
+            return rwkv_fail(err, err_len, RWKV_ERR_FORMAT,
+                             "%s: truncated record header for tensor #%d at offset %zu", path, index, pos);
+        int32_t n_dims = read_i32(f->map + pos), name_len = read_i32(f->map + pos + 4),
+                type = read_i32(f->map + pos + 8);
+        pos += 12;
+        if (n_dims < 1 || n_dims > 3)
+            return rwkv_fail(err, err_len, RWKV_ERR_FORMAT,
+                             "%s: tensor #%d has %d dimensions; expected 1 to 3", path, index, n_dims);
+        if (name_len < 1 || name_len > RWKV_MAX_NAME)
+            return rwkv_fail(err, err_len, RWKV_ERR_FORMAT,
+                             "%s: tensor #%d has a name length of %d bytes; expected 1 to %d", path, index,
+                             name_len, RWKV_MAX_NAME);
+        const rwkv_type_traits *traits = rwkv_traits(type);
+        if (!traits) {
+            return rwkv_fail(err, err_len, RWKV_ERR_UNSUPPORTED,
+                             "%s: tensor #%d has unknown type id %d (known: 0 FP32, 1 FP16, 2 Q4_0, 3 Q4_1, "
+                             "7 Q5_0, 8 Q5_1, 9 Q8_0)",
+                             path, index, type);
+        }
+        if ((size_t)n_dims * 4 + (size_t)name_len > f->size - pos)
+            return rwkv_fail(err, err_len, RWKV_ERR_FORMAT, "%s: truncated record for tensor #%d", path, index);
+        rwkv_record r = {0};
+        r.type = type;
+        r.n_dims = n_dims;
+        r.ne[0] = r.ne[1] = r.ne[2] = 1;
+        r.n_elements = 1;
+        for (int d = 0; d < n_dims; d++) {
+            int32_t size = read_i32(f->map + pos + 4 * (size_t)d);
+            if (size < 1)
+                return rwkv_fail(err, err_len, RWKV_ERR_FORMAT, "%s: tensor #%d has size %d in dimension %d",
+                                 path, index, size, d);
+            r.ne[d] = size;
+            r.n_elements *= size; /* at most (2^31)^3 < 2^93: checked below before it can overflow */
+            if (r.n_elements > ((int64_t)1 << 40))
+                return rwkv_fail(err, err_len, RWKV_ERR_FORMAT, "%s: tensor #%d is implausibly large", path,
+                                 index);
+        }
+        pos += (size_t)n_dims * 4;
+        const uint8_t *name = f->map + pos;
+        if (!valid_utf8(name, (size_t)name_len))
+            return rwkv_fail(err, err_len, RWKV_ERR_FORMAT, "%s: the name of tensor #%d is not valid UTF-8",
+                             path, index);
+        pos += (size_t)name_len;
+        r.name = malloc((size_t)name_len + 1);
+        if (!r.name) return rwkv_fail(err, err_len, RWKV_ERR_ALLOC, "%s: out of memory", path);
+        memcpy(r.name, name, (size_t)name_len);
+        r.name[name_len] = 0;
+        if (f->n_records == cap) {
+            cap = cap ? cap * 2 : 256;
+            rwkv_record *grown = realloc(f->records, (size_t)cap * sizeof *grown);
+            if (!grown) {
+                free(r.name);
+                return rwkv_fail(err, err_len, RWKV_ERR_ALLOC, "%s: out of memory", path);
+            }
+            f->records = grown;
+        }
+        f->records[f->n_records++] = r; /* owned by the file from here on */
+        if (traits->quantized && f->header.version == 100)
+            return rwkv_fail(err, err_len, RWKV_ERR_UNSUPPORTED,
+                             "%s: tensor '%s' is %s in a version 100 file, whose quantized blocks use an "
+                             "older layout; re-quantize it from the FP16 or FP32 model",
+                             path, r.name, traits->name);
+        if (r.ne[0] % traits->block_len != 0)
+            return rwkv_fail(err, err_len, RWKV_ERR_FORMAT,
+                             "%s: tensor '%s' is %s but its innermost size %lld is not a multiple of %d", path,
+                             r.name, traits->name, (long long)r.ne[0], traits->block_len);
+        r.nbytes = rwkv_row_bytes(type, r.ne[0]) * (size_t)r.ne[1] * (size_t)r.ne[2];
+        if (r.nbytes > f->size - pos)
+            return rwkv_fail(err, err_len, RWKV_ERR_FORMAT,
+                             "%s: tensor '%s' needs %zu bytes of data but only %zu remain (truncated file?)",
+                             path, r.name, r.nbytes, f->size - pos);
+        r.offset = pos;
+        r.data = f->map + pos;
+        f->records[f->n_records - 1] = r;
+        pos += r.nbytes;
+    }
+    for (int i = 0; i < f->n_records; i++)
+        for (int j = 0; j < i; j++)
+            if (strcmp(f->records[i].name, f->records[j].name) == 0)
+                return rwkv_fail(err, err_len, RWKV_ERR_FORMAT, "%s: tensor '%s' appears twice", path,
+                                 f->records[i].name);
+    return RWKV_OK;
+}
+
+int rwkv_file_open(rwkv_file *f, const char *path, char *err, size_t err_len) {
+    memset(f, 0, sizeof *f);
+    f->path = path;
+    f->fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (f->fd < 0) return rwkv_fail(err, err_len, RWKV_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(f->fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        int status = rwkv_fail(err, err_len, RWKV_ERR_IO, "%s: not a regular file", path);
+        rwkv_file_close(f);
+        return status;
+    }
+    f->size = (size_t)st.st_size;
+    if (f->size < 24) {
+        int status = rwkv_fail(err, err_len, RWKV_ERR_FORMAT,
+                               "%s: too short for a model file (%zu bytes; the header alone is 24)", path, f->size);
+        rwkv_file_close(f);
+        return status;
+    }
+    void *map = mmap(NULL, f->size, PROT_READ, MAP_PRIVATE, f->fd, 0);
+    if (map == MAP_FAILED) {
+        int status = rwkv_fail(err, err_len, RWKV_ERR_IO, "%s: cannot map: %s", path, strerror(errno));
+        rwkv_file_close(f);
+        return status;
+    }
+    f->map = map;
+    rwkv_header *h = &f->header;
+    h->magic = read_i32(f->map);
+    h->version = read_i32(f->map + 4);
+    h->n_vocab = read_i32(f->map + 8);
+    h->n_embed = read_i32(f->map + 12);
+    h->n_layer = read_i32(f->map + 16);
+    h->data_type = read_i32(f->map + 20);
+    int status = RWKV_OK;
+    if (h->magic != RWKV_FILE_MAGIC)
+        status = rwkv_fail(err, err_len, RWKV_ERR_FORMAT,
+                           "%s: not an rwkv.cpp model file (magic 0x%08x, expected 0x%08x)", path,
+                           (unsigned)h->magic, RWKV_FILE_MAGIC);
+    else if (h->version != 100 && h->version != 101)
+        status = rwkv_fail(err, err_len, RWKV_ERR_UNSUPPORTED,
+                           "%s: file version %d is not supported (expected 100 or 101)", path, h->version);
+    else if (h->n_vocab < 1 || h->n_embed < 1 || h->n_layer < 1)
+        status = rwkv_fail(err, err_len, RWKV_ERR_FORMAT,
+                           "%s: header sizes must be positive (n_vocab %d, n_embed %d, n_layer %d)", path,
+                           h->n_vocab, h->n_embed, h->n_layer);
+    else if (!rwkv_traits(h->data_type))
+        status = rwkv_fail(err, err_len, RWKV_ERR_UNSUPPORTED, "%s: header data type %d is not a known type id",
+                           path, h->data_type);
+    else
+        status = parse_records(f, err, err_len);
+    if (status != RWKV_OK) rwkv_file_close(f);
+    return status;
+}
+
+void rwkv_file_close(rwkv_file *f) {
+    for (int i = 0; i < f->n_records; i++) free(f->records[i].name);
+    free(f->records);
+    if (f->map) munmap((void *)f->map, f->size);
+    if (f->fd >= 0) close(f->fd);
+    f->records = NULL;
+    f->n_records = 0;
+    f->map = NULL;
+    f->fd = -1;
+}
+
+const rwkv_record *rwkv_file_find(const rwkv_file *f, const char *name) {
+    for (int i = 0; i < f->n_records; i++)
+        if (strcmp(f->records[i].name, name) == 0) return &f->records[i];
+    return NULL;
+}

@@ -1,0 +1,46 @@
+/* Reading the rwkv.cpp `.bin` format: header, tensor records, mmap. Every field is checked before
+ * it is used, so a damaged file gives an error message, never an out-of-bounds read. */
+#ifndef RWKV_FILE_H
+#define RWKV_FILE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define RWKV_FILE_MAGIC 0x67676d66
+#define RWKV_MAX_NAME 1024
+
+typedef struct {
+    char *name;         /* NUL-terminated copy of the UTF-8 name */
+    int type;           /* type id */
+    int n_dims;
+    int64_t ne[3];      /* sizes, innermost first; unused dims are 1 */
+    int64_t n_elements;
+    size_t offset;      /* of the data, from the start of the file */
+    size_t nbytes;
+    const void *data;   /* into the mapping */
+} rwkv_record;
+
+typedef struct {
+    int32_t magic, version, n_vocab, n_embed, n_layer, data_type;
+} rwkv_header;
+
+typedef struct {
+    const char *path;
+    int fd;
+    const uint8_t *map;
+    size_t size;
+    rwkv_header header;
+    rwkv_record *records;
+    int n_records;
+} rwkv_file;
+
+/* Maps and parses the whole file. On failure returns an rwkv_status and writes `err`. */
+int rwkv_file_open(rwkv_file *file, const char *path, char *err, size_t err_len);
+void rwkv_file_close(rwkv_file *file);
+const rwkv_record *rwkv_file_find(const rwkv_file *file, const char *name);
+
+/* snprintf into err, prefixed with nothing; returns `status`. */
+int rwkv_fail(char *err, size_t err_len, int status, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+#endif

@@ -1,0 +1,54 @@
+/* Element-wise steps shared by the architectures, and the matrix product. All work on T rows. */
+#ifndef RWKV_OPS_H
+#define RWKV_OPS_H
+
+#include <math.h>
+
+#include "model.h"
+
+static inline float rwkv_sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
+static inline float rwkv_silu(float x) { return x / (1.0f + expf(-x)); }
+
+/* out[t] = layer_norm(x[t]) * weight + bias, eps 1e-5 */
+void rwkv_layer_norm(float *out, const float *x, const rwkv_norm *norm, int64_t T, int64_t C);
+/* In place: each group of N channels normalised on its own, then scaled per channel. */
+void rwkv_group_norm(float *x, const rwkv_norm *norm, int64_t T, int64_t H, int64_t N, float eps);
+/* prev[t] = xx[t-1], prev[0] = *state; then the state becomes the last row of xx. */
+void rwkv_token_shift(float *prev, const float *xx, float *state, int64_t T, int64_t C);
+/* v4/v5 mixing: out = xx * mix + prev * (1 - mix) */
+void rwkv_lerp(float *out, const float *xx, const float *prev, const float *mix, int64_t T, int64_t C);
+/* v6/v7 mixing with sx = prev - xx: out = xx + sx * mix (mix2 added to mix when not NULL; it has T rows) */
+void rwkv_maa(float *out, const float *xx, const float *sx, const float *mix, const float *mix2, int64_t T,
+              int64_t C);
+/* a[i] += b[i] over n */
+void rwkv_add(float *a, const float *b, int64_t n);
+
+/* y (T x rows) = x (T x cols) W^T through the type's kernels, on the model's threads. */
+void rwkv_matmul(rwkv_model *m, const rwkv_matrix *w, const float *x, int64_t T, float *y);
+
+/* Runs fn(ctx, item) for items [0, n) split across the model's threads. */
+typedef void (*rwkv_item_fn)(void *ctx, int64_t item);
+void rwkv_parallel_for(rwkv_model *m, int64_t n, rwkv_item_fn fn, void *ctx);
+
+/* The channel-mixing block (feed-forward) of every architecture: x += ffn(ln2(x)). */
+void rwkv_channel_mix(rwkv_model *m, const rwkv_layer *L, float *state_x, int64_t T);
+
+/* The wkv recurrence of v5 and v6, per head: S = k v^T + w S, out = r (u k v^T + S).
+ * Decay w and bonus u have one value per head or per channel; v6's decay also changes per token
+ * (w_token_stride = C), v5's does not (0). state: H x N x N, indexed [head][key][value]. */
+typedef struct {
+    const float *r, *k, *v, *w, *u;
+    int w_per_head, u_per_head;
+    int64_t w_token_stride;
+    float *y, *state;
+    int64_t T, H, N;
+} rwkv_wkv5_args;
+void rwkv_wkv5(rwkv_model *m, const rwkv_wkv5_args *args);
+
+/* The time-mixing blocks, one per architecture family: x += att(ln1(x)). */
+void rwkv_time_mix_v4(rwkv_model *m, const rwkv_layer *L, float *state, int64_t T);
+void rwkv_time_mix_v5(rwkv_model *m, const rwkv_layer *L, float *state, int64_t T);
+void rwkv_time_mix_v6(rwkv_model *m, const rwkv_layer *L, float *state, int64_t T);
+void rwkv_time_mix_v7(rwkv_model *m, const rwkv_layer *L, int layer, float *state, int64_t T);
+
+#endif

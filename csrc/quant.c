@@ -1,0 +1,295 @@
+/* The reference block codecs: the truth that every SIMD kernel is tested against.
+ *
+ * Rounding follows FORMAT.md exactly, so files quantized here are byte-identical to rwkv.cpp's.
+ * Dot products take the weight row in its block format and the activations as rwkv_block_q8. */
+#include <float.h>
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "rwkv.h"
+#include "quant.h"
+#include "types.h"
+
+typedef struct { uint16_t d; uint8_t qs[16]; } block_q4_0;
+typedef struct { uint16_t d, m; uint8_t qs[16]; } block_q4_1;
+typedef struct { uint16_t d; uint8_t qh[4]; uint8_t qs[16]; } block_q5_0;
+typedef struct { uint16_t d, m; uint8_t qh[4]; uint8_t qs[16]; } block_q5_1;
+typedef struct { uint16_t d; int8_t qs[32]; } block_q8_0;
+
+_Static_assert(sizeof(block_q4_0) == 18, "Q4_0 block is 18 bytes");
+_Static_assert(sizeof(block_q4_1) == 20, "Q4_1 block is 20 bytes");
+_Static_assert(sizeof(block_q5_0) == 22, "Q5_0 block is 22 bytes");
+_Static_assert(sizeof(block_q5_1) == 24, "Q5_1 block is 24 bytes");
+_Static_assert(sizeof(block_q8_0) == 34, "Q8_0 block is 34 bytes");
+
+#define FP16 rwkv_fp32_to_fp16
+#define FP32 rwkv_fp16_to_fp32
+
+/* The element of largest magnitude, sign kept; the first one wins ties. */
+static float signed_absmax(const float *x) {
+    float amax = 0.0f, max = 0.0f;
+    for (int j = 0; j < RWKV_QK; j++)
+        if (fabsf(x[j]) > amax) {
+            amax = fabsf(x[j]);
+            max = x[j];
+        }
+    return max;
+}
+
+static void block_min_max(const float *x, float *min, float *max) {
+    *min = FLT_MAX;
+    *max = -FLT_MAX;
+    for (int j = 0; j < RWKV_QK; j++) {
+        if (x[j] < *min) *min = x[j];
+        if (x[j] > *max) *max = x[j];
+    }
+}
+
+static inline uint32_t load_qh(const uint8_t qh[4]) {
+    uint32_t v;
+    memcpy(&v, qh, 4); /* little-endian in the file; all supported hosts are little-endian */
+    return v;
+}
+
+/* ---- quantize (reference rounding) -------------------------------------------------------- */
+
+void rwkv_q4_0_from_float(const float *x, void *dst, int64_t n) {
+    block_q4_0 *y = dst;
+    for (int64_t b = 0; b < n / RWKV_QK; b++, x += RWKV_QK) {
+        const float d = signed_absmax(x) / -8.0f;
+        const float id = d ? 1.0f / d : 0.0f;
+        y[b].d = FP16(d);
+        for (int j = 0; j < 16; j++) {
+            int q0 = (int8_t)(x[j] * id + 8.5f), q1 = (int8_t)(x[j + 16] * id + 8.5f);
+            q0 = q0 < 15 ? q0 : 15;
+            q1 = q1 < 15 ? q1 : 15;
+            y[b].qs[j] = (uint8_t)(q0 | (q1 << 4));
+        }
+    }
+}
+
+void rwkv_q4_1_from_float(const float *x, void *dst, int64_t n) {
+    block_q4_1 *y = dst;
+    for (int64_t b = 0; b < n / RWKV_QK; b++, x += RWKV_QK) {
+        float min, max;
+        block_min_max(x, &min, &max);
+        const float d = (max - min) / 15.0f;
+        const float id = d ? 1.0f / d : 0.0f;
+        y[b].d = FP16(d);
+        y[b].m = FP16(min);
+        for (int j = 0; j < 16; j++) {
+            int q0 = (uint8_t)((x[j] - min) * id + 0.5f), q1 = (uint8_t)((x[j + 16] - min) * id + 0.5f);
+            q0 = q0 < 15 ? q0 : 15;
+            q1 = q1 < 15 ? q1 : 15;
+            y[b].qs[j] = (uint8_t)(q0 | (q1 << 4));
+        }
+    }
+}
+
+void rwkv_q5_0_from_float(const float *x, void *dst, int64_t n) {
+    block_q5_0 *y = dst;
+    for (int64_t b = 0; b < n / RWKV_QK; b++, x += RWKV_QK) {
+        const float d = signed_absmax(x) / -16.0f;
+        const float id = d ? 1.0f / d : 0.0f;
+        uint32_t qh = 0;
+        y[b].d = FP16(d);
+        for (int j = 0; j < 16; j++) {
+            int q0 = (int8_t)(x[j] * id + 16.5f), q1 = (int8_t)(x[j + 16] * id + 16.5f);
+            q0 = q0 < 31 ? q0 : 31;
+            q1 = q1 < 31 ? q1 : 31;
+            y[b].qs[j] = (uint8_t)((q0 & 0xf) | ((q1 & 0xf) << 4));
+            qh |= ((uint32_t)(q0 & 0x10) >> 4) << j;
+            qh |= ((uint32_t)(q1 & 0x10) >> 4) << (j + 16);
+        }
+        memcpy(y[b].qh, &qh, 4);
+    }
+}
+
+void rwkv_q5_1_from_float(const float *x, void *dst, int64_t n) {
+    block_q5_1 *y = dst;
+    for (int64_t b = 0; b < n / RWKV_QK; b++, x += RWKV_QK) {
+        float min, max;
+        block_min_max(x, &min, &max);
+        const float d = (max - min) / 31.0f;
+        const float id = d ? 1.0f / d : 0.0f;
+        uint32_t qh = 0;
+        y[b].d = FP16(d);
+        y[b].m = FP16(min);
+        for (int j = 0; j < 16; j++) {
+            const uint8_t q0 = (uint8_t)((x[j] - min) * id + 0.5f);
+            const uint8_t q1 = (uint8_t)((x[j + 16] - min) * id + 0.5f);
+            y[b].qs[j] = (uint8_t)((q0 & 0xf) | ((q1 & 0xf) << 4));
+            qh |= ((uint32_t)(q0 & 0x10) >> 4) << j;
+            qh |= ((uint32_t)(q1 & 0x10) >> 4) << (j + 16);
+        }
+        memcpy(y[b].qh, &qh, 4);
+    }
+}
+
+void rwkv_q8_0_from_float(const float *x, void *dst, int64_t n) {
+    block_q8_0 *y = dst;
+    for (int64_t b = 0; b < n / RWKV_QK; b++, x += RWKV_QK) {
+        float amax = 0.0f;
+        for (int j = 0; j < RWKV_QK; j++) amax = fmaxf(amax, fabsf(x[j]));
+        const float d = amax / 127.0f;
+        const float id = d ? 1.0f / d : 0.0f;
+        y[b].d = FP16(d);
+        for (int j = 0; j < RWKV_QK; j++) y[b].qs[j] = (int8_t)roundf(x[j] * id);
+    }
+}
+
+void rwkv_quantize_row_q8_act(const float *x, void *dst, int64_t n) {
+    rwkv_block_q8 *y = dst;
+    for (int64_t b = 0; b < n / RWKV_QK; b++, x += RWKV_QK) {
+        float amax = 0.0f;
+        for (int j = 0; j < RWKV_QK; j++) amax = fmaxf(amax, fabsf(x[j]));
+        const float d = amax / 127.0f;
+        const float id = d ? 1.0f / d : 0.0f;
+        int sum = 0;
+        for (int j = 0; j < RWKV_QK; j++) {
+            y[b].q[j] = (int8_t)roundf(x[j] * id);
+            sum += y[b].q[j];
+        }
+        y[b].d = d;
+        y[b].s = d * (float)sum;
+    }
+}
+
+/* ---- dequantize ----------------------------------------------------------------------------- */
+
+void rwkv_q4_0_to_float(const void *src, float *y, int64_t n) {
+    const block_q4_0 *x = src;
+    for (int64_t b = 0; b < n / RWKV_QK; b++, y += RWKV_QK) {
+        const float d = FP32(x[b].d);
+        for (int j = 0; j < 16; j++) {
+            y[j] = ((x[b].qs[j] & 0xf) - 8) * d;
+            y[j + 16] = ((x[b].qs[j] >> 4) - 8) * d;
+        }
+    }
+}
+
+void rwkv_q4_1_to_float(const void *src, float *y, int64_t n) {
+    const block_q4_1 *x = src;
+    for (int64_t b = 0; b < n / RWKV_QK; b++, y += RWKV_QK) {
+        const float d = FP32(x[b].d), m = FP32(x[b].m);
+        for (int j = 0; j < 16; j++) {
+            y[j] = (x[b].qs[j] & 0xf) * d + m;
+            y[j + 16] = (x[b].qs[j] >> 4) * d + m;
+        }
+    }
+}
+
+void rwkv_q5_0_to_float(const void *src, float *y, int64_t n) {
+    const block_q5_0 *x = src;
+    for (int64_t b = 0; b < n / RWKV_QK; b++, y += RWKV_QK) {
+        const float d = FP32(x[b].d);
+        const uint32_t qh = load_qh(x[b].qh);
+        for (int j = 0; j < 16; j++) {
+            const int q0 = (x[b].qs[j] & 0xf) | (int)(((qh >> j) & 1) << 4);
+            const int q1 = (x[b].qs[j] >> 4) | (int)(((qh >> (j + 16)) & 1) << 4);
+            y[j] = (q0 - 16) * d;
+            y[j + 16] = (q1 - 16) * d;
+        }
+    }
+}
+
+void rwkv_q5_1_to_float(const void *src, float *y, int64_t n) {
+    const block_q5_1 *x = src;
+    for (int64_t b = 0; b < n / RWKV_QK; b++, y += RWKV_QK) {
+        const float d = FP32(x[b].d), m = FP32(x[b].m);
+        const uint32_t qh = load_qh(x[b].qh);
+        for (int j = 0; j < 16; j++) {
+            const int q0 = (x[b].qs[j] & 0xf) | (int)(((qh >> j) & 1) << 4);
+            const int q1 = (x[b].qs[j] >> 4) | (int)(((qh >> (j + 16)) & 1) << 4);
+            y[j] = q0 * d + m;
+            y[j + 16] = q1 * d + m;
+        }
+    }
+}
+
+void rwkv_q8_0_to_float(const void *src, float *y, int64_t n) {
+    const block_q8_0 *x = src;
+    for (int64_t b = 0; b < n / RWKV_QK; b++, y += RWKV_QK) {
+        const float d = FP32(x[b].d);
+        for (int j = 0; j < RWKV_QK; j++) y[j] = x[b].qs[j] * d;
+    }
+}
+
+/* ---- dot products with 8-bit activations ----------------------------------------------------- */
+
+float rwkv_q4_0_dot(const void *row, const void *act, int64_t n) {
+    const block_q4_0 *x = row;
+    const rwkv_block_q8 *y = act;
+    float sum = 0.0f;
+    for (int64_t b = 0; b < n / RWKV_QK; b++) {
+        int acc = 0;
+        for (int j = 0; j < 16; j++) {
+            acc += ((x[b].qs[j] & 0xf) - 8) * y[b].q[j];
+            acc += ((x[b].qs[j] >> 4) - 8) * y[b].q[j + 16];
+        }
+        sum += FP32(x[b].d) * y[b].d * (float)acc;
+    }
+    return sum;
+}
+
+float rwkv_q4_1_dot(const void *row, const void *act, int64_t n) {
+    const block_q4_1 *x = row;
+    const rwkv_block_q8 *y = act;
+    float sum = 0.0f;
+    for (int64_t b = 0; b < n / RWKV_QK; b++) {
+        int acc = 0;
+        for (int j = 0; j < 16; j++) {
+            acc += (x[b].qs[j] & 0xf) * y[b].q[j];
+            acc += (x[b].qs[j] >> 4) * y[b].q[j + 16];
+        }
+        sum += FP32(x[b].d) * y[b].d * (float)acc + FP32(x[b].m) * y[b].s;
+    }
+    return sum;
+}
+
+float rwkv_q5_0_dot(const void *row, const void *act, int64_t n) {
+    const block_q5_0 *x = row;
+    const rwkv_block_q8 *y = act;
+    float sum = 0.0f;
+    for (int64_t b = 0; b < n / RWKV_QK; b++) {
+        const uint32_t qh = load_qh(x[b].qh);
+        int acc = 0;
+        for (int j = 0; j < 16; j++) {
+            const int q0 = (x[b].qs[j] & 0xf) | (int)(((qh >> j) & 1) << 4);
+            const int q1 = (x[b].qs[j] >> 4) | (int)(((qh >> (j + 16)) & 1) << 4);
+            acc += (q0 - 16) * y[b].q[j] + (q1 - 16) * y[b].q[j + 16];
+        }
+        sum += FP32(x[b].d) * y[b].d * (float)acc;
+    }
+    return sum;
+}
+
+float rwkv_q5_1_dot(const void *row, const void *act, int64_t n) {
+    const block_q5_1 *x = row;
+    const rwkv_block_q8 *y = act;
+    float sum = 0.0f;
+    for (int64_t b = 0; b < n / RWKV_QK; b++) {
+        const uint32_t qh = load_qh(x[b].qh);
+        int acc = 0;
+        for (int j = 0; j < 16; j++) {
+            const int q0 = (x[b].qs[j] & 0xf) | (int)(((qh >> j) & 1) << 4);
+            const int q1 = (x[b].qs[j] >> 4) | (int)(((qh >> (j + 16)) & 1) << 4);
+            acc += q0 * y[b].q[j] + q1 * y[b].q[j + 16];
+        }
+        sum += FP32(x[b].d) * y[b].d * (float)acc + FP32(x[b].m) * y[b].s;
+    }
+    return sum;
+}
+
+float rwkv_q8_0_dot(const void *row, const void *act, int64_t n) {
+    const block_q8_0 *x = row;
+    const rwkv_block_q8 *y = act;
+    float sum = 0.0f;
+    for (int64_t b = 0; b < n / RWKV_QK; b++) {
+        int acc = 0;
+        for (int j = 0; j < RWKV_QK; j++) acc += x[b].qs[j] * y[b].q[j];
+        sum += FP32(x[b].d) * y[b].d * (float)acc;
+    }
+    return sum;
+}

@@ -1,0 +1,113 @@
+/* rwkvcpp: the public C API of the engine.
+ *
+ * A model is loaded from an rwkv.cpp `.bin` file (mapped, not copied) and evaluated one token or a
+ * sequence of tokens at a time. The recurrent state is a flat float array owned by the caller, so it
+ * can be saved, copied and forked freely; its layout is the one rwkv.cpp uses (see FORMAT.md).
+ *
+ * Every function that can fail returns an rwkv_status and, when `err` is not NULL, writes a
+ * human-readable message into it (at most err_len bytes, always NUL-terminated).
+ */
+#ifndef RWKV_H
+#define RWKV_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum {
+    RWKV_OK = 0,
+    RWKV_ERR_IO,          /* the file cannot be opened, mapped, read or written */
+    RWKV_ERR_FORMAT,      /* the file is not a valid model file */
+    RWKV_ERR_UNSUPPORTED, /* valid, but uses something this build cannot run */
+    RWKV_ERR_ARGS,        /* a bad argument: token id, state length, type name... */
+    RWKV_ERR_ALLOC,       /* out of memory */
+} rwkv_status;
+
+typedef enum {
+    RWKV_ARCH_V4 = 0,
+    RWKV_ARCH_V5_1,
+    RWKV_ARCH_V5_2,
+    RWKV_ARCH_V6,
+    RWKV_ARCH_V7,
+} rwkv_arch;
+
+/* Type ids as stored in the file. */
+typedef enum {
+    RWKV_TYPE_FP32 = 0,
+    RWKV_TYPE_FP16 = 1,
+    RWKV_TYPE_Q4_0 = 2,
+    RWKV_TYPE_Q4_1 = 3,
+    RWKV_TYPE_Q5_0 = 7,
+    RWKV_TYPE_Q5_1 = 8,
+    RWKV_TYPE_Q8_0 = 9,
+} rwkv_type;
+
+typedef struct rwkv_model rwkv_model;
+
+typedef struct {
+    rwkv_arch arch;
+    int32_t n_vocab;
+    int32_t n_embed;
+    int32_t n_layer;
+    int32_t n_head;    /* 0 for v4 */
+    int32_t head_size; /* 0 for v4 */
+    int32_t n_ffn;     /* inner size of the channel-mixing block */
+    int32_t data_type; /* the header's type id */
+    int32_t file_version;
+    size_t state_len;  /* floats in a state */
+    size_t file_size;
+    int32_t n_threads;
+} rwkv_model_info;
+
+rwkv_status rwkv_load(const char *path, int n_threads, rwkv_model **out, char *err, size_t err_len);
+void rwkv_free(rwkv_model *model);
+void rwkv_get_info(const rwkv_model *model, rwkv_model_info *info);
+
+/* Writes the initial state (state_len floats). */
+void rwkv_init_state(const rwkv_model *model, float *state);
+
+/* Evaluates n_tokens tokens starting from `state`, which is updated in place.
+ * logits: NULL, or room for n_vocab floats (last token only) or n_tokens * n_vocab when all_logits.
+ * One model may be used from several threads at once; calls are serialised internally.
+ * n_tokens == 1 is the single-token (decode) path. */
+rwkv_status rwkv_eval(rwkv_model *model, const int32_t *tokens, size_t n_tokens, float *state,
+                      float *logits, int all_logits, char *err, size_t err_len);
+
+/* Like rwkv_eval, but writes the final hidden state (after ln_out, before the head: n_embed floats)
+ * of the last token instead of logits: RWKV's free sentence embedding. */
+rwkv_status rwkv_eval_embedding(rwkv_model *model, const int32_t *tokens, size_t n_tokens,
+                                float *state, float *embedding, char *err, size_t err_len);
+
+/* Quantizes an FP32/FP16 model file into `dst_path` with the given type (a Q type id). The output is
+ * written to a temporary file next to dst_path and renamed at the end. quantize_head: also quantize
+ * head.weight. progress (may be NULL) is called after each tensor. */
+typedef void (*rwkv_progress_fn)(void *user, int done, int total, const char *tensor_name);
+rwkv_status rwkv_quantize_file(const char *src_path, const char *dst_path, int type_id,
+                               int quantize_head, rwkv_progress_fn progress, void *user,
+                               char *err, size_t err_len);
+
+/* Block codecs of one type, for tests and tools: n must be a multiple of the block length. */
+size_t rwkv_type_row_size(int type_id, int64_t n);
+const char *rwkv_type_name(int type_id);
+rwkv_status rwkv_quantize_row(int type_id, const float *src, void *dst, int64_t n);
+rwkv_status rwkv_dequantize_row(int type_id, const void *src, float *dst, int64_t n);
+
+/* y[rows] = W[rows x cols] x[cols] through the kernels in use (for tests of the kernels). */
+rwkv_status rwkv_matvec(int type_id, const void *w, int64_t rows, int64_t cols, const float *x,
+                        float *y);
+
+/* Kernel levels: "generic", "avx2", "avx512"... The level in use is the best the CPU supports,
+ * unless the environment variable RWKV_KERNELS names a lower one. */
+const char *rwkv_kernel_level(void);
+rwkv_status rwkv_set_kernel_level(const char *name);
+const char *rwkv_cpu_features(void);
+
+const char *rwkv_arch_name(rwkv_arch arch);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

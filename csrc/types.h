@@ -1,0 +1,69 @@
+/* The type-traits table: everything the engine knows about a block format lives in one entry.
+ *
+ * A matrix product y = W x works on rows of W. Before the product, the activation vector x is
+ * converted once into the format the row kernel wants (`act_type`): FP32 for float weights, 8-bit
+ * blocks for quantized ones, so the inner loop is an integer dot product. Adding a format is one
+ * entry here plus its codecs in quant.c and, optionally, faster kernels in kernels/<isa>.c.
+ */
+#ifndef RWKV_TYPES_H
+#define RWKV_TYPES_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define RWKV_QK 32 /* elements per quantized block */
+
+/* The activation format of quantized products: 32 int8 values with a float scale and the scaled sum
+ * of the values (the sum lets "q*d + m" formats add m * sum(x) without touching x again). */
+typedef struct {
+    float d;
+    float s; /* d * sum(q) */
+    int8_t q[RWKV_QK];
+} rwkv_block_q8;
+
+/* Internal id for the activation format above; not a file type. */
+#define RWKV_ACT_Q8 100
+
+typedef void (*rwkv_to_float_fn)(const void *src, float *dst, int64_t n);
+typedef void (*rwkv_from_float_fn)(const float *src, void *dst, int64_t n);
+/* Dot product of one weight row of n elements with an activation row in act_type format. */
+typedef float (*rwkv_vec_dot_fn)(const void *row, const void *act, int64_t n);
+/* Dot products of `nr` consecutive weight rows (row_bytes apart) with `nt` activation rows
+ * (act_bytes apart): y[t * y_stride + r] = dot(row r, act t). The hook for tiled kernels. */
+typedef void (*rwkv_gemm_tile_fn)(const void *rows, size_t row_bytes, int64_t nr, const void *acts,
+                                  size_t act_bytes, int64_t nt, int64_t n, float *y, int64_t y_stride);
+
+typedef struct {
+    const char *name;
+    int block_len;
+    size_t block_bytes;
+    int quantized;
+    rwkv_to_float_fn to_float;
+    rwkv_from_float_fn from_float; /* reference rounding (the file format's truth) */
+    int act_type;                  /* RWKV_TYPE_FP32 or RWKV_ACT_Q8 */
+    rwkv_vec_dot_fn vec_dot;       /* replaced by the best kernel at start-up */
+    rwkv_gemm_tile_fn gemm_tile;   /* NULL: fall back to vec_dot */
+} rwkv_type_traits;
+
+/* NULL for ids that are not valid file types. */
+const rwkv_type_traits *rwkv_traits(int type_id);
+size_t rwkv_row_bytes(int type_id, int64_t n);
+size_t rwkv_act_row_bytes(int act_type, int64_t n);
+/* Converts an FP32 row into the activation format of a weight type. */
+void rwkv_act_from_float(int act_type, const float *src, void *dst, int64_t n);
+
+/* Half precision, portable (round to nearest even). */
+float rwkv_fp16_to_fp32(uint16_t h);
+uint16_t rwkv_fp32_to_fp16(float f);
+
+/* 8-bit activation blocks (quant.c). */
+void rwkv_quantize_row_q8_act(const float *src, void *dst, int64_t n);
+
+/* Fills the fp16 lookup table; called once by dispatch.c before kernels are installed. */
+void rwkv_types_init(void);
+/* The table is writable only by dispatch.c, which installs SIMD kernels at start-up. */
+rwkv_type_traits *rwkv_traits_mut(int type_id);
+/* Idempotent, thread-safe: initialises the table and picks the kernel level. */
+void rwkv_dispatch_init(void);
+
+#endif

@@ -1,0 +1,226 @@
+# cython: language_level=3, boundscheck=False, wraparound=False
+"""The thin binding over the C engine: argument conversion, GIL release, errors to exceptions.
+
+Everything user-facing (validation messages, defaults, numpy conveniences) lives in model.py.
+"""
+from libc.stdint cimport int32_t, int64_t, uint8_t
+
+
+cdef extern from "rwkv.h":
+    ctypedef enum rwkv_status:
+        RWKV_OK, RWKV_ERR_IO, RWKV_ERR_FORMAT, RWKV_ERR_UNSUPPORTED, RWKV_ERR_ARGS, RWKV_ERR_ALLOC
+    ctypedef int rwkv_arch
+    ctypedef struct rwkv_model:
+        pass
+    ctypedef struct rwkv_model_info:
+        rwkv_arch arch
+        int32_t n_vocab, n_embed, n_layer, n_head, head_size, n_ffn, data_type, file_version
+        size_t state_len, file_size
+        int32_t n_threads
+    ctypedef void (*rwkv_progress_fn)(void *user, int done, int total, const char *name) noexcept
+
+    rwkv_status rwkv_load(const char *path, int n_threads, rwkv_model **out, char *err, size_t err_len) nogil
+    void rwkv_free(rwkv_model *model) nogil
+    void rwkv_get_info(const rwkv_model *model, rwkv_model_info *info) nogil
+    void rwkv_init_state(const rwkv_model *model, float *state) nogil
+    rwkv_status rwkv_eval(rwkv_model *model, const int32_t *tokens, size_t n_tokens, float *state,
+                          float *logits, int all_logits, char *err, size_t err_len) nogil
+    rwkv_status rwkv_eval_embedding(rwkv_model *model, const int32_t *tokens, size_t n_tokens, float *state,
+                                    float *embedding, char *err, size_t err_len) nogil
+    rwkv_status rwkv_quantize_file(const char *src, const char *dst, int type_id, int quantize_head,
+                                   rwkv_progress_fn progress, void *user, char *err, size_t err_len) nogil
+    size_t rwkv_type_row_size(int type_id, int64_t n)
+    const char *rwkv_type_name(int type_id)
+    rwkv_status rwkv_quantize_row(int type_id, const float *src, void *dst, int64_t n) nogil
+    rwkv_status rwkv_dequantize_row(int type_id, const void *src, float *dst, int64_t n) nogil
+    rwkv_status rwkv_matvec(int type_id, const void *w, int64_t rows, int64_t cols, const float *x,
+                            float *y) nogil
+    const char *rwkv_kernel_level()
+    rwkv_status rwkv_set_kernel_level(const char *name)
+    const char *rwkv_cpu_features()
+    const char *rwkv_arch_name(rwkv_arch arch)
+
+
+class RWKVError(Exception):
+    """Base class of the engine's errors."""
+
+
+class ModelFileError(RWKVError, ValueError):
+    """The model file is damaged, or not a model file this engine can run."""
+
+
+class ModelIOError(RWKVError, OSError):
+    """The file cannot be opened, read or written."""
+
+
+class ArgumentError(RWKVError, ValueError):
+    """A bad argument: token id, state length, type name..."""
+
+
+cdef enum:
+    ERR_LEN = 1024
+
+
+cdef raise_status(rwkv_status status, const char *err, str fallback=""):
+    message = err.decode("utf-8", "replace") if err[0] else fallback
+    if status == RWKV_ERR_IO:
+        raise ModelIOError(message)
+    if status == RWKV_ERR_ALLOC:
+        raise MemoryError(message)
+    if status == RWKV_ERR_ARGS:
+        raise ArgumentError(message)
+    raise ModelFileError(message)
+
+
+cdef bytes fs_path(path):
+    import os
+    return os.fsencode(path)
+
+
+cdef class Engine:
+    """One loaded model. Evaluation calls are serialised in C; the GIL is released meanwhile."""
+
+    cdef rwkv_model *ptr
+    cdef rwkv_model_info c_info
+
+    def __cinit__(self, path, int n_threads=0):
+        cdef bytes p = fs_path(path)
+        cdef const char *cp = p
+        cdef char err[ERR_LEN]
+        cdef rwkv_status status
+        err[0] = 0
+        with nogil:
+            status = rwkv_load(cp, n_threads, &self.ptr, err, ERR_LEN)
+        if status != RWKV_OK:
+            raise_status(status, err)
+        rwkv_get_info(self.ptr, &self.c_info)
+
+    def __dealloc__(self):
+        if self.ptr is not NULL:
+            rwkv_free(self.ptr)
+            self.ptr = NULL
+
+    def info(self):
+        i = self.c_info
+        return dict(arch=rwkv_arch_name(i.arch).decode(), n_vocab=i.n_vocab, n_embed=i.n_embed,
+                    n_layer=i.n_layer, n_head=i.n_head, head_size=i.head_size, n_ffn=i.n_ffn,
+                    data_type=i.data_type, file_version=i.file_version, state_len=i.state_len,
+                    file_size=i.file_size, n_threads=i.n_threads)
+
+    def init_state(self, float[::1] out not None):
+        if <size_t>out.shape[0] != self.c_info.state_len:
+            raise ArgumentError(f"state buffer has {out.shape[0]} floats; the model needs {self.c_info.state_len}")
+        rwkv_init_state(self.ptr, &out[0])
+
+    def eval(self, const int32_t[::1] tokens not None, float[::1] state not None, float[::1] logits,
+             bint all_logits):
+        """Evaluates tokens, updating `state` in place and writing `logits` (None: skip the head)."""
+        cdef size_t n = tokens.shape[0]
+        cdef size_t need = (n if all_logits else 1) * <size_t>self.c_info.n_vocab
+        cdef float *lp = NULL
+        cdef char err[ERR_LEN]
+        cdef rwkv_status status
+        err[0] = 0
+        if <size_t>state.shape[0] != self.c_info.state_len:
+            raise ArgumentError(f"state has {state.shape[0]} floats; the model needs {self.c_info.state_len}")
+        if logits is not None:
+            if <size_t>logits.shape[0] < need:
+                raise ArgumentError(f"logits buffer has {logits.shape[0]} floats; {need} are needed")
+            lp = &logits[0]
+        if n == 0:
+            raise ArgumentError("no tokens to evaluate")
+        with nogil:
+            status = rwkv_eval(self.ptr, &tokens[0], n, &state[0], lp, all_logits, err, ERR_LEN)
+        if status != RWKV_OK:
+            raise_status(status, err)
+
+    def eval_embedding(self, const int32_t[::1] tokens not None, float[::1] state not None,
+                       float[::1] out not None):
+        cdef size_t n = tokens.shape[0]
+        cdef char err[ERR_LEN]
+        cdef rwkv_status status
+        err[0] = 0
+        if <size_t>state.shape[0] != self.c_info.state_len:
+            raise ArgumentError(f"state has {state.shape[0]} floats; the model needs {self.c_info.state_len}")
+        if out.shape[0] != self.c_info.n_embed:
+            raise ArgumentError(f"embedding buffer has {out.shape[0]} floats; {self.c_info.n_embed} are needed")
+        if n == 0:
+            raise ArgumentError("no tokens to evaluate")
+        with nogil:
+            status = rwkv_eval_embedding(self.ptr, &tokens[0], n, &state[0], &out[0], err, ERR_LEN)
+        if status != RWKV_OK:
+            raise_status(status, err)
+
+
+cdef void progress_trampoline(void *user, int done, int total, const char *name) noexcept with gil:
+    try:
+        (<object>user)(done, total, name.decode("utf-8", "replace"))
+    except BaseException:
+        pass  # a progress display must never abort a half-written file
+
+
+def quantize_file(src, dst, int type_id, bint quantize_head=False, progress=None):
+    cdef bytes s = fs_path(src), d = fs_path(dst)
+    cdef const char *sp = s
+    cdef const char *dp = d
+    cdef char err[ERR_LEN]
+    cdef rwkv_status status
+    cdef void *user = <void *>progress
+    cdef rwkv_progress_fn fn = NULL
+    if progress is not None:
+        fn = progress_trampoline
+    err[0] = 0
+    with nogil:
+        status = rwkv_quantize_file(sp, dp, type_id, quantize_head, fn, user, err, ERR_LEN)
+    if status != RWKV_OK:
+        raise_status(status, err)
+
+
+def type_name(int type_id):
+    cdef const char *name = rwkv_type_name(type_id)
+    return None if name is NULL else name.decode()
+
+
+def row_size(int type_id, int64_t n):
+    """Bytes of a row of n elements, or 0 when n is not a whole number of blocks."""
+    return rwkv_type_row_size(type_id, n)
+
+
+def quantize_row(int type_id, const float[::1] src not None, uint8_t[::1] dst not None):
+    cdef int64_t n = src.shape[0]
+    if rwkv_type_row_size(type_id, n) == 0 or <size_t>dst.shape[0] < rwkv_type_row_size(type_id, n):
+        raise ArgumentError(f"cannot encode {n} values as type {type_id} into {dst.shape[0]} bytes")
+    with nogil:
+        rwkv_quantize_row(type_id, &src[0], &dst[0], n)
+
+
+def dequantize_row(int type_id, const uint8_t[::1] src not None, float[::1] dst not None):
+    cdef int64_t n = dst.shape[0]
+    if rwkv_type_row_size(type_id, n) == 0 or <size_t>src.shape[0] < rwkv_type_row_size(type_id, n):
+        raise ArgumentError(f"cannot decode {n} values of type {type_id} from {src.shape[0]} bytes")
+    with nogil:
+        rwkv_dequantize_row(type_id, &src[0], &dst[0], n)
+
+
+def matvec(int type_id, const uint8_t[::1] w not None, int64_t rows, const float[::1] x not None,
+           float[::1] y not None):
+    """y = W x with the kernels in use; W is rows x len(x) in type_id's row encoding."""
+    cdef int64_t cols = x.shape[0]
+    if rwkv_type_row_size(type_id, cols) == 0 or <size_t>w.shape[0] < rwkv_type_row_size(type_id, cols) * rows \
+            or y.shape[0] < rows:
+        raise ArgumentError("matvec: buffer sizes do not match")
+    with nogil:
+        rwkv_matvec(type_id, &w[0], rows, cols, &x[0], &y[0])
+
+
+def kernel_level():
+    return rwkv_kernel_level().decode()
+
+
+def set_kernel_level(str name):
+    if rwkv_set_kernel_level(name.encode()) != RWKV_OK:
+        raise ArgumentError(f"kernel level {name!r} is unknown or not supported by this CPU")
+
+
+def cpu_features():
+    return rwkv_cpu_features().decode()
