@@ -56,7 +56,8 @@ static void *worker_main(void *p) {
     rwkv_pool *pool = arg->pool;
     int ith = arg->ith;
     free(arg);
-    int seen = atomic_load(&pool->generation);
+    /* Not the current generation: a task may already have been posted before this thread ran. */
+    int seen = 0;
     for (;;) {
         wait_for_task(pool, seen);
         if (atomic_load(&pool->stop)) break;

@@ -1,0 +1,5 @@
+import sys
+
+from rwkvcpp.cli import main
+
+sys.exit(main())
