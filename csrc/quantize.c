@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "file.h"
@@ -24,6 +25,13 @@ static int should_quantize(const rwkv_record *r, int quantize_head) {
     for (size_t i = 0; i < sizeof kept / sizeof kept[0]; i++)
         if (ends_with(r->name, kept[i])) return 0;
     return 1;
+}
+
+/* mkstemp creates files readable by the owner only; a model file should get the usual mode. */
+static void fchmod_like_umask(const char *path) {
+    mode_t mask = umask(0);
+    umask(mask);
+    chmod(path, 0666 & ~mask);
 }
 
 static int write_i32s(FILE *out, const int32_t *v, int n) {
@@ -57,7 +65,7 @@ static int write_record(const rwkv_record *r, int type, FILE *out) {
     return write_i32s(out, head, 3 + r->n_dims) && fwrite(r->name, 1, strlen(r->name), out) == strlen(r->name);
 }
 
-static int quantize_records(const rwkv_file *in, const char *tmp_path, int type_id, int quantize_head,
+static int quantize_records(const rwkv_file *in, int fd, const char *tmp_path, int type_id, int quantize_head,
                             rwkv_progress_fn progress, void *user, char *err, size_t err_len) {
     int64_t widest = 1;
     for (int i = 0; i < in->n_records; i++) {
@@ -72,7 +80,7 @@ static int quantize_records(const rwkv_file *in, const char *tmp_path, int type_
                              in->path, r->name, (long long)r->ne[0], RWKV_QK);
         if (r->ne[0] > widest) widest = r->ne[0];
     }
-    quant_buffers b = {fopen(tmp_path, "wb"), malloc((size_t)widest * sizeof(float)),
+    quant_buffers b = {fdopen(fd, "wb"), malloc((size_t)widest * sizeof(float)),
                        malloc(rwkv_row_bytes(RWKV_TYPE_FP32, widest))};
     int status = RWKV_OK;
     if (!b.out) status = rwkv_fail(err, err_len, RWKV_ERR_IO, "%s: cannot create: %s", tmp_path, strerror(errno));
@@ -87,10 +95,12 @@ static int quantize_records(const rwkv_file *in, const char *tmp_path, int type_
             if (!write_record(r, q ? type_id : r->type, b.out)) status = RWKV_ERR_IO;
             else if (q ? !quantize_tensor(r, type_id, &b) : fwrite(r->data, 1, r->nbytes, b.out) != r->nbytes)
                 status = RWKV_ERR_IO;
-            if (progress && status == RWKV_OK) progress(user, i + 1, in->n_records, r->name);
+            if (progress && status == RWKV_OK && progress(user, i + 1, in->n_records, r->name) != 0)
+                status = rwkv_fail(err, err_len, RWKV_ERR_CANCELLED, "quantization cancelled");
         }
         if (status == RWKV_ERR_IO) rwkv_fail(err, err_len, status, "%s: write failed: %s", tmp_path, strerror(errno));
     }
+    if (!b.out) close(fd);
     if (b.out && fclose(b.out) != 0 && status == RWKV_OK)
         status = rwkv_fail(err, err_len, RWKV_ERR_IO, "%s: write failed: %s", tmp_path, strerror(errno));
     free(b.row);
@@ -114,18 +124,27 @@ rwkv_status rwkv_quantize_file(const char *src_path, const char *dst_path, int t
         rwkv_file_close(&in);
         return status;
     }
-    size_t n = strlen(dst_path) + 32;
+    struct stat src_st, dst_st;
+    if (stat(dst_path, &dst_st) == 0 && fstat(in.fd, &src_st) == 0 && src_st.st_dev == dst_st.st_dev &&
+        src_st.st_ino == dst_st.st_ino) {
+        rwkv_file_close(&in);
+        return rwkv_fail(err, err_len, RWKV_ERR_ARGS, "%s: the destination is the source file itself", dst_path);
+    }
+    size_t n = strlen(dst_path) + 16;
     char *tmp_path = malloc(n);
     if (!tmp_path) {
         rwkv_file_close(&in);
         return rwkv_fail(err, err_len, RWKV_ERR_ALLOC, "out of memory");
     }
-    snprintf(tmp_path, n, "%s.tmp-%ld", dst_path, (long)getpid());
-    status = quantize_records(&in, tmp_path, type_id, quantize_head, progress, user, err, err_len);
+    snprintf(tmp_path, n, "%s.tmp-XXXXXX", dst_path);
+    int fd = mkstemp(tmp_path); /* a fresh name: never follows a link, never shared with another run */
+    if (fd < 0) status = rwkv_fail(err, err_len, RWKV_ERR_IO, "%s: cannot create a file there: %s", dst_path, strerror(errno));
+    else status = quantize_records(&in, fd, tmp_path, type_id, quantize_head, progress, user, err, err_len);
     rwkv_file_close(&in);
+    if (status == RWKV_OK) fchmod_like_umask(tmp_path);
     if (status == RWKV_OK && rename(tmp_path, dst_path) != 0)
         status = rwkv_fail(err, err_len, RWKV_ERR_IO, "%s: cannot rename into place: %s", dst_path, strerror(errno));
-    if (status != RWKV_OK) unlink(tmp_path);
+    if (status != RWKV_OK && fd >= 0) unlink(tmp_path);
     free(tmp_path);
     return status;
 }

@@ -24,6 +24,7 @@ typedef enum {
     RWKV_ERR_UNSUPPORTED, /* valid, but uses something this build cannot run */
     RWKV_ERR_ARGS,        /* a bad argument: token id, state length, type name... */
     RWKV_ERR_ALLOC,       /* out of memory */
+    RWKV_ERR_CANCELLED,   /* a callback asked to stop */
 } rwkv_status;
 
 typedef enum {
@@ -82,9 +83,10 @@ rwkv_status rwkv_eval_embedding(rwkv_model *model, const int32_t *tokens, size_t
                                 float *state, float *embedding, char *err, size_t err_len);
 
 /* Quantizes an FP32/FP16 model file into `dst_path` with the given type (a Q type id). The output is
- * written to a temporary file next to dst_path and renamed at the end. quantize_head: also quantize
- * head.weight. progress (may be NULL) is called after each tensor. */
-typedef void (*rwkv_progress_fn)(void *user, int done, int total, const char *tensor_name);
+ * written to a temporary file next to dst_path and renamed at the end, so dst_path is either left as
+ * it was or replaced whole. quantize_head: also quantize head.weight. progress (may be NULL) is
+ * called after each tensor; returning non-zero cancels the run (RWKV_ERR_CANCELLED). */
+typedef int (*rwkv_progress_fn)(void *user, int done, int total, const char *tensor_name);
 rwkv_status rwkv_quantize_file(const char *src_path, const char *dst_path, int type_id,
                                int quantize_head, rwkv_progress_fn progress, void *user,
                                char *err, size_t err_len);

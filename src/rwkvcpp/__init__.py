@@ -10,6 +10,9 @@ _LAZY = {
     "Model": ("rwkvcpp.model", "Model"),
     "RWKVError": ("rwkvcpp.model", "RWKVError"),
     "system_info": ("rwkvcpp.model", "system_info"),
+    "quantize": ("rwkvcpp.quantization", "quantize"),
+    "Tokenizer": ("rwkvcpp.tokenizer", "Tokenizer"),
+    "SamplingParams": ("rwkvcpp.sampling", "SamplingParams"),
 }
 
 

@@ -8,7 +8,8 @@ from libc.stdint cimport int32_t, int64_t, uint8_t
 
 cdef extern from "rwkv.h":
     ctypedef enum rwkv_status:
-        RWKV_OK, RWKV_ERR_IO, RWKV_ERR_FORMAT, RWKV_ERR_UNSUPPORTED, RWKV_ERR_ARGS, RWKV_ERR_ALLOC
+        RWKV_OK, RWKV_ERR_IO, RWKV_ERR_FORMAT, RWKV_ERR_UNSUPPORTED, RWKV_ERR_ARGS, RWKV_ERR_ALLOC,
+        RWKV_ERR_CANCELLED
     ctypedef int rwkv_arch
     ctypedef struct rwkv_model:
         pass
@@ -17,7 +18,7 @@ cdef extern from "rwkv.h":
         int32_t n_vocab, n_embed, n_layer, n_head, head_size, n_ffn, data_type, file_version
         size_t state_len, file_size
         int32_t n_threads
-    ctypedef void (*rwkv_progress_fn)(void *user, int done, int total, const char *name) noexcept
+    ctypedef int (*rwkv_progress_fn)(void *user, int done, int total, const char *name) noexcept
 
     rwkv_status rwkv_load(const char *path, int n_threads, rwkv_model **out, char *err, size_t err_len) nogil
     void rwkv_free(rwkv_model *model) nogil
@@ -152,11 +153,25 @@ cdef class Engine:
             raise_status(status, err)
 
 
-cdef void progress_trampoline(void *user, int done, int total, const char *name) noexcept with gil:
+cdef class _Progress:
+    """Calls the user's progress function; an exception in it (Ctrl-C) cancels the run and is
+    raised again once the engine has cleaned up."""
+    cdef object fn
+    cdef object error
+
+    def __init__(self, fn):
+        self.fn = fn
+        self.error = None
+
+
+cdef int progress_trampoline(void *user, int done, int total, const char *name) noexcept with gil:
+    cdef _Progress p = <_Progress>user
     try:
-        (<object>user)(done, total, name.decode("utf-8", "replace"))
-    except BaseException:
-        pass  # a progress display must never abort a half-written file
+        p.fn(done, total, name.decode("utf-8", "replace"))
+        return 0
+    except BaseException as e:
+        p.error = e
+        return 1
 
 
 def quantize_file(src, dst, int type_id, bint quantize_head=False, progress=None):
@@ -165,13 +180,15 @@ def quantize_file(src, dst, int type_id, bint quantize_head=False, progress=None
     cdef const char *dp = d
     cdef char err[ERR_LEN]
     cdef rwkv_status status
-    cdef void *user = <void *>progress
+    cdef _Progress tracker = _Progress(progress)
     cdef rwkv_progress_fn fn = NULL
     if progress is not None:
         fn = progress_trampoline
     err[0] = 0
     with nogil:
-        status = rwkv_quantize_file(sp, dp, type_id, quantize_head, fn, user, err, ERR_LEN)
+        status = rwkv_quantize_file(sp, dp, type_id, quantize_head, fn, <void *>tracker, err, ERR_LEN)
+    if tracker.error is not None:
+        raise tracker.error
     if status != RWKV_OK:
         raise_status(status, err)
 
