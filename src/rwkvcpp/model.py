@@ -77,18 +77,23 @@ class Model:
     def _check_state(self, state, name: str, writable: bool = False) -> np.ndarray:
         if not isinstance(state, np.ndarray):
             raise TypeError(f"{name} must be a numpy array, not {type(state).__name__}")
+        if state.dtype != np.float32:
+            raise ArgumentError(f"{name} must be a float32 array (as init_state() returns), not {state.dtype}")
         if state.ndim != 1 or state.shape[0] != self.state_len:
             raise ArgumentError(
                 f"{name} has shape {state.shape}; this {self.arch} model's state is ({self.state_len},)"
             )
-        if writable and (state.dtype != np.float32 or not state.flags.c_contiguous or not state.flags.writeable):
+        if writable and (not state.flags.c_contiguous or not state.flags.writeable):
             raise ArgumentError(f"{name} must be a writable, contiguous float32 array")
         return state
 
     # ---- evaluation ----------------------------------------------------------------------------
 
     def _tokens(self, tokens: Tokens) -> np.ndarray:
-        arr = np.asarray(tokens)
+        try:
+            arr = np.asarray(tokens)
+        except (TypeError, ValueError) as e:
+            raise ArgumentError(f"tokens must be a 1-D sequence of ints: {e}") from None
         if arr.ndim == 0:
             arr = arr.reshape(1)
         if arr.ndim != 1:
@@ -96,8 +101,9 @@ class Model:
         if arr.size == 0:
             raise ArgumentError("tokens is empty: there is nothing to evaluate")
         if arr.dtype.kind not in "iu":
-            if arr.dtype.kind == "b" or not np.all(np.equal(np.mod(arr, 1), 0)):
-                raise ArgumentError(f"tokens must be integers, got dtype {arr.dtype}")
+            # floats holding whole numbers are accepted; strings, objects, bools are not
+            if arr.dtype.kind != "f" or not np.all(np.equal(np.mod(arr, 1), 0)):
+                raise ArgumentError(f"tokens must be integers, got {arr.dtype} values such as {arr[0]!r}")
         bad = np.flatnonzero((arr < 0) | (arr >= self.n_vocab))
         if bad.size:
             i = int(bad[0])
