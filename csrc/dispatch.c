@@ -41,6 +41,7 @@ static void install(int level) {
         rwkv_type_traits *t = rwkv_traits_mut(id);
         if (t) *t = generic_table[id];
     }
+    rwkv_gemm_f32 = rwkv_gemm_f32_generic;
     for (int i = 1; i <= level; i++) levels[i].install();
     current = level;
 }

@@ -61,6 +61,7 @@ typedef struct {
     float *lora2;   /* T x lora_width */
     void *act;      /* activations converted for the weight type: T x act row */
     float *wkv_out; /* T x C */
+    float *tiles;   /* per thread: a dequantized weight tile of sequence mode (not per token) */
 } rwkv_scratch;
 
 struct rwkv_model {

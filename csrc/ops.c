@@ -78,46 +78,71 @@ void rwkv_parallel_for(rwkv_model *m, int64_t n, rwkv_item_fn fn, void *ctx) {
 
 /* ---- the matrix product ------------------------------------------------------------------------ */
 
-#define ROW_TILE 8   /* weight rows kept hot while a tile of tokens passes over them */
-#define TOKEN_TILE 32
+/* Decode (few tokens): one pass over the weights, each row dotted with the activations converted
+ * once for the row kernel. Sequence mode: the weights are dequantized block by block into FP32
+ * tiles that stay in cache while every token of the chunk passes over them. */
+#define DECODE_MAX_TOKENS 3
+#define TILE_ROWS RWKV_TILE_ROWS
+#define TILE_K RWKV_TILE_K
 
 typedef struct {
     const rwkv_matrix *w;
     const rwkv_type_traits *traits;
     const uint8_t *act;
     size_t act_bytes;
+    const float *x;
     int64_t T;
     float *y;
+    float *tiles; /* TILE_ROWS x TILE_K floats per thread */
 } matmul_task;
 
-static void matmul_worker(void *p, int ith, int nth) {
+static void matvec_worker(void *p, int ith, int nth) {
     const matmul_task *task = p;
     const rwkv_matrix *w = task->w;
     long begin, end;
-    rwkv_split((long)w->rows, ith, nth, ROW_TILE, &begin, &end);
+    rwkv_split((long)w->rows, ith, nth, 4, &begin, &end);
     const uint8_t *rows = w->data;
-    for (int64_t t0 = 0; t0 < task->T; t0 += TOKEN_TILE) {
-        int64_t nt = task->T - t0 < TOKEN_TILE ? task->T - t0 : TOKEN_TILE;
-        const uint8_t *act = task->act + (size_t)t0 * task->act_bytes;
-        float *y = task->y + t0 * w->rows;
-        for (int64_t r0 = begin; r0 < end; r0 += ROW_TILE) {
-            int64_t nr = end - r0 < ROW_TILE ? end - r0 : ROW_TILE;
-            const uint8_t *row = rows + (size_t)r0 * w->row_bytes;
-            if (task->traits->gemm_tile) {
-                task->traits->gemm_tile(row, w->row_bytes, nr, act, task->act_bytes, nt, w->cols, y + r0, w->rows);
-                continue;
-            }
-            for (int64_t t = 0; t < nt; t++)
+    for (int64_t t = 0; t < task->T; t++) {
+        const uint8_t *act = task->act + (size_t)t * task->act_bytes;
+        float *y = task->y + t * w->rows;
+        for (int64_t r = begin; r < end; r++)
+            y[r] = task->traits->vec_dot(rows + (size_t)r * w->row_bytes, act, w->cols);
+    }
+}
+
+static void gemm_worker(void *p, int ith, int nth) {
+    const matmul_task *task = p;
+    const rwkv_matrix *w = task->w;
+    const rwkv_type_traits *traits = task->traits;
+    float *tile = task->tiles + (size_t)ith * TILE_ROWS * TILE_K;
+    long begin, end;
+    rwkv_split((long)w->rows, ith, nth, TILE_ROWS, &begin, &end);
+    for (int64_t r0 = begin; r0 < end; r0 += TILE_ROWS) {
+        const int64_t nr = end - r0 < TILE_ROWS ? end - r0 : TILE_ROWS;
+        for (int64_t k0 = 0; k0 < w->cols; k0 += TILE_K) {
+            const int64_t nk = w->cols - k0 < TILE_K ? w->cols - k0 : TILE_K;
+            const size_t offset = rwkv_row_bytes(w->type, k0);
+            const float *wt = tile;
+            int64_t ws = nk;
+            if (w->type == RWKV_TYPE_FP32) { /* already floats: use the rows in place */
+                wt = (const float *)w->data + r0 * w->cols + k0;
+                ws = w->cols;
+            } else {
                 for (int64_t r = 0; r < nr; r++)
-                    y[t * w->rows + r0 + r] =
-                        task->traits->vec_dot(row + (size_t)r * w->row_bytes, act + (size_t)t * task->act_bytes, w->cols);
+                    traits->to_float((const uint8_t *)w->data + (size_t)(r0 + r) * w->row_bytes + offset, tile + r * nk, nk);
+            }
+            rwkv_gemm_f32(wt, ws, nr, task->x + k0, w->cols, task->T, nk, task->y + r0, w->rows, k0 > 0);
         }
     }
 }
 
 void rwkv_matmul(rwkv_model *m, const rwkv_matrix *w, const float *x, int64_t T, float *y) {
     const rwkv_type_traits *traits = rwkv_traits(w->type);
-    matmul_task task = {w, traits, (const uint8_t *)x, (size_t)w->cols * sizeof(float), T, y};
+    matmul_task task = {w, traits, (const uint8_t *)x, (size_t)w->cols * sizeof(float), x, T, y, m->scratch.tiles};
+    if (T > DECODE_MAX_TOKENS) {
+        rwkv_pool_run(m->pool, gemm_worker, &task);
+        return;
+    }
     if (traits->act_type != RWKV_TYPE_FP32) {
         task.act_bytes = rwkv_act_row_bytes(traits->act_type, w->cols);
         for (int64_t t = 0; t < T; t++)
@@ -125,5 +150,5 @@ void rwkv_matmul(rwkv_model *m, const rwkv_matrix *w, const float *x, int64_t T,
                                 w->cols);
         task.act = m->scratch.act;
     }
-    rwkv_pool_run(m->pool, matmul_worker, &task);
+    rwkv_pool_run(m->pool, matvec_worker, &task);
 }

@@ -23,6 +23,10 @@ void rwkv_maa(float *out, const float *xx, const float *sx, const float *mix, co
 /* a[i] += b[i] over n */
 void rwkv_add(float *a, const float *b, int64_t n);
 
+/* Sequence mode's weight tile: rows x k-block floats, dequantized once per chunk of tokens. */
+#define RWKV_TILE_ROWS 48 /* a multiple of the micro-GEMM's 3 rows */
+#define RWKV_TILE_K 256   /* a multiple of every block length */
+
 /* y (T x rows) = x (T x cols) W^T through the type's kernels, on the model's threads. */
 void rwkv_matmul(rwkv_model *m, const rwkv_matrix *w, const float *x, int64_t T, float *y);
 

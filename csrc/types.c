@@ -55,9 +55,11 @@ uint16_t rwkv_fp32_to_fp16(float f) {
 static void fp32_to_float(const void *src, float *dst, int64_t n) { memcpy(dst, src, (size_t)n * 4); }
 static void fp32_from_float(const float *src, void *dst, int64_t n) { memcpy(dst, src, (size_t)n * 4); }
 
+static float fp16_table[65536];
+
 static void fp16_to_float(const void *src, float *dst, int64_t n) {
     const uint16_t *h = src;
-    for (int64_t i = 0; i < n; i++) dst[i] = rwkv_fp16_to_fp32(h[i]);
+    for (int64_t i = 0; i < n; i++) dst[i] = fp16_table[h[i]];
 }
 
 static void fp16_from_float(const float *src, void *dst, int64_t n) {
@@ -77,8 +79,6 @@ static float fp32_dot(const void *row, const void *act, int64_t n) {
     return sum;
 }
 
-static float fp16_table[65536];
-
 static float fp16_dot(const void *row, const void *act, int64_t n) {
     const uint16_t *w = row;
     const float *x = act;
@@ -91,18 +91,29 @@ static float fp16_dot(const void *row, const void *act, int64_t n) {
     return sum;
 }
 
+void rwkv_gemm_f32_generic(const float *w, int64_t ws, int64_t nr, const float *x, int64_t xs, int64_t nt,
+                           int64_t n, float *y, int64_t ys, int accumulate) {
+    for (int64_t t = 0; t < nt; t++)
+        for (int64_t r = 0; r < nr; r++) {
+            const float d = fp32_dot(w + r * ws, x + t * xs, n);
+            y[t * ys + r] = accumulate ? y[t * ys + r] + d : d;
+        }
+}
+
+rwkv_gemm_f32_fn rwkv_gemm_f32 = rwkv_gemm_f32_generic;
+
 /* ---- the table ---------------------------------------------------------------------------- */
 
 #define N_TYPE_IDS 10
 
 #define Q_ENTRY(NAME, fmt, block)                                                                  \
     {NAME, RWKV_QK, sizeof(block), 1, rwkv_##fmt##_to_float, rwkv_##fmt##_from_float, RWKV_ACT_Q8,  \
-     rwkv_##fmt##_dot, NULL}
+     rwkv_##fmt##_dot}
 
 /* Bytes per block: half d (+ half m) (+ 4 bytes of fifth bits) + the packed values. */
 static rwkv_type_traits table[N_TYPE_IDS] = {
-    [RWKV_TYPE_FP32] = {"FP32", 1, 4, 0, fp32_to_float, fp32_from_float, RWKV_TYPE_FP32, fp32_dot, NULL},
-    [RWKV_TYPE_FP16] = {"FP16", 1, 2, 0, fp16_to_float, fp16_from_float, RWKV_TYPE_FP32, fp16_dot, NULL},
+    [RWKV_TYPE_FP32] = {"FP32", 1, 4, 0, fp32_to_float, fp32_from_float, RWKV_TYPE_FP32, fp32_dot},
+    [RWKV_TYPE_FP16] = {"FP16", 1, 2, 0, fp16_to_float, fp16_from_float, RWKV_TYPE_FP32, fp16_dot},
     [RWKV_TYPE_Q4_0] = Q_ENTRY("Q4_0", q4_0, uint8_t[18]),
     [RWKV_TYPE_Q4_1] = Q_ENTRY("Q4_1", q4_1, uint8_t[20]),
     [RWKV_TYPE_Q5_0] = Q_ENTRY("Q5_0", q5_0, uint8_t[22]),

@@ -28,10 +28,11 @@ typedef void (*rwkv_to_float_fn)(const void *src, float *dst, int64_t n);
 typedef void (*rwkv_from_float_fn)(const float *src, void *dst, int64_t n);
 /* Dot product of one weight row of n elements with an activation row in act_type format. */
 typedef float (*rwkv_vec_dot_fn)(const void *row, const void *act, int64_t n);
-/* Dot products of `nr` consecutive weight rows (row_bytes apart) with `nt` activation rows
- * (act_bytes apart): y[t * y_stride + r] = dot(row r, act t). The hook for tiled kernels. */
-typedef void (*rwkv_gemm_tile_fn)(const void *rows, size_t row_bytes, int64_t nr, const void *acts,
-                                  size_t act_bytes, int64_t nt, int64_t n, float *y, int64_t y_stride);
+/* Sequence mode's micro-GEMM, the same for every weight type (weights are dequantized to FP32 tiles
+ * first): y[t * ys + r] (+)= dot(w + r * ws, x + t * xs) over n floats, for nr rows and nt tokens.
+ * `accumulate` adds to y instead of overwriting it (the k dimension is processed in blocks). */
+typedef void (*rwkv_gemm_f32_fn)(const float *w, int64_t ws, int64_t nr, const float *x, int64_t xs, int64_t nt,
+                                 int64_t n, float *y, int64_t ys, int accumulate);
 
 typedef struct {
     const char *name;
@@ -42,8 +43,12 @@ typedef struct {
     rwkv_from_float_fn from_float; /* reference rounding (the file format's truth) */
     int act_type;                  /* RWKV_TYPE_FP32 or RWKV_ACT_Q8 */
     rwkv_vec_dot_fn vec_dot;       /* replaced by the best kernel at start-up */
-    rwkv_gemm_tile_fn gemm_tile;   /* NULL: fall back to vec_dot */
 } rwkv_type_traits;
+
+/* The micro-GEMM in use (dispatch.c installs the best one). */
+extern rwkv_gemm_f32_fn rwkv_gemm_f32;
+void rwkv_gemm_f32_generic(const float *w, int64_t ws, int64_t nr, const float *x, int64_t xs, int64_t nt,
+                           int64_t n, float *y, int64_t ys, int accumulate);
 
 /* NULL for ids that are not valid file types. */
 const rwkv_type_traits *rwkv_traits(int type_id);

@@ -103,7 +103,7 @@ def test_sequence_matches_reference(arch, model_set, fixed_tokens, reference_run
     # Without all_logits: the last token's logits, and the same state.
     last, state2 = model.eval_sequence(fixed_tokens)
     assert last.shape == (model.n_vocab,)
-    np.testing.assert_allclose(last, logits[-1], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(last, logits[-1], rtol=0, atol=1e-5)  # head by matvec vs by tiles: summation order differs
     np.testing.assert_allclose(state2, state, rtol=0, atol=1e-6)
     # ingest: the state only.
     np.testing.assert_allclose(model.ingest(fixed_tokens), state, rtol=0, atol=1e-6)
@@ -157,6 +157,37 @@ def test_fp16_file_close_to_fp32(arch, model_set, fixed_tokens):
     assert max_diff(l16s, l32[:8]) <= FP16_TOLERANCE
 
 
+def test_fp16_file_matches_reference_with_fp16_weights(arch, tmp_path, fixed_tokens):
+    """Weights that are not bf16-exact (so FP16 really rounds them): the FP16 file must follow the
+    reference run on the checkpoint with those matrices rounded to FP16, as the file stores them."""
+    from reference import Reference
+    from rwkvcpp.writer import write_model
+
+    from checkpoints import make_checkpoint
+
+    # FORMAT.md: 2-D tensors are FP16 in an FP16 file except names containing these.
+    fp32_fragments = (".time_", ".k_k", ".k_a", ".r_k", ".x_rwkvag", ".x_k", ".w0", ".a0", ".v0")
+    rng = np.random.default_rng(3)
+    checkpoint = {
+        name: (value * (1 + 1e-2 * rng.standard_normal(value.shape))).astype(np.float32)
+        for name, value in make_checkpoint(arch, seed=7).items()
+    }
+    as_stored = {
+        name: value.astype(np.float16).astype(np.float32)
+        if value.ndim == 2 and not any(f in name for f in fp32_fragments)
+        else value
+        for name, value in checkpoint.items()
+    }
+    path = tmp_path / "fp16.bin"
+    write_model(path, checkpoint, dtype="FP16")
+    tokens = fixed_tokens[:24]
+    logits, _ = Model(path, threads=1).eval_sequence(tokens, all_logits=True)
+    expected, _ = Reference(as_stored).eval_sequence(tokens)
+    diff = max_diff(logits, expected)
+    MEASURED[(arch, "FP16 vs fp16-rounded ref")] = diff
+    assert diff <= LOGIT_TOLERANCE, f"{arch}: FP16 file differs from the fp16-rounded reference by {diff:.3g}"
+
+
 # ------------------------------------------------------------------------------- API contract
 
 
@@ -172,7 +203,7 @@ def test_input_state_is_not_modified(arch, model_set, fixed_tokens):
     model.ingest(fixed_tokens[5:9], state)
     model.embed(fixed_tokens[5:9], state)
     np.testing.assert_array_equal(state, saved)
-    np.testing.assert_array_equal(logits2[0], logits1)
+    np.testing.assert_allclose(logits2[0], logits1, rtol=0, atol=1e-5)  # tiles vs matvec: summation order
     # A read-only state is fine as input.
     frozen = saved.copy()
     frozen.flags.writeable = False
@@ -251,7 +282,9 @@ def test_threads_give_the_same_logits(arch, model_set, fixed_tokens):
 
 def test_one_model_many_python_threads(arch, model_set):
     """Several Python threads share one Model, each with its own state and tokens."""
-    model = load(model_set.fp16, threads=2)
+    # threads=1: calls on one model are serialised anyway, and a 2-thread pool spinning on the
+    # machine's 2 shared cores made this test 10x slower under load without testing more.
+    model = load(model_set.fp16, threads=1)
     rng = np.random.default_rng(5)
     jobs = [[int(t) for t in rng.integers(0, model.n_vocab, 20 + 3 * j)] for j in range(4)]
     alone = []
@@ -437,7 +470,7 @@ def test_state_of_wrong_dtype_is_refused(arch, model_set):
     model = load(model_set.fp32)
     state = model.init_state()
     for dtype in (np.int32, np.complex64, np.float16):
-        with pytest.raises((TypeError, ArgumentError), match="float32"):
+        with np.errstate(all="ignore"), pytest.raises((TypeError, ArgumentError), match="float32"):
             model.eval(1, state.astype(dtype))
 
 

@@ -17,6 +17,7 @@ static void wkv5_head(void *p, int64_t h) {
             const float ui = a->u_per_head ? a->u[h] : a->u[h * N + i];
             const float wi = a->w_per_head ? w[h] : w[h * N + i];
             float *Si = S + i * N;
+#pragma omp simd
             for (int64_t j = 0; j < N; j++) {
                 const float kv = ki * v[j];
                 y[j] += ri * (ui * kv + Si[j]);

@@ -21,10 +21,13 @@ static void wkv7_head(void *p, int64_t h) {
         for (int64_t j = 0; j < N; j++) b[j] = kk[j] * aa[j];
         for (int64_t i = 0; i < N; i++) {
             float *Si = S + i * N;
+            const float vi = v[i];
             float sa = 0.0f, y = 0.0f;
+#pragma omp simd reduction(+ : sa)
             for (int64_t j = 0; j < N; j++) sa += Si[j] * kk[j];
+#pragma omp simd reduction(+ : y)
             for (int64_t j = 0; j < N; j++) {
-                Si[j] = Si[j] * w[j] - sa * b[j] + v[i] * k[j];
+                Si[j] = Si[j] * w[j] - sa * b[j] + vi * k[j];
                 y += Si[j] * r[j];
             }
             a->y[o + i] = y;

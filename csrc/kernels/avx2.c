@@ -153,7 +153,102 @@ static float q8_0_dot(const void *row, const void *act, int64_t n) {
     return hsum256(acc);
 }
 
+/* ---- sequence mode: FP32 micro-GEMM ----------------------------------------------------------------- */
+
+/* 3 weight rows x 4 tokens at a time: 12 accumulators, 3 weight loads and 4 activation loads per
+ * 12 FMAs, all 16 registers in use. */
+static void gemm_3x4(const float *w, int64_t ws, const float *x, int64_t xs, int64_t n, float *y, int64_t ys,
+                     int accumulate) {
+    __m256 acc[3][4];
+    for (int r = 0; r < 3; r++)
+        for (int t = 0; t < 4; t++) acc[r][t] = _mm256_setzero_ps();
+    for (int64_t k = 0; k < n; k += 8) {
+        const __m256 w0 = _mm256_loadu_ps(w + k), w1 = _mm256_loadu_ps(w + ws + k), w2 = _mm256_loadu_ps(w + 2 * ws + k);
+        for (int t = 0; t < 4; t++) {
+            const __m256 xt = _mm256_loadu_ps(x + t * xs + k);
+            acc[0][t] = _mm256_fmadd_ps(w0, xt, acc[0][t]);
+            acc[1][t] = _mm256_fmadd_ps(w1, xt, acc[1][t]);
+            acc[2][t] = _mm256_fmadd_ps(w2, xt, acc[2][t]);
+        }
+    }
+    for (int t = 0; t < 4; t++)
+        for (int r = 0; r < 3; r++) {
+            const float d = hsum256(acc[r][t]);
+            y[t * ys + r] = accumulate ? y[t * ys + r] + d : d;
+        }
+}
+
+static void gemm_f32(const float *w, int64_t ws, int64_t nr, const float *x, int64_t xs, int64_t nt, int64_t n,
+                     float *y, int64_t ys, int accumulate) {
+    if (n % 8 != 0) {
+        rwkv_gemm_f32_generic(w, ws, nr, x, xs, nt, n, y, ys, accumulate);
+        return;
+    }
+    const int64_t nr3 = nr - nr % 3, nt4 = nt - nt % 4;
+    for (int64_t t = 0; t < nt4; t += 4)
+        for (int64_t r = 0; r < nr3; r += 3) gemm_3x4(w + r * ws, ws, x + t * xs, xs, n, y + t * ys + r, ys, accumulate);
+    if (nr3 < nr) rwkv_gemm_f32_generic(w + nr3 * ws, ws, nr - nr3, x, xs, nt4, n, y + nr3, ys, accumulate);
+    if (nt4 < nt) rwkv_gemm_f32_generic(w, ws, nr, x + nt4 * xs, xs, nt - nt4, n, y + nt4 * ys, ys, accumulate);
+}
+
+/* ---- dequantizing rows (sequence mode's weight tiles) ------------------------------------------------- */
+
+static void fp16_to_float(const void *src, float *dst, int64_t n) {
+    const uint16_t *h = src;
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, load_half8(h + i));
+    for (; i < n; i++) dst[i] = _cvtsh_ss(h[i]);
+}
+
+/* 32 signed or unsigned bytes times a scale plus an offset, stored as floats. */
+static inline void store_block(__m256i q, int is_signed, float d, float m, float *y) {
+    const __m256 vd = _mm256_set1_ps(d), vm = _mm256_set1_ps(m);
+    const __m128i halves[2] = {_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1)};
+    for (int h = 0; h < 2; h++) {
+        const __m128i part = halves[h];
+        const __m256i lo = is_signed ? _mm256_cvtepi8_epi32(part) : _mm256_cvtepu8_epi32(part);
+        const __m256i hi = is_signed ? _mm256_cvtepi8_epi32(_mm_srli_si128(part, 8)) : _mm256_cvtepu8_epi32(_mm_srli_si128(part, 8));
+        _mm256_storeu_ps(y + 16 * h, _mm256_fmadd_ps(_mm256_cvtepi32_ps(lo), vd, vm));
+        _mm256_storeu_ps(y + 16 * h + 8, _mm256_fmadd_ps(_mm256_cvtepi32_ps(hi), vd, vm));
+    }
+}
+
+static void q4_0_to_float(const void *src, float *y, int64_t n) {
+    const block_q4_0 *x = src;
+    for (int64_t b = 0; b < n / RWKV_QK; b++, y += RWKV_QK)
+        store_block(_mm256_sub_epi8(unpack_nibbles(x[b].qs), _mm256_set1_epi8(8)), 1, _cvtsh_ss(x[b].d), 0.0f, y);
+}
+
+static void q4_1_to_float(const void *src, float *y, int64_t n) {
+    const block_q4_1 *x = src;
+    for (int64_t b = 0; b < n / RWKV_QK; b++, y += RWKV_QK)
+        store_block(unpack_nibbles(x[b].qs), 0, _cvtsh_ss(x[b].d), _cvtsh_ss(x[b].m), y);
+}
+
+static void q5_0_to_float(const void *src, float *y, int64_t n) {
+    const block_q5_0 *x = src;
+    for (int64_t b = 0; b < n / RWKV_QK; b++, y += RWKV_QK) {
+        const __m256i q = _mm256_or_si256(unpack_nibbles(x[b].qs), unpack_fifth_bits(x[b].qh));
+        store_block(_mm256_sub_epi8(q, _mm256_set1_epi8(16)), 1, _cvtsh_ss(x[b].d), 0.0f, y);
+    }
+}
+
+static void q5_1_to_float(const void *src, float *y, int64_t n) {
+    const block_q5_1 *x = src;
+    for (int64_t b = 0; b < n / RWKV_QK; b++, y += RWKV_QK) {
+        const __m256i q = _mm256_or_si256(unpack_nibbles(x[b].qs), unpack_fifth_bits(x[b].qh));
+        store_block(q, 0, _cvtsh_ss(x[b].d), _cvtsh_ss(x[b].m), y);
+    }
+}
+
+static void q8_0_to_float(const void *src, float *y, int64_t n) {
+    const block_q8_0 *x = src;
+    for (int64_t b = 0; b < n / RWKV_QK; b++, y += RWKV_QK)
+        store_block(_mm256_loadu_si256((const __m256i *)x[b].qs), 1, _cvtsh_ss(x[b].d), 0.0f, y);
+}
+
 void rwkv_install_avx2(void) {
+    rwkv_gemm_f32 = gemm_f32;
     rwkv_traits_mut(RWKV_TYPE_FP32)->vec_dot = fp32_dot;
     rwkv_traits_mut(RWKV_TYPE_FP16)->vec_dot = fp16_dot;
     rwkv_traits_mut(RWKV_TYPE_Q4_0)->vec_dot = q4_0_dot;
@@ -161,4 +256,10 @@ void rwkv_install_avx2(void) {
     rwkv_traits_mut(RWKV_TYPE_Q5_0)->vec_dot = q5_0_dot;
     rwkv_traits_mut(RWKV_TYPE_Q5_1)->vec_dot = q5_1_dot;
     rwkv_traits_mut(RWKV_TYPE_Q8_0)->vec_dot = q8_0_dot;
+    rwkv_traits_mut(RWKV_TYPE_FP16)->to_float = fp16_to_float;
+    rwkv_traits_mut(RWKV_TYPE_Q4_0)->to_float = q4_0_to_float;
+    rwkv_traits_mut(RWKV_TYPE_Q4_1)->to_float = q4_1_to_float;
+    rwkv_traits_mut(RWKV_TYPE_Q5_0)->to_float = q5_0_to_float;
+    rwkv_traits_mut(RWKV_TYPE_Q5_1)->to_float = q5_1_to_float;
+    rwkv_traits_mut(RWKV_TYPE_Q8_0)->to_float = q8_0_to_float;
 }
