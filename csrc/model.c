@@ -191,7 +191,10 @@ static int load_att_v4_v5(loader *ld, int i, rwkv_layer *L) {
         TRY(want_vector(ld, i, "att.time_first", C, &L->first));
     } else {
         /* one decay per head (rwkv.cpp v5.1, official 5.0 and 5.1) or per channel (v5.2) */
-        const char *decay = "att.time_decay", *first = has(ld, i, "att.time_faaaa") ? "att.time_faaaa" : "att.time_first";
+        const char *decay = "att.time_decay";
+        const char *first = has(ld, i, "att.time_faaaa") || (arch == RWKV_ARCH_V5_2 && !has(ld, i, "att.time_first"))
+                                ? "att.time_faaaa"
+                                : "att.time_first";
         int status = RWKV_OK;
         const rwkv_record *rd = need(ld, i, decay, &status), *rf = rd ? need(ld, i, first, &status) : NULL;
         if (!rd || !rf) return status;
@@ -320,6 +323,11 @@ static int load_model(loader *ld) {
         info->head_size = HEAD_SIZE;
         info->n_head = (int32_t)(C / HEAD_SIZE);
     }
+    /* Check the last layer exists before allocating per-layer structs for a header that may lie. */
+    if (!has(ld, info->n_layer - 1, "ln1.weight"))
+        return rwkv_fail(ld->err, ld->err_len, RWKV_ERR_FORMAT,
+                         "%s: the header says n_layer = %d but there is no tensor 'blocks.%d.ln1.weight'", m->path,
+                         info->n_layer, info->n_layer - 1);
     if (has(ld, info->n_layer, "ln1.weight"))
         return rwkv_fail(ld->err, ld->err_len, RWKV_ERR_FORMAT,
                          "%s: the file has tensors of layer %d but its header says n_layer = %d", m->path,

@@ -59,21 +59,19 @@ void rwkv_add(float *a, const float *b, int64_t n) {
 /* ---- threads -------------------------------------------------------------------------------- */
 
 typedef struct {
-    int64_t n;
     rwkv_item_fn fn;
     void *ctx;
 } parallel_for_task;
 
-static void parallel_for_worker(void *p, int ith, int nth) {
+static void parallel_for_chunk(void *p, long item, int ith) {
+    (void)ith;
     parallel_for_task *task = p;
-    long begin, end;
-    rwkv_split((long)task->n, ith, nth, 1, &begin, &end);
-    for (long i = begin; i < end; i++) task->fn(task->ctx, i);
+    task->fn(task->ctx, item);
 }
 
 void rwkv_parallel_for(rwkv_model *m, int64_t n, rwkv_item_fn fn, void *ctx) {
-    parallel_for_task task = {n, fn, ctx};
-    rwkv_pool_run(m->pool, parallel_for_worker, &task);
+    parallel_for_task task = {fn, ctx};
+    rwkv_pool_run(m->pool, (long)n, parallel_for_chunk, &task);
 }
 
 /* ---- the matrix product ------------------------------------------------------------------------ */
@@ -93,14 +91,16 @@ typedef struct {
     const float *x;
     int64_t T;
     float *y;
-    float *tiles; /* TILE_ROWS x TILE_K floats per thread */
+    float *tiles;      /* TILE_ROWS x TILE_K floats per thread */
+    int64_t chunk_rows; /* rows per chunk of work */
 } matmul_task;
 
-static void matvec_worker(void *p, int ith, int nth) {
+static void matvec_chunk(void *p, long chunk, int ith) {
+    (void)ith;
     const matmul_task *task = p;
     const rwkv_matrix *w = task->w;
-    long begin, end;
-    rwkv_split((long)w->rows, ith, nth, 4, &begin, &end);
+    const int64_t begin = chunk * task->chunk_rows;
+    const int64_t end = begin + task->chunk_rows < w->rows ? begin + task->chunk_rows : w->rows;
     const uint8_t *rows = w->data;
     for (int64_t t = 0; t < task->T; t++) {
         const uint8_t *act = task->act + (size_t)t * task->act_bytes;
@@ -110,15 +110,14 @@ static void matvec_worker(void *p, int ith, int nth) {
     }
 }
 
-static void gemm_worker(void *p, int ith, int nth) {
+static void gemm_chunk(void *p, long chunk, int ith) {
     const matmul_task *task = p;
     const rwkv_matrix *w = task->w;
     const rwkv_type_traits *traits = task->traits;
     float *tile = task->tiles + (size_t)ith * TILE_ROWS * TILE_K;
-    long begin, end;
-    rwkv_split((long)w->rows, ith, nth, TILE_ROWS, &begin, &end);
-    for (int64_t r0 = begin; r0 < end; r0 += TILE_ROWS) {
-        const int64_t nr = end - r0 < TILE_ROWS ? end - r0 : TILE_ROWS;
+    {
+        const int64_t r0 = chunk * TILE_ROWS;
+        const int64_t nr = w->rows - r0 < TILE_ROWS ? w->rows - r0 : TILE_ROWS;
         for (int64_t k0 = 0; k0 < w->cols; k0 += TILE_K) {
             const int64_t nk = w->cols - k0 < TILE_K ? w->cols - k0 : TILE_K;
             const size_t offset = rwkv_row_bytes(w->type, k0);
@@ -138,11 +137,14 @@ static void gemm_worker(void *p, int ith, int nth) {
 
 void rwkv_matmul(rwkv_model *m, const rwkv_matrix *w, const float *x, int64_t T, float *y) {
     const rwkv_type_traits *traits = rwkv_traits(w->type);
-    matmul_task task = {w, traits, (const uint8_t *)x, (size_t)w->cols * sizeof(float), x, T, y, m->scratch.tiles};
+    matmul_task task = {w, traits, (const uint8_t *)x, (size_t)w->cols * sizeof(float), x, T, y, m->scratch.tiles, 0};
     if (T > DECODE_MAX_TOKENS) {
-        rwkv_pool_run(m->pool, gemm_worker, &task);
+        rwkv_pool_run(m->pool, (long)((w->rows + TILE_ROWS - 1) / TILE_ROWS), gemm_chunk, &task);
         return;
     }
+    /* About 8 chunks per thread: small enough to balance, big enough that claiming is cheap. */
+    const int64_t per = w->rows / (8 * rwkv_pool_size(m->pool));
+    task.chunk_rows = per < 16 ? 16 : (per + 15) / 16 * 16;
     if (traits->act_type != RWKV_TYPE_FP32) {
         task.act_bytes = rwkv_act_row_bytes(traits->act_type, w->cols);
         for (int64_t t = 0; t < T; t++)
@@ -150,5 +152,5 @@ void rwkv_matmul(rwkv_model *m, const rwkv_matrix *w, const float *x, int64_t T,
                                 w->cols);
         task.act = m->scratch.act;
     }
-    rwkv_pool_run(m->pool, matvec_worker, &task);
+    rwkv_pool_run(m->pool, (long)((w->rows + task.chunk_rows - 1) / task.chunk_rows), matvec_chunk, &task);
 }

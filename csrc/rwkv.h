@@ -109,6 +109,10 @@ const char *rwkv_cpu_features(void);
 
 const char *rwkv_arch_name(rwkv_arch arch);
 
+/* Read bandwidth in GB/s over a buffer of `bytes` (best of five passes) with n_threads threads
+ * (0: one per core). 0.0 when the memory cannot be had. */
+double rwkv_read_bandwidth(int n_threads, size_t bytes);
+
 #ifdef __cplusplus
 }
 #endif

@@ -1,5 +1,9 @@
-/* The thread pool. Workers spin briefly after each task, because during decoding the next task
- * arrives within microseconds, then sleep on a condition variable so an idle model costs nothing. */
+/* The thread pool. Workers spin briefly after each job, because during decoding the next job
+ * arrives within microseconds, then sleep on a condition variable so an idle model costs nothing.
+ *
+ * A job lives on the caller's stack. A worker announces itself in `active` before it looks at the
+ * job pointer, and the caller clears the pointer and waits for `active` to drain before returning,
+ * so no worker can touch a finished job. */
 #include "threads.h"
 
 #include <pthread.h>
@@ -17,19 +21,27 @@
 #define cpu_relax() ((void)0)
 #endif
 
-#define SPIN_ROUNDS 20000
+#define SPIN_ROUNDS 20000 /* a worker's wait before it sleeps */
+#define YIELD_AFTER 256   /* the caller's spins before it lets a descheduled worker run here */
+
+typedef struct {
+    rwkv_chunk_fn fn;
+    void *ctx;
+    long n_chunks;
+    atomic_long next; /* the next unclaimed chunk */
+    atomic_long done; /* chunks finished */
+} pool_job;
 
 struct rwkv_pool {
     int n_threads;
     pthread_t *workers;
     pthread_mutex_t mutex;
     pthread_cond_t wake;
-    atomic_int generation; /* bumped once per task */
-    atomic_int pending;    /* workers still running the current task */
+    _Atomic(pool_job *) job;
+    atomic_int generation; /* bumped once per job */
+    atomic_int active;     /* workers that may be looking at `job` */
     atomic_int sleeping;   /* workers blocked on `wake` */
     atomic_int stop;
-    rwkv_task_fn fn;
-    void *ctx;
 };
 
 typedef struct {
@@ -37,9 +49,18 @@ typedef struct {
     int ith;
 } worker_arg;
 
-static int wait_for_task(rwkv_pool *pool, int seen) {
+static void run_chunks(pool_job *job, int ith) {
+    for (;;) {
+        long chunk = atomic_fetch_add(&job->next, 1);
+        if (chunk >= job->n_chunks) return;
+        job->fn(job->ctx, chunk, ith);
+        atomic_fetch_add(&job->done, 1);
+    }
+}
+
+static void wait_for_job(rwkv_pool *pool, int seen) {
     for (int i = 0; i < SPIN_ROUNDS; i++) {
-        if (atomic_load(&pool->generation) != seen || atomic_load(&pool->stop)) return 1;
+        if (atomic_load(&pool->generation) != seen || atomic_load(&pool->stop)) return;
         cpu_relax();
     }
     pthread_mutex_lock(&pool->mutex);
@@ -48,7 +69,6 @@ static int wait_for_task(rwkv_pool *pool, int seen) {
         pthread_cond_wait(&pool->wake, &pool->mutex);
     atomic_fetch_sub(&pool->sleeping, 1);
     pthread_mutex_unlock(&pool->mutex);
-    return 1;
 }
 
 static void *worker_main(void *p) {
@@ -56,14 +76,15 @@ static void *worker_main(void *p) {
     rwkv_pool *pool = arg->pool;
     int ith = arg->ith;
     free(arg);
-    /* Not the current generation: a task may already have been posted before this thread ran. */
-    int seen = 0;
+    int seen = 0; /* not the current generation: a job may have been posted before this thread ran */
     for (;;) {
-        wait_for_task(pool, seen);
+        wait_for_job(pool, seen);
         if (atomic_load(&pool->stop)) break;
         seen = atomic_load(&pool->generation);
-        pool->fn(pool->ctx, ith, pool->n_threads);
-        atomic_fetch_sub(&pool->pending, 1);
+        atomic_fetch_add(&pool->active, 1);
+        pool_job *job = atomic_load(&pool->job);
+        if (job) run_chunks(job, ith);
+        atomic_fetch_sub(&pool->active, 1);
     }
     return NULL;
 }
@@ -110,36 +131,33 @@ void rwkv_pool_free(rwkv_pool *pool) {
 
 int rwkv_pool_size(const rwkv_pool *pool) { return pool->n_threads; }
 
-void rwkv_pool_run(rwkv_pool *pool, rwkv_task_fn fn, void *ctx) {
-    if (pool->n_threads == 1) {
-        fn(ctx, 0, 1);
+static void wait_until(atomic_long *counter, long target) {
+    for (long spins = 0; atomic_load(counter) < target; spins++) {
+        if (spins < YIELD_AFTER) cpu_relax();
+        else sched_yield();
+    }
+}
+
+void rwkv_pool_run(rwkv_pool *pool, long n_chunks, rwkv_chunk_fn fn, void *ctx) {
+    pool_job job = {fn, ctx, n_chunks, 0, 0};
+    if (pool->n_threads == 1 || n_chunks <= 1) {
+        run_chunks(&job, 0);
         return;
     }
-    pool->fn = fn;
-    pool->ctx = ctx;
-    atomic_store(&pool->pending, pool->n_threads - 1);
+    atomic_store(&pool->job, &job);
     atomic_fetch_add(&pool->generation, 1);
     if (atomic_load(&pool->sleeping) > 0) {
         pthread_mutex_lock(&pool->mutex);
         pthread_cond_broadcast(&pool->wake);
         pthread_mutex_unlock(&pool->mutex);
     }
-    fn(ctx, 0, pool->n_threads);
-    for (long spins = 0; atomic_load(&pool->pending) > 0; spins++) {
-        if (spins < SPIN_ROUNDS) cpu_relax();
+    run_chunks(&job, 0);
+    wait_until(&job.done, n_chunks);
+    atomic_store(&pool->job, NULL);
+    for (long spins = 0; atomic_load(&pool->active) > 0; spins++) {
+        if (spins < YIELD_AFTER) cpu_relax();
         else sched_yield();
     }
-}
-
-void rwkv_split(long n, int ith, int nth, long align, long *begin, long *end) {
-    long units = (n + align - 1) / align;
-    long per = units / nth, extra = units % nth;
-    long b = ith * per + (ith < extra ? ith : extra);
-    long e = b + per + (ith < extra ? 1 : 0);
-    b *= align;
-    e *= align;
-    *begin = b < n ? b : n;
-    *end = e < n ? e : n;
 }
 
 int rwkv_default_threads(void) {

@@ -2,19 +2,19 @@
 #ifndef RWKV_THREADS_H
 #define RWKV_THREADS_H
 
-/* Runs on every thread of the pool: ith in [0, nth). The caller's thread is ith 0. */
-typedef void (*rwkv_task_fn)(void *ctx, int ith, int nth);
+/* Runs chunk `chunk` of a job; `ith` (in [0, pool size)) identifies the thread, for per-thread
+ * scratch. The caller's thread is 0. */
+typedef void (*rwkv_chunk_fn)(void *ctx, long chunk, int ith);
 
 typedef struct rwkv_pool rwkv_pool;
 
 rwkv_pool *rwkv_pool_create(int n_threads);
 void rwkv_pool_free(rwkv_pool *pool);
 int rwkv_pool_size(const rwkv_pool *pool);
-/* Runs fn on all threads and returns when all are done. Not reentrant: callers serialise. */
-void rwkv_pool_run(rwkv_pool *pool, rwkv_task_fn fn, void *ctx);
-
-/* The share [*begin, *end) of n items that thread ith of nth takes, in whole multiples of `align`. */
-void rwkv_split(long n, int ith, int nth, long align, long *begin, long *end);
+/* Runs fn for every chunk in [0, n_chunks) on whichever threads claim them, and returns when all
+ * are done. Threads claim chunks one at a time, so a worker that the OS has descheduled never holds
+ * up the others: the caller does the work it did not claim. Not reentrant: callers serialise. */
+void rwkv_pool_run(rwkv_pool *pool, long n_chunks, rwkv_chunk_fn fn, void *ctx);
 
 int rwkv_default_threads(void);
 

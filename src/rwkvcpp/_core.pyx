@@ -40,6 +40,7 @@ cdef extern from "rwkv.h":
     rwkv_status rwkv_set_kernel_level(const char *name)
     const char *rwkv_cpu_features()
     const char *rwkv_arch_name(rwkv_arch arch)
+    double rwkv_read_bandwidth(int n_threads, size_t n_bytes) nogil
 
 
 class RWKVError(Exception):
@@ -241,3 +242,13 @@ def set_kernel_level(str name):
 
 def cpu_features():
     return rwkv_cpu_features().decode()
+
+
+def read_bandwidth(int n_threads=0, size_t n_bytes=1 << 30):
+    """Memory read bandwidth in GB/s, measured with the engine's thread pool."""
+    cdef double gbps
+    with nogil:
+        gbps = rwkv_read_bandwidth(n_threads, n_bytes)
+    if gbps <= 0:
+        raise MemoryError(f"cannot allocate {n_bytes} bytes to measure bandwidth")
+    return gbps

@@ -1,0 +1,135 @@
+"""Measuring a model: load time, resident memory, decode and prompt speed, and how close decoding
+comes to the memory-bandwidth limit (a token costs one pass over the weights)."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable, Optional
+
+import numpy as np
+
+from . import _core
+from . import format as fmt
+from .model import Model
+
+
+@dataclass
+class BenchResult:
+    path: str
+    arch: str
+    dtype: str
+    n_layer: int
+    n_embed: int
+    n_vocab: int
+    threads: int
+    kernels: str
+    file_bytes: int
+    load_seconds: float
+    rss_bytes: int
+    bytes_per_token: int
+    bandwidth_gbps: float
+    decode_tokens: int
+    decode_ms_per_token: float
+    prompt_tokens: int
+    prompt_tokens_per_second: float
+
+    @property
+    def decode_tokens_per_second(self) -> float:
+        return 1000.0 / self.decode_ms_per_token
+
+    @property
+    def bandwidth_limit_ms(self) -> float:
+        """The fastest a token could be with this many bytes to read at the measured bandwidth."""
+        return self.bytes_per_token / (self.bandwidth_gbps * 1e9) * 1000.0
+
+    @property
+    def percent_of_limit(self) -> float:
+        return 100.0 * self.bandwidth_limit_ms / self.decode_ms_per_token
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d.update(decode_tokens_per_second=self.decode_tokens_per_second, bandwidth_limit_ms=self.bandwidth_limit_ms,
+                 percent_of_limit=self.percent_of_limit)
+        return d
+
+    def summary(self) -> str:
+        return (f"{os.path.basename(self.path)} ({self.arch} {self.dtype}, {self.threads} threads, {self.kernels}): "
+                f"decode {self.decode_ms_per_token:.2f} ms/token ({self.decode_tokens_per_second:.1f} tok/s, "
+                f"{self.percent_of_limit:.0f}% of the {self.bandwidth_limit_ms:.2f} ms bandwidth limit), "
+                f"prompt {self.prompt_tokens_per_second:.1f} tok/s, load {self.load_seconds * 1000:.0f} ms, "
+                f"RSS {self.rss_bytes / 2**20:.0f} MiB for a {self.file_bytes / 2**20:.0f} MiB file")
+
+
+def bytes_per_token(path) -> int:
+    """Bytes a decoded token reads: every weight once, but only one row of the embedding."""
+    header = fmt.read_header(path)
+    total = 0
+    for record in fmt.load_records(path):
+        if record.name == "emb.weight":
+            total += record.nbytes // header.n_vocab
+        else:
+            total += record.nbytes
+    return total
+
+
+def resident_bytes() -> int:
+    """This process's resident memory (Linux), 0 where it cannot be read."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def run_benchmark(path, threads: Optional[int] = None, decode_tokens: int = 64, prompt_tokens: int = 512,
+                  progress: Optional[Callable[[str, int, int], None]] = None, seed: int = 0) -> BenchResult:
+    """Benchmarks one model file. ``progress(stage, done, total)`` is called during the runs."""
+    if decode_tokens < 1 or prompt_tokens < 1:
+        raise ValueError("decode_tokens and prompt_tokens must be at least 1")
+    path = os.fspath(path)
+    rss_before = resident_bytes()
+    start = time.perf_counter()
+    model = Model(path, threads=threads)
+    load_seconds = time.perf_counter() - start
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(0, model.n_vocab, size=max(decode_tokens, prompt_tokens)).astype(np.int32)
+
+    # Decode: one warm-up token, then the timed ones, reusing the state and logits buffers.
+    state = model.init_state()
+    logits = np.empty(model.n_vocab, dtype=np.float32)
+    model.eval(int(tokens[0]), state, state_out=state, logits_out=logits)
+    start = time.perf_counter()
+    for i in range(decode_tokens):
+        model.eval(int(tokens[i]), state, state_out=state, logits_out=logits)
+        if progress:
+            progress("decode", i + 1, decode_tokens)
+    decode_ms = (time.perf_counter() - start) / decode_tokens * 1000.0
+    rss = max(0, resident_bytes() - rss_before)
+
+    # Prompt ingestion: one sequence call, as a chat or server would make it.
+    if progress:
+        progress("prompt", 0, 1)
+    start = time.perf_counter()
+    model.eval_sequence(tokens[:prompt_tokens])
+    prompt_tps = prompt_tokens / (time.perf_counter() - start)
+    if progress:
+        progress("prompt", 1, 1)
+
+    if progress:
+        progress("bandwidth", 0, 1)
+    bandwidth = _core.read_bandwidth(model.threads, 1 << 30)
+    if progress:
+        progress("bandwidth", 1, 1)
+
+    return BenchResult(
+        path=path, arch=model.arch, dtype=model.dtype, n_layer=model.n_layer, n_embed=model.n_embed,
+        n_vocab=model.n_vocab, threads=model.threads, kernels=_core.kernel_level(), file_bytes=model.file_size,
+        load_seconds=load_seconds, rss_bytes=rss, bytes_per_token=bytes_per_token(path), bandwidth_gbps=bandwidth,
+        decode_tokens=decode_tokens, decode_ms_per_token=decode_ms, prompt_tokens=prompt_tokens,
+        prompt_tokens_per_second=prompt_tps,
+    )
