@@ -80,6 +80,7 @@ void rwkv_parallel_for(rwkv_model *m, int64_t n, rwkv_item_fn fn, void *ctx) {
  * once for the row kernel. Sequence mode: the weights are dequantized block by block into FP32
  * tiles that stay in cache while every token of the chunk passes over them. */
 #define DECODE_MAX_TOKENS 3
+#define SMALL_MATRIX (64 * 1024) /* elements below which a product runs on the calling thread */
 #define TILE_ROWS RWKV_TILE_ROWS
 #define TILE_K RWKV_TILE_K
 
@@ -145,6 +146,7 @@ void rwkv_matmul(rwkv_model *m, const rwkv_matrix *w, const float *x, int64_t T,
     /* About 8 chunks per thread: small enough to balance, big enough that claiming is cheap. */
     const int64_t per = w->rows / (8 * rwkv_pool_size(m->pool));
     task.chunk_rows = per < 16 ? 16 : (per + 15) / 16 * 16;
+    if (w->rows * w->cols < SMALL_MATRIX) task.chunk_rows = w->rows; /* waking threads would cost more */
     if (traits->act_type != RWKV_TYPE_FP32) {
         task.act_bytes = rwkv_act_row_bytes(traits->act_type, w->cols);
         for (int64_t t = 0; t < T; t++)
