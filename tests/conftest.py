@@ -15,7 +15,6 @@ or through the session-wide ``model_files`` dict ({arch: ModelSet}).
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,7 +97,3 @@ def reference_runs(model_files, fixed_tokens):
 
     return Runs()
 
-
-@pytest.fixture(scope="session")
-def cpu_count() -> int:
-    return os.cpu_count() or 1

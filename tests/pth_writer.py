@@ -3,108 +3,22 @@ is not installed.
 
 The pickle is emitted opcode by opcode (protocol 2, the one torch uses), because the pickle
 module can only name globals that exist in the writing process, and torch's do not here. A pickle
-is described as a tree of plain values (None, bool, int, str, tuple, list, dict) and three node
-types: :class:`Global` (a GLOBAL opcode), :class:`Call` (callable, args, REDUCE) and
-:class:`PersId` (a persistent id, BINPERSID). The same tree language builds malicious pickles.
+is described as a tree of plain values (None, bool, int, str, tuple, list, dict) and node
+types (:class:`Global`, :class:`Call`, :class:`PersId`, :class:`Build`, imported from
+rwkvcpp.checkpoints.pth_write). The same tree language builds malicious pickles.
 """
 
 from __future__ import annotations
 
-import pickle
 import struct
 import zipfile
 from dataclasses import dataclass
 
 import numpy as np
 
-# ---------------------------------------------------------------------------- pickle emission
-
-
-@dataclass(frozen=True)
-class Global:
-    module: str
-    name: str
-
-
-@dataclass(frozen=True)
-class Call:
-    func: object  # usually a Global
-    args: tuple = ()
-
-
-@dataclass(frozen=True)
-class PersId:
-    pid: tuple
-
-
-@dataclass(frozen=True)
-class Build:
-    """obj, state, BUILD: what pickle emits to restore an object's attributes."""
-
-    obj: object
-    state: object
-
-
-def dumps(tree) -> bytes:
-    """Protocol-2 pickle bytes for a tree of plain values and Global/Call/PersId nodes."""
-    out = bytearray(pickle.PROTO + bytes([2]))
-    _emit(tree, out)
-    out += pickle.STOP
-    return bytes(out)
-
-
-def _emit(obj, out: bytearray) -> None:
-    if isinstance(obj, Global):
-        out += pickle.GLOBAL + f"{obj.module}\n{obj.name}\n".encode()
-    elif isinstance(obj, Call):
-        _emit(obj.func, out)
-        _emit(tuple(obj.args), out)
-        out += pickle.REDUCE
-    elif isinstance(obj, PersId):
-        _emit(tuple(obj.pid), out)
-        out += pickle.BINPERSID
-    elif isinstance(obj, Build):
-        _emit(obj.obj, out)
-        _emit(obj.state, out)
-        out += pickle.BUILD
-    elif obj is None:
-        out += pickle.NONE
-    elif obj is True:
-        out += pickle.NEWTRUE
-    elif obj is False:
-        out += pickle.NEWFALSE
-    elif isinstance(obj, int):
-        if -(2**31) <= obj < 2**31:
-            out += pickle.BININT + struct.pack("<i", obj)
-        else:
-            raw = obj.to_bytes((obj.bit_length() + 8) // 8, "little", signed=True)
-            out += pickle.LONG1 + bytes([len(raw)]) + raw
-    elif isinstance(obj, str):
-        raw = obj.encode("utf-8")
-        out += pickle.BINUNICODE + struct.pack("<I", len(raw)) + raw
-    elif isinstance(obj, tuple):
-        out += pickle.MARK
-        for item in obj:
-            _emit(item, out)
-        out += pickle.TUPLE
-    elif isinstance(obj, list):
-        out += pickle.EMPTY_LIST
-        if obj:
-            out += pickle.MARK
-            for item in obj:
-                _emit(item, out)
-            out += pickle.APPENDS
-    elif isinstance(obj, dict):
-        out += pickle.EMPTY_DICT
-        if obj:
-            out += pickle.MARK
-            for key, value in obj.items():
-                _emit(key, out)
-                _emit(value, out)
-            out += pickle.SETITEMS
-    else:
-        raise TypeError(f"cannot emit {type(obj).__name__}")
-
+# The pickle emitter lives in the package (state files are written with it at run time); it is
+# re-exported here so tests keep using pw.Global, pw.Call, pw.dumps, ...
+from rwkvcpp.checkpoints.pth_write import Build, Call, Global, PersId, dumps, write_zip  # noqa: F401
 
 # ---------------------------------------------------------------------------- tensors
 
@@ -207,14 +121,6 @@ def write_pth(path, tensors: dict, *, big_endian: bool = False, wrap: str | None
     records.update({f"data/{k}": _raw_bytes(t, big_endian) for k, t in storages.items()})
     records["version"] = b"3\n"
     write_zip(path, records, archive=archive, compression=compression)
-
-
-def write_zip(path, records: dict, *, archive: str = "archive",
-              compression: int = zipfile.ZIP_STORED) -> None:
-    """A zip with each record under ``<archive>/``, stored uncompressed like torch does."""
-    with zipfile.ZipFile(path, "w", compression=compression) as zf:
-        for name, data in records.items():
-            zf.writestr(f"{archive}/{name}", data)
 
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C

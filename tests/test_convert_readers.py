@@ -17,7 +17,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import pth_writer as pw  # noqa: E402
 
-from rwkvcpp.convert import (  # noqa: E402
+from rwkvcpp.checkpoints import (  # noqa: E402
     CheckpointError,
     LazyCheckpoint,
     LazyTensor,
@@ -28,7 +28,7 @@ from rwkvcpp.convert import (  # noqa: E402
     rwkv_order_key,
     to_native_names,
 )
-from rwkvcpp.convert.hf import hf_to_native_name  # noqa: E402
+from rwkvcpp.checkpoints.hf import hf_to_native_name  # noqa: E402
 
 try:
     import torch
@@ -183,7 +183,7 @@ def test_items_give_float32_arrays(tmp_path):
 def test_chunked_conversion(tmp_path, monkeypatch, chunk):
     # Contiguous tensors are converted chunk by chunk, releasing source pages as they go; make
     # the chunks small (and not page-sized) so a few-KB tensor takes many of them.
-    from rwkvcpp.convert import pth
+    from rwkvcpp.checkpoints import pth
 
     monkeypatch.setattr(pth, "_CHUNK_BYTES", chunk)
     expected, tensors = writer_tensors("bfloat16")

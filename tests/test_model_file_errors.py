@@ -79,7 +79,7 @@ class Damage:
         self.order = list(self.records)
         self.tmp_path = tmp_path
 
-    def i32(self, offset: int, value: int) -> "Damage":
+    def i32(self, offset: int, value: int) -> Damage:
         struct.pack_into("<i", self.blob, offset, value)
         return self
 
@@ -357,6 +357,7 @@ def test_n_embed_not_a_multiple_of_64(model_files, tmp_path, arch):
 
 def test_v4_n_embed_need_not_be_a_multiple_of_64(tmp_path):
     from checkpoints import make_checkpoint
+
     from rwkvcpp.writer import write_model
 
     path = tmp_path / "v4-96.bin"

@@ -61,6 +61,20 @@ class Model:
         self._engine.init_state(state)
         return state
 
+    def load_state_file(self, path: Union[str, os.PathLike]) -> np.ndarray:
+        """A state whose wkv matrices come from a state-tuning file (``.pth``/``.safetensors``
+        with ``blocks.N.att.time_state``); see :func:`rwkvcpp.checkpoints.state_file.load_state_file`."""
+        from .checkpoints.state_file import load_state_file
+
+        return load_state_file(path, self)
+
+    def save_state_file(self, path: Union[str, os.PathLike], state: np.ndarray) -> None:
+        """Writes the wkv matrices of ``state`` as a state file (``.pth``, or ``.safetensors`` by
+        suffix); see :func:`rwkvcpp.checkpoints.state_file.save_state_file`."""
+        from .checkpoints.state_file import save_state_file
+
+        save_state_file(path, self._check_state(state, "state"), self)
+
     def _state_out(self, state, state_out) -> np.ndarray:
         """The array the new state is written into: state_out if given, else a copy of state."""
         if state_out is not None:
@@ -158,6 +172,49 @@ class Model:
             if norm > 0:
                 out /= norm
         return out, new_state
+
+    # ---- text ----------------------------------------------------------------------------------
+
+    @property
+    def tokenizer(self):
+        """The tokenizer used for text: by default the built-in one for ``n_vocab`` (World for
+        65536, GPT-NeoX 20B for 50277/50304, bytes for 256), loaded when first used. Assign a
+        ``Tokenizer``, a tokenizer name or a vocabulary file path to use another; ``None``
+        goes back to the default."""
+        tok = getattr(self, "_tokenizer", None)
+        if tok is None:
+            from .tokenizer import Tokenizer
+
+            tok = self._tokenizer = Tokenizer.for_vocab(self.n_vocab)
+        return tok
+
+    @tokenizer.setter
+    def tokenizer(self, value) -> None:
+        from .tokenizer import Tokenizer
+
+        if value is not None and not isinstance(value, Tokenizer):
+            value = Tokenizer.from_name(value, n_vocab=self.n_vocab)
+        self._tokenizer = value
+
+    def generate(self, prompt, max_tokens: Optional[int] = 256, state: Optional[np.ndarray] = None,
+                 stream: bool = False, **sampling):
+        """Continues ``prompt`` (text or token ids) and returns the generated text, or with
+        ``stream=True`` an iterator of text pieces as they are generated.
+
+        ``sampling`` takes the fields of :class:`~rwkvcpp.sampling.SamplingParams`
+        (temperature, top_p, top_k, min_p, presence_penalty, frequency_penalty, penalty_decay,
+        stop, stop_tokens, seed, ...). ``state`` (not modified) continues an earlier context.
+        For the final state, usage counts and finish reason, use
+        :class:`rwkvcpp.generate.Generator`.
+        """
+        from .generate import Generator
+        from .sampling import SamplingParams
+
+        params = SamplingParams(max_tokens=max_tokens, **sampling)
+        generator = Generator(self)
+        if stream:
+            return (chunk.text for chunk in generator.stream(prompt, params, state) if chunk.text)
+        return generator.complete(prompt, params, state).text
 
 
 def system_info() -> dict:

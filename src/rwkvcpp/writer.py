@@ -61,10 +61,16 @@ def _as_float32(name: str, value) -> np.ndarray:
     return value.astype(np.float32, copy=False)
 
 
+def _shape_of(checkpoint: Mapping, name: str) -> tuple:
+    """A tensor's shape, without reading its data when the mapping can tell (LazyCheckpoint)."""
+    shape_of = getattr(checkpoint, "shape_of", None)
+    return tuple(shape_of(name) if shape_of is not None else checkpoint[name].shape)
+
+
 def _n_embed(checkpoint: Mapping) -> int:
     if "emb.weight" not in checkpoint:
         raise ValueError("checkpoint has no 'emb.weight': not an RWKV model, or not a full checkpoint")
-    shape = tuple(checkpoint["emb.weight"].shape)
+    shape = _shape_of(checkpoint, "emb.weight")
     if len(shape) != 2:
         raise ValueError(f"'emb.weight' has shape {shape}; expected (n_vocab, n_embed)")
     return int(shape[1])
@@ -315,7 +321,7 @@ def write_model(path, checkpoint: Mapping, dtype="FP16") -> None:
             f"write_model writes FP32 or FP16 files, not {fmt.type_name(data_type)}; quantize the result instead"
         )
     n_embed = _n_embed(checkpoint)
-    n_vocab = int(checkpoint["emb.weight"].shape[0])
+    n_vocab = int(_shape_of(checkpoint, "emb.weight")[0])
     n_layer = _count_layers(checkpoint)
     if n_layer == 0:
         raise ValueError("checkpoint has no 'blocks.N.ln1.weight': no layers found")

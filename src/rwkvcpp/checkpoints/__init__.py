@@ -7,12 +7,12 @@ np.ndarray]`` whose ``checkpoint[name]`` reads just that tensor as float32, with
 content, not its name:
 
 * a zip (``torch.save`` >= 1.6: ``.pth``, ``.pt``, HF ``pytorch_model.bin``) or a legacy torch
-  pickle -> :mod:`rwkvcpp.convert.pth` (restricted unpickler);
+  pickle -> :mod:`rwkvcpp.checkpoints.pth` (restricted unpickler);
 * a safetensors file -> read here from its JSON header (numpy has no bf16, and this way
   safetensors is not a dependency);
 * a ``*.index.json`` (HF sharded checkpoint) or a folder -> the union of the shards.
 
-Names are returned as the file has them; :func:`rwkvcpp.convert.hf.to_native_names` maps Hugging
+Names are returned as the file has them; :func:`rwkvcpp.checkpoints.hf.to_native_names` maps Hugging
 Face RWKV names back to the BlinkDL names the writer expects.
 """
 

@@ -1,0 +1,144 @@
+"""State files: initial states made by state tuning (RWKV-PEFT, RWKV Runner's "state" models).
+
+A state file is a ``.pth`` (or ``.safetensors``) holding, for every layer N, one tensor
+``blocks.N.att.time_state`` of shape (n_head, 64, 64): the layer's starting wkv matrices. It holds
+nothing else: the token-shift parts of the state start at zero, as for a fresh state.
+
+Orientation. The files store each head's matrix as [value][key], the layout of the training
+kernels that learn them (thread i of RWKV-PEFT's state-tuning CUDA kernels owns value channel i and
+keeps its row over the key channels). The official ``rwkv`` package therefore loads v5/v6 states
+with ``.transpose(1, 2)`` into its [key][value] matrices, and v7 states as they are, since its v7
+state is [value][key] already (``S = S*w + S@ab + v k^T``). This package's flat state (FORMAT.md
+"State", the same as rwkv.cpp's) uses exactly those two layouts: [head][key][value] for v5/v6,
+[head][value][key] for v7. So v5/v6 matrices are transposed on the way in and out, v7 ones are not.
+
+Neither the official package nor rwkv.cpp has state files for v4 (its state is three vectors per
+layer, not a matrix), so v4 models are refused.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Union
+
+import numpy as np
+
+from . import is_hf_layout, load_checkpoint, to_native_names
+from .pth_write import save_pth, save_safetensors
+
+__all__ = ["load_state_file", "save_state_file", "STATE_TENSOR"]
+
+HEAD_SIZE = 64
+#: The name of layer N's tensor in a state file.
+STATE_TENSOR = "blocks.{}.att.time_state"
+_STATE_NAME = re.compile(r"^blocks\.(\d+)\.att\.time_state$")
+_FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
+
+PathLike = Union[str, os.PathLike]
+
+
+def _layout(model, where: str):
+    """(n_layer, n_embed, n_head, per-layer state length) of a v5/v6/v7 model; ValueError for v4."""
+    arch = model.arch
+    if arch == "v4":
+        raise ValueError(f"{where}: state files hold wkv matrices of RWKV v5, v6 and v7; "
+                         "a v4 model's state has none")
+    n_embed, n_layer = int(model.n_embed), int(model.n_layer)
+    n_head = n_embed // HEAD_SIZE
+    return n_layer, n_embed, n_head, 2 * n_embed + n_head * HEAD_SIZE * HEAD_SIZE
+
+
+def _wkv_views(state: np.ndarray, model, where: str) -> list:
+    """Views of each layer's (n_head, 64, 64) wkv matrices inside the flat state, in the file's
+    [head][value][key] orientation (writing to a view writes the state)."""
+    n_layer, n_embed, n_head, per_layer = _layout(model, where)
+    views = []
+    for i in range(n_layer):
+        start = i * per_layer + 2 * n_embed  # after the ffn and att token-shift vectors
+        wkv = state[start:start + n_head * HEAD_SIZE * HEAD_SIZE].reshape(n_head, HEAD_SIZE, HEAD_SIZE)
+        views.append(wkv if model.arch == "v7" else wkv.transpose(0, 2, 1))
+    return views
+
+
+def _state_len(model) -> int:
+    n_layer, _, _, per_layer = _layout(model, "model")
+    return n_layer * per_layer
+
+
+def load_state_file(path: PathLike, model) -> np.ndarray:
+    """Reads a state file into a full state for ``model`` (a :class:`rwkvcpp.Model`): a new
+    float32 array of ``model.state_len`` holding the file's wkv matrices and a fresh state's
+    values everywhere else. Pass it to ``model.eval_sequence(tokens, state)``.
+
+    The file is read without torch and without running code from it. Raises ValueError (naming
+    the file) when it is not a state file or does not fit the model: another number of layers,
+    another width (heads), a v4 model.
+    """
+    path = os.fspath(path)
+    n_layer, n_embed, n_head, _ = _layout(model, path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no such file or directory")
+    checkpoint = load_checkpoint(path)
+    if is_hf_layout(checkpoint):
+        checkpoint = to_native_names(checkpoint)
+
+    names = {}
+    for name in checkpoint:
+        match = _STATE_NAME.match(name)
+        if match:
+            names[int(match.group(1))] = name
+    if not names:
+        sample = ", ".join(repr(n) for n in list(checkpoint)[:3])
+        raise ValueError(f"{path}: not a state file: it has no 'blocks.N.att.time_state' tensors "
+                         f"(it holds {sample}{', ...' if len(checkpoint) > 3 else ''})")
+    layers = sorted(names)
+    if len(layers) != n_layer or layers[-1] != n_layer - 1:
+        raise ValueError(f"{path}: the state file has time_state for {len(layers)} layers "
+                         f"(blocks {layers[0]}..{layers[-1]}); this model has {n_layer} layers")
+
+    # Check every shape and dtype before reading any data.
+    wanted = (n_head, HEAD_SIZE, HEAD_SIZE)
+    for i in layers:
+        shape = tuple(checkpoint.shape_of(names[i]))
+        if shape != wanted:
+            file_heads = f" ({shape[0]} heads, n_embed {shape[0] * HEAD_SIZE})" if shape[1:] == wanted[1:] else ""
+            raise ValueError(f"{path}: {names[i]} has shape {shape}{file_heads}; this model "
+                             f"(n_embed {n_embed}, {n_head} heads of {HEAD_SIZE}) needs {wanted}")
+        dtype = checkpoint.dtype_of(names[i])
+        if dtype not in _FLOAT_DTYPES:
+            raise ValueError(f"{path}: {names[i]} has dtype {dtype}; expected floating point")
+
+    state = np.array(model.init_state(), dtype=np.float32, copy=True)
+    for i, view in enumerate(_wkv_views(state, model, path)):
+        values = checkpoint[names[i]]
+        if not np.all(np.isfinite(values)):
+            raise ValueError(f"{path}: {names[i]} holds NaN or infinite values")
+        view[...] = values
+    return state
+
+
+def save_state_file(path: PathLike, state: np.ndarray, model) -> None:
+    """Writes the wkv matrices of ``state`` (a full state of ``model``) as a state file:
+    ``blocks.N.att.time_state`` (n_head, 64, 64) float32 tensors in the orientation state-tuning
+    tools write. ``.safetensors`` paths get a safetensors file, anything else a ``torch.save``
+    zip (``.pth``), written without torch and atomically.
+
+    Only the wkv matrices are saved (that is all the format holds): the token-shift parts of the
+    state are dropped, and come back as zeros from :func:`load_state_file`.
+    """
+    path = os.fspath(path)
+    state = np.asarray(state)
+    if state.dtype.kind != "f":
+        raise ValueError(f"{path}: state must be a float array, not {state.dtype}")
+    expected = _state_len(model)
+    if state.ndim != 1 or state.shape[0] != expected:
+        raise ValueError(f"{path}: state has shape {state.shape}; this {model.arch} model's state is ({expected},)")
+    tensors = {
+        STATE_TENSOR.format(i): np.ascontiguousarray(view, dtype=np.float32)
+        for i, view in enumerate(_wkv_views(state, model, path))
+    }
+    if path.lower().endswith(".safetensors"):
+        save_safetensors(path, tensors)
+    else:
+        save_pth(path, tensors)

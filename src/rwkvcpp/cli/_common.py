@@ -1,0 +1,161 @@
+"""Pieces shared by the text commands (chat, generate, perplexity): the model argument with its
+built-in fallback, the sampling flags, and a progress bar."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from . import CommandError
+
+BUILTIN_NOTE = "a tiny byte-level model trained on Python's docs"
+
+
+# -- model -----------------------------------------------------------------------------------
+
+
+def add_model_arguments(parser, optional: bool = True) -> None:
+    if optional:
+        parser.add_argument(
+            "model", metavar="MODEL", nargs="?",
+            help=f"rwkv.cpp .bin model (default: the built-in model, {BUILTIN_NOTE})",
+        )
+    else:
+        parser.add_argument("model", metavar="MODEL", help="rwkv.cpp .bin model")
+    parser.add_argument("--threads", type=int, metavar="N", help="CPU threads (default: the engine's choice)")
+    parser.add_argument(
+        "--tokenizer", metavar="NAME_OR_PATH",
+        help="world, 20b, bytes or a vocabulary file (default: chosen from the model's vocabulary size)",
+    )
+
+
+def builtin_model_path() -> str:
+    """The built-in model's file, or a CommandError saying it is not there."""
+    try:
+        from ..data import builtin_model_path as find
+    except ImportError:
+        raise CommandError(
+            "no MODEL given, and this installation has no built-in model; pass the path of an rwkv.cpp .bin file"
+        ) from None
+    try:
+        path = os.fspath(find())
+    except (OSError, LookupError, ValueError) as e:
+        raise CommandError(f"no MODEL given, so the built-in model was wanted, but: {e}") from None
+    if not os.path.isfile(path):
+        raise CommandError(f"no MODEL given, and the built-in model {path} is missing; pass the path of a .bin file")
+    return path
+
+
+def load_model(args):
+    """The Model named by ``args.model`` (the built-in one when None), with ``--tokenizer`` applied."""
+    from ..model import Model
+
+    path = args.model
+    if path is None:
+        path = builtin_model_path()
+        print(f"using the built-in model {path} ({BUILTIN_NOTE})", file=sys.stderr, flush=True)
+    if args.threads is not None and args.threads < 1:
+        raise CommandError(f"--threads must be at least 1, not {args.threads}")
+    model = Model(path, threads=args.threads)
+    if args.tokenizer is not None:
+        model.tokenizer = args.tokenizer
+    return model
+
+
+# -- sampling --------------------------------------------------------------------------------
+
+_SAMPLING_FLAGS = (
+    # dest, flags, type, help
+    ("temperature", ("--temperature", "--temp"), float, "randomness; 0 always picks the most likely token"),
+    ("top_p", ("--top-p",), float, "keep the most likely tokens up to this total probability (1 = off)"),
+    ("top_k", ("--top-k",), int, "keep only the K most likely tokens (0 = off)"),
+    ("min_p", ("--min-p",), float, "drop tokens less likely than this times the most likely one (0 = off)"),
+    ("presence_penalty", ("--presence-penalty",), float, "subtracted from tokens already generated"),
+    ("frequency_penalty", ("--frequency-penalty",), float, "subtracted per earlier occurrence"),
+    ("penalty_decay", ("--penalty-decay",), float, "occurrence counts shrink by this factor per token (1 = off)"),
+)
+
+
+def add_sampling_arguments(parser, defaults: dict, max_tokens_flags=("-n", "--max-tokens")) -> None:
+    """The sampling flags, with this command's defaults shown in their help."""
+    group = parser.add_argument_group("sampling")
+    for dest, flags, type_, help_text in _SAMPLING_FLAGS:
+        group.add_argument(*flags, dest=dest, type=type_, metavar="N" if type_ is int else "X", default=defaults.get(dest),
+                           help=f"{help_text} (default {defaults.get(dest)})")
+    group.add_argument("--seed", type=int, metavar="N", default=defaults.get("seed"),
+                       help="random seed, for repeatable output (default: different each run)")
+    group.add_argument("--stop", action="append", metavar="TEXT", default=[],
+                       help="end the text where TEXT appears (may be repeated; \\n means a newline)")
+    group.add_argument(*max_tokens_flags, dest="max_tokens", type=int, metavar="N",
+                       default=defaults.get("max_tokens"),
+                       help=f"most tokens to generate per reply (default {defaults.get('max_tokens')})")
+
+
+def sampling_params(args, **extra):
+    """SamplingParams from the parsed flags (a bad value becomes a one-line error)."""
+    from ..sampling import SamplingParams
+
+    if args.max_tokens is not None and args.max_tokens < 0:
+        raise CommandError(f"--max-tokens must be 0 or more, not {args.max_tokens}")
+    values = {dest: getattr(args, dest) for dest, *_ in _SAMPLING_FLAGS if getattr(args, dest) is not None}
+    stops = tuple(s.replace("\\n", "\n") for s in args.stop)
+    try:
+        return SamplingParams(**values, stop=stops, seed=args.seed, max_tokens=args.max_tokens, **extra)
+    except ValueError as e:
+        # "top_p must be ..." -> "--top-p must be ...": name the flag the user typed.
+        name, _, rest = str(e).partition(" ")
+        if name in values or name == "seed":
+            raise CommandError(f"--{name.replace('_', '-')} {rest}") from None
+        raise CommandError(str(e)) from None
+
+
+# -- progress --------------------------------------------------------------------------------
+
+
+class Progress:
+    """A progress bar on stderr: tqdm when installed, else one self-rewriting line. Silent when
+    stderr is not a terminal (or ``enabled`` is False)."""
+
+    def __init__(self, total: int, unit: str, desc: str, enabled: bool = True):
+        self.total = total
+        self.unit = unit
+        self.desc = desc
+        self.n = 0
+        self._on = enabled and _isatty(sys.stderr)
+        self._bar = None
+        self._width = 0
+        if self._on:
+            try:
+                from tqdm import tqdm
+            except ImportError:
+                pass
+            else:
+                self._bar = tqdm(total=total, unit=unit, desc=desc, file=sys.stderr, leave=False, unit_scale=True)
+
+    def update(self, n: int, postfix: str = "") -> None:
+        self.n += n
+        if not self._on:
+            return
+        if self._bar is not None:
+            if postfix:
+                self._bar.set_postfix_str(postfix, refresh=False)
+            self._bar.update(n)
+            return
+        line = f"\r{self.desc}: {self.n}/{self.total} {self.unit}s  {postfix}"
+        sys.stderr.write(line.ljust(self._width))
+        self._width = max(self._width, len(line))
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+        elif self._width:
+            sys.stderr.write("\r" + " " * self._width + "\r")
+            sys.stderr.flush()
+
+
+def _isatty(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False

@@ -1,0 +1,40 @@
+"""``rwkvcpp chat [MODEL] [--prompt PRESET_OR_JSON]``: chat with a model in the terminal.
+
+Replies stream to stdout; notes go to stderr. Works with piped input too (each line is a
+message) and exits 0 at the end of the input.
+"""
+
+from __future__ import annotations
+
+from ..chat import DEFAULT_PRESET, ChatSession, Preset, preset_names
+from . import _common
+
+DEFAULTS = {
+    # rwkv.cpp's chat_with_bot.py settings, with ChatRWKV's penalty decay.
+    "temperature": 0.8,
+    "top_p": 0.5,
+    "top_k": 0,
+    "min_p": 0.0,
+    "presence_penalty": 0.2,
+    "frequency_penalty": 0.2,
+    "penalty_decay": 0.996,
+    "max_tokens": 250,
+}
+
+
+def add_arguments(parser) -> None:
+    _common.add_model_arguments(parser)
+    parser.add_argument(
+        "--prompt", metavar="PRESET_OR_JSON", default=DEFAULT_PRESET,
+        help=f"prompt preset ({', '.join(preset_names())}; default {DEFAULT_PRESET}), a JSON file or JSON text "
+             f"with the keys user, bot, separator and intro",
+    )
+    _common.add_sampling_arguments(parser, DEFAULTS, max_tokens_flags=("--max-tokens", "-n"))
+
+
+def run(args) -> int:
+    preset = Preset.load(args.prompt)  # before loading the model: a typo fails fast
+    params = _common.sampling_params(args)
+    model = _common.load_model(args)
+    session = ChatSession(model, preset, params)
+    return session.run()

@@ -1,0 +1,382 @@
+"""Text generation: a prompt in, text out, one token at a time.
+
+The loop is the same for every front end (``Model.generate``, the ``rwkvcpp generate`` and
+``rwkvcpp chat`` commands, the HTTP server):
+
+1. the prompt goes through the model in one ``eval_sequence`` call (much faster than token by
+   token, and the state passed in is left untouched);
+2. a :class:`~rwkvcpp.sampling.Sampler` picks each next token, which is then evaluated;
+3. generation ends at a stop token, a stop string or ``max_tokens``.
+
+:class:`Generator` is the core: ``Generator(model).stream(prompt, params)`` yields one
+:class:`Chunk` per sampled token and the last chunk carries the :class:`Generation` result
+(finish reason, usage counts, final state). Stopping the iteration early cancels the generation;
+nothing else needs cleaning up. ``generate``, ``generate_full`` and ``stream_generate`` are
+keyword-argument conveniences over it.
+
+Text rules:
+
+* text is decoded with a :class:`~rwkvcpp.tokenizer.StreamDecoder`, so a character split across
+  tokens is never emitted half-done;
+* a stop string is never part of the text. Text that could be the beginning of a stop string is
+  held back until the next tokens show whether it is, so stop strings split across tokens are
+  caught too (a streamed chunk's ``text`` can therefore be empty).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Optional, Union
+
+import numpy as np
+
+from .sampling import Sampler, SamplingParams
+from .tokenizer import StreamDecoder, Tokenizer
+
+if TYPE_CHECKING:  # only for annotations: model.py imports this module lazily
+    from .model import Model
+
+__all__ = [
+    "Chunk",
+    "Completion",
+    "Generation",
+    "Generator",
+    "generate",
+    "generate_full",
+    "stream_generate",
+]
+
+FINISH_STOP = "stop"  # a stop token or stop string was produced
+FINISH_LENGTH = "length"  # max_tokens were produced
+
+Prompt = Union[str, bytes, Sequence[int], np.ndarray]
+
+
+class Generation:
+    """The result of one generation.
+
+    text:               the generated text, cut before a stop string
+    tokens:             the generated token ids, without a stop token (a stop string's tokens
+                        are included: the model produced them)
+    finish_reason:      ``"stop"`` (stop token or stop string) or ``"length"`` (max_tokens)
+    stop:               the stop string or stop token id that ended it, else None
+    prompt_tokens:      number of prompt tokens evaluated by this call
+    completion_tokens:  number of tokens sampled, a stop token included
+    prompt_seconds, completion_seconds: wall-clock time of the two phases
+    state, logits:      the model state after the prompt and ``tokens``, and the logits that go
+                        with it; pass both back (``state=``, ``logits=``, empty prompt) to continue
+                        exactly where this generation ended, or only ``state`` with more prompt.
+
+    ``state`` and ``logits`` are computed on first access: the last sampled token has not been
+    through the model yet (nothing needed its logits), and a caller that never looks at the
+    state (a stateless server request) should not pay for that evaluation.
+    """
+
+    def __init__(self, *, model: Model, text: str, tokens: list[int], finish_reason: str,
+                 stop: str | int | None, prompt_tokens: int, completion_tokens: int,
+                 prompt_seconds: float, completion_seconds: float, state: np.ndarray,
+                 logits: np.ndarray, unevaluated: list[int]):
+        self.text = text
+        self.tokens = tokens
+        self.finish_reason = finish_reason
+        self.stop = stop
+        self.prompt_tokens = prompt_tokens
+        self.completion_tokens = completion_tokens
+        self.prompt_seconds = prompt_seconds
+        self.completion_seconds = completion_seconds
+        self._model = model
+        self._state = state
+        self._logits = logits
+        self._unevaluated = unevaluated
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return (
+            f"Generation(text={self.text!r}, finish_reason={self.finish_reason!r}, stop={self.stop!r}, "
+            f"prompt_tokens={self.prompt_tokens}, completion_tokens={self.completion_tokens})"
+        )
+
+    def _catch_up(self) -> None:
+        with self._lock:
+            if self._unevaluated:
+                self._model.eval_sequence(self._unevaluated, self._state, state_out=self._state,
+                                          logits_out=self._logits)
+                self._unevaluated = []
+
+    @property
+    def state(self) -> np.ndarray:
+        """Model state after the prompt and all of ``tokens``."""
+        self._catch_up()
+        return self._state
+
+    @property
+    def logits(self) -> np.ndarray:
+        """Logits for the token after ``tokens`` (they go with ``state``)."""
+        self._catch_up()
+        return self._logits
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    @property
+    def usage(self) -> dict:
+        """OpenAI-style usage counts."""
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.total_tokens,
+        }
+
+    @property
+    def tokens_per_second(self) -> float:
+        """Generation speed (prompt processing not included)."""
+        return self.completion_tokens / self.completion_seconds if self.completion_seconds > 0 else 0.0
+
+
+class Chunk:
+    """One step of a streamed generation: one sampled token and the text it released.
+
+    ``text`` may be empty (an unfinished character or a possible stop string is being held
+    back) and may hold text of earlier tokens. The last chunk has ``finish_reason`` set and
+    ``result``, the :class:`Generation`; ``state``, ``prompt_tokens``, ``completion_tokens``
+    and ``usage`` read through to it (None on other chunks). ``token`` is the sampled id; a
+    stop token appears here (on the last chunk) although it is not part of ``result.tokens``,
+    and it is None only when max_tokens is 0.
+    """
+
+    __slots__ = ("text", "token", "finish_reason", "result")
+
+    def __init__(self, text: str, token: int | None, finish_reason: str | None = None,
+                 result: Generation | None = None):
+        self.text = text
+        self.token = token
+        self.finish_reason = finish_reason
+        self.result = result
+
+    def __repr__(self) -> str:
+        end = f", finish_reason={self.finish_reason!r}" if self.finish_reason else ""
+        return f"Chunk(text={self.text!r}, token={self.token}{end})"
+
+    @property
+    def state(self) -> np.ndarray | None:
+        return self.result.state if self.result is not None else None
+
+    @property
+    def prompt_tokens(self) -> int | None:
+        return self.result.prompt_tokens if self.result is not None else None
+
+    @property
+    def completion_tokens(self) -> int | None:
+        return self.result.completion_tokens if self.result is not None else None
+
+    @property
+    def usage(self) -> dict | None:
+        return self.result.usage if self.result is not None else None
+
+
+class _StopStrings:
+    """Cuts streamed text at the first stop string, holding back what might start one."""
+
+    def __init__(self, stops: Sequence[str]):
+        self.stops = tuple(stops)
+        self.held = ""
+
+    def feed(self, piece: str) -> tuple[str, Optional[str]]:
+        """Returns (text safe to emit, the stop string found or None)."""
+        if not self.stops:
+            return piece, None
+        text = self.held + piece
+        # The earliest occurrence wins, whichever stop string it is. Because possible starts are
+        # always held back, an occurrence can only begin inside `text`.
+        found = None
+        for stop in self.stops:
+            at = text.find(stop)
+            if at >= 0 and (found is None or at < found[0]):
+                found = (at, stop)
+        if found is not None:
+            self.held = ""
+            return text[: found[0]], found[1]
+        keep = self._longest_partial(text)
+        self.held = text[len(text) - keep:] if keep else ""
+        return text[: len(text) - keep], None
+
+    def _longest_partial(self, text: str) -> int:
+        """Length of the longest suffix of text that is a proper prefix of a stop string."""
+        best = 0
+        for stop in self.stops:
+            for n in range(min(len(stop) - 1, len(text)), best, -1):
+                if text.endswith(stop[:n]):
+                    best = n
+                    break
+        return best
+
+    def finish(self, tail: str) -> tuple[str, Optional[str]]:
+        """At the end: whatever is held back plus ``tail`` (the decoder's last text) goes out,
+        unless it completes a stop string."""
+        text, stop = self.feed(tail)
+        text, self.held = text + self.held, ""
+        return text, stop
+
+
+class Generator:
+    """Generates text with one model and tokenizer. Holds no per-generation state, so one
+    Generator can serve many generations, from several threads at once."""
+
+    def __init__(self, model: Model, tokenizer: Optional[Tokenizer] = None):
+        self.model = model
+        if tokenizer is None:
+            tokenizer = model.tokenizer
+        elif not isinstance(tokenizer, Tokenizer):  # a name ("world", "bytes") or a vocabulary file
+            tokenizer = Tokenizer.from_name(tokenizer, n_vocab=model.n_vocab)
+        self.tokenizer = tokenizer
+
+    def encode(self, prompt: Prompt) -> list[int]:
+        """Prompt token ids: text (or bytes, for byte-based tokenizers) is tokenized, a sequence
+        of ints is taken as token ids."""
+        if isinstance(prompt, (str, bytes, bytearray)):
+            return self.tokenizer.encode(prompt)
+        try:
+            ids = [int(t) for t in prompt]
+        except (TypeError, ValueError):
+            raise TypeError(f"prompt must be text or a sequence of token ids, not {type(prompt).__name__}") from None
+        bad = [t for t in ids if not 0 <= t < self.model.n_vocab]
+        if bad:
+            raise ValueError(f"prompt token id(s) {bad[:5]} outside this model's vocabulary 0..{self.model.n_vocab - 1}")
+        return ids
+
+    def stream(self, prompt: Prompt, params: Optional[SamplingParams] = None, state: Optional[np.ndarray] = None,
+               *, logits: Optional[np.ndarray] = None) -> Iterator[Chunk]:
+        """Generates from ``prompt`` (text or token ids), continuing ``state`` if given.
+
+        Yields one :class:`Chunk` per sampled token; the last one carries the result. An empty
+        prompt continues from ``state`` and ``logits`` (a Generation's pair) directly.
+        ``params.max_tokens`` of None means no limit. Arguments are checked here, before the
+        first chunk is asked for; neither ``state`` nor ``logits`` is modified.
+        """
+        params = params if params is not None else SamplingParams()
+        ids = self.encode(prompt)
+        sampler = Sampler(params, self.model.n_vocab)
+        if not ids and logits is None:
+            raise ValueError("the prompt is empty: give some text, or the logits that go with the state to continue")
+        if logits is not None:
+            logits = np.asarray(logits)
+            if logits.shape != (self.model.n_vocab,):
+                raise ValueError(f"logits must have shape ({self.model.n_vocab},), got {logits.shape}")
+        if state is not None:
+            self.model._check_state(state, "state")
+        return self._run(ids, params, sampler, state, logits)
+
+    def complete(self, prompt: Prompt, params: Optional[SamplingParams] = None, state: Optional[np.ndarray] = None,
+                 *, logits: Optional[np.ndarray] = None) -> Generation:
+        """Like :meth:`stream`, but runs to the end and returns the :class:`Generation` (also
+        known as :data:`Completion`: text, tokens, finish_reason, usage, state)."""
+        result = None
+        for chunk in self.stream(prompt, params, state=state, logits=logits):
+            result = chunk.result
+        assert result is not None
+        return result
+
+    generate = complete  # the same method, named after its result type
+
+    def _run(self, ids: list[int], params: SamplingParams, sampler: Sampler,
+             state: Optional[np.ndarray], logits: Optional[np.ndarray]) -> Iterator[Chunk]:
+        model = self.model
+        started = time.perf_counter()
+        if ids:
+            logits, state = model.eval_sequence(ids, state)  # new arrays; the caller's are untouched
+            sampler.observe_prompt(ids)
+        else:
+            state = model.init_state() if state is None else np.array(state, dtype=np.float32)
+            logits = np.array(logits, dtype=np.float32)
+        prompt_done = time.perf_counter()
+
+        decoder = StreamDecoder(self.tokenizer)
+        stops = _StopStrings(params.stop)
+        stop_tokens = frozenset(params.stop_tokens)
+        limit = params.max_tokens
+        tokens: list[int] = []
+        pieces: list[str] = []
+        sampled = 0
+
+        def finish(reason, stop, unevaluated) -> Generation:
+            return Generation(
+                model=model, text="".join(pieces), tokens=tokens, finish_reason=reason, stop=stop,
+                prompt_tokens=len(ids), completion_tokens=sampled,
+                prompt_seconds=prompt_done - started, completion_seconds=time.perf_counter() - prompt_done,
+                state=state, logits=logits, unevaluated=unevaluated,
+            )
+
+        if limit == 0:
+            yield Chunk("", None, FINISH_LENGTH, finish(FINISH_LENGTH, None, []))
+            return
+
+        while True:
+            if tokens:
+                # The previous token goes through the model only now that its logits are needed.
+                # The state and logits arrays are ours (fresh above), so update them in place.
+                model.eval(tokens[-1], state, state_out=state, logits_out=logits)
+            token = sampler.sample(logits)
+            sampled += 1
+
+            if token in stop_tokens:
+                text, stop = stops.finish(decoder.flush())
+                pieces.append(text)
+                # The stop token is not part of the output, nor of the state.
+                yield Chunk(text, token, FINISH_STOP, finish(FINISH_STOP, stop if stop else token, []))
+                return
+
+            tokens.append(token)
+            sampler.observe(token)
+            text, stop = stops.feed(decoder.feed(token))
+            if stop is None and limit is not None and sampled >= limit:
+                more, stop = stops.finish(decoder.flush())
+                text += more
+                if stop is None:
+                    pieces.append(text)
+                    yield Chunk(text, token, FINISH_LENGTH, finish(FINISH_LENGTH, None, [token]))
+                    return
+            pieces.append(text)
+            if stop is not None:
+                yield Chunk(text, token, FINISH_STOP, finish(FINISH_STOP, stop, [token]))
+                return
+            yield Chunk(text, token)
+
+
+# The result of Generator.complete: the name the HTTP server and the docs use.
+Completion = Generation
+
+
+def _params(max_tokens: Optional[int], sampling: dict) -> SamplingParams:
+    if "params" in sampling:
+        raise TypeError("pass sampling settings as keyword arguments (temperature=..., top_p=...), not params=")
+    return SamplingParams(max_tokens=max_tokens, **sampling)
+
+
+def stream_generate(model: Model, tokenizer: Optional[Tokenizer], prompt: Prompt, *, max_tokens: Optional[int] = 256,
+                    state: Optional[np.ndarray] = None, logits: Optional[np.ndarray] = None,
+                    **sampling) -> Iterator[Chunk]:
+    """:meth:`Generator.stream` with sampling settings as keywords (see SamplingParams)."""
+    return Generator(model, tokenizer).stream(prompt, _params(max_tokens, sampling), state=state, logits=logits)
+
+
+def generate_full(model: Model, tokenizer: Optional[Tokenizer], prompt: Prompt, *, max_tokens: Optional[int] = 256,
+                  state: Optional[np.ndarray] = None, logits: Optional[np.ndarray] = None,
+                  **sampling) -> Generation:
+    """Generates to the end and returns the :class:`Generation` (text, tokens, usage, state)."""
+    return Generator(model, tokenizer).generate(prompt, _params(max_tokens, sampling), state=state, logits=logits)
+
+
+def generate(model: Model, tokenizer: Optional[Tokenizer], prompt: Prompt, *, max_tokens: Optional[int] = 256,
+             state: Optional[np.ndarray] = None, stream: bool = False, **sampling) -> Union[str, Iterator[str]]:
+    """The generated text, or with ``stream=True`` an iterator of its pieces as they come.
+
+    ``tokenizer`` None means the model's own (``model.tokenizer``). Sampling settings are
+    keywords of :class:`~rwkvcpp.sampling.SamplingParams` (temperature, top_p, stop, seed, ...).
+    """
+    chunks = stream_generate(model, tokenizer, prompt, max_tokens=max_tokens, state=state, **sampling)
+    if stream:
+        return (chunk.text for chunk in chunks if chunk.text)
+    return "".join(chunk.text for chunk in chunks)
