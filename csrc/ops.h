@@ -6,6 +6,14 @@
 
 #include "model.h"
 
+/* Hot element-wise loops outside the kernel table (the wkv recurrences) get an AVX2 clone that the
+ * loader picks when the CPU has it; the baseline build only vectorises with SSE2. */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define RWKV_SIMD_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define RWKV_SIMD_CLONES
+#endif
+
 static inline float rwkv_sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
 static inline float rwkv_silu(float x) { return x / (1.0f + expf(-x)); }
 

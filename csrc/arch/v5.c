@@ -3,7 +3,7 @@
 
 #include "../ops.h"
 
-static void wkv5_head(void *p, int64_t h) {
+RWKV_SIMD_CLONES static void wkv5_head(void *p, int64_t h) {
     const rwkv_wkv5_args *a = p;
     const int64_t N = a->N, C = a->H * a->N;
     float *S = a->state + h * N * N;

@@ -10,7 +10,7 @@ typedef struct {
     int64_t T, H, N;
 } wkv7_task;
 
-static void wkv7_head(void *p, int64_t h) {
+RWKV_SIMD_CLONES static void wkv7_head(void *p, int64_t h) {
     const wkv7_task *a = p;
     const int64_t N = a->N, C = a->H * N;
     float *S = a->state + h * N * N; /* [value i][key j] */
