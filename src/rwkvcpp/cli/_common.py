@@ -1,5 +1,5 @@
 """Pieces shared by the text commands (chat, generate, perplexity): the model argument with its
-built-in fallback, the sampling flags, and a progress bar."""
+built-in fallback, and the sampling flags."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import os
 import sys
 
 from . import CommandError
+from ._progress import Progress  # noqa: F401  (re-exported for the commands)
 
 BUILTIN_NOTE = "a tiny byte-level model trained on Python's docs"
 
@@ -107,55 +108,3 @@ def sampling_params(args, **extra):
         if name in values or name == "seed":
             raise CommandError(f"--{name.replace('_', '-')} {rest}") from None
         raise CommandError(str(e)) from None
-
-
-# -- progress --------------------------------------------------------------------------------
-
-
-class Progress:
-    """A progress bar on stderr: tqdm when installed, else one self-rewriting line. Silent when
-    stderr is not a terminal (or ``enabled`` is False)."""
-
-    def __init__(self, total: int, unit: str, desc: str, enabled: bool = True):
-        self.total = total
-        self.unit = unit
-        self.desc = desc
-        self.n = 0
-        self._on = enabled and _isatty(sys.stderr)
-        self._bar = None
-        self._width = 0
-        if self._on:
-            try:
-                from tqdm import tqdm
-            except ImportError:
-                pass
-            else:
-                self._bar = tqdm(total=total, unit=unit, desc=desc, file=sys.stderr, leave=False, unit_scale=True)
-
-    def update(self, n: int, postfix: str = "") -> None:
-        self.n += n
-        if not self._on:
-            return
-        if self._bar is not None:
-            if postfix:
-                self._bar.set_postfix_str(postfix, refresh=False)
-            self._bar.update(n)
-            return
-        line = f"\r{self.desc}: {self.n}/{self.total} {self.unit}s  {postfix}"
-        sys.stderr.write(line.ljust(self._width))
-        self._width = max(self._width, len(line))
-        sys.stderr.flush()
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-        elif self._width:
-            sys.stderr.write("\r" + " " * self._width + "\r")
-            sys.stderr.flush()
-
-
-def _isatty(stream) -> bool:
-    try:
-        return stream.isatty()
-    except (AttributeError, ValueError):
-        return False

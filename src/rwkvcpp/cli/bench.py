@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-import sys
+
+from ._progress import Progress
 
 
 def add_arguments(parser) -> None:
@@ -14,49 +15,24 @@ def add_arguments(parser) -> None:
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
 
 
-class _Progress:
-    """A progress line on stderr (tqdm when installed), only on a terminal."""
-
-    def __init__(self):
-        self.enabled = sys.stderr.isatty()
-        self.stage = None
-        self.bar = None
-
-    def __call__(self, stage: str, done: int, total: int) -> None:
-        if not self.enabled:
-            return
-        if stage != self.stage:
-            self.close()
-            self.stage = stage
-            try:
-                from tqdm import tqdm
-
-                self.bar = tqdm(total=total, desc=stage, unit="tok" if stage == "decode" else "step", leave=False)
-            except ImportError:
-                self.bar = None
-        if self.bar is not None:
-            self.bar.n = done
-            self.bar.refresh()
-        else:
-            print(f"\r{stage}: {done}/{total}", end="", file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-        elif self.stage is not None and self.enabled:
-            print(file=sys.stderr)
-        self.bar = None
-
-
 def run(args) -> int:
     from ..benchmark import run_benchmark
 
-    progress = _Progress()
+    bars = {}
+
+    def progress(stage: str, done: int, total: int) -> None:
+        if stage not in bars:
+            for bar in bars.values():
+                bar.close()
+            bars[stage] = Progress(total, "token" if stage == "decode" else "step", stage)
+        bars[stage].update(done - bars[stage].n)
+
     try:
         result = run_benchmark(args.model, threads=args.threads, decode_tokens=args.tokens,
                                prompt_tokens=args.prompt, progress=progress)
     finally:
-        progress.close()
+        for bar in bars.values():
+            bar.close()
     if args.json:
         print(json.dumps(result.as_dict(), indent=2))
         return 0

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import sys
-
 from ..quantization import QUANTIZED_TYPES, format_size, quantize
+from ._progress import Progress, step_callback
 
 
 def add_arguments(parser) -> None:
@@ -19,43 +18,8 @@ def add_arguments(parser) -> None:
     )
 
 
-class _Progress:
-    """A progress bar over tensors: tqdm when installed, else one self-rewriting stderr line.
-
-    Both stay silent when stderr is not a terminal, so logs and pipes get only the summary.
-    """
-
-    def __init__(self):
-        self._bar = None
-        self._tty = sys.stderr.isatty()
-        self._width = 0
-
-    def __call__(self, done: int, total: int, name: str) -> None:
-        if not self._tty:
-            return
-        try:
-            from tqdm import tqdm
-        except ImportError:
-            line = f"\rquantizing: {done}/{total} tensors  {name}"
-            sys.stderr.write(line.ljust(self._width))
-            self._width = max(self._width, len(line))
-            sys.stderr.flush()
-            return
-        if self._bar is None:
-            self._bar = tqdm(total=total, unit="tensor", desc="quantizing", file=sys.stderr, leave=False)
-        self._bar.set_postfix_str(name, refresh=False)
-        self._bar.update(done - self._bar.n)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-        elif self._width:
-            sys.stderr.write("\r" + " " * self._width + "\r")
-            sys.stderr.flush()
-
-
 def run(args) -> int:
-    progress = _Progress()
+    progress = step_callback(lambda total: Progress(total, "tensor", "quantizing"))
     try:
         summary = quantize(args.src, args.dst, args.type, quantize_head=args.quantize_head, progress=progress)
     finally:
