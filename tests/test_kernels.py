@@ -1,0 +1,119 @@
+"""Every kernel level the CPU offers gives the results of the portable C path, for every weight
+format, in decode (matrix-vector) and sequence (tiled matrix-matrix) mode, and on odd sizes.
+
+Speed is measured by `rwkvcpp bench` and benchmarks/, never here."""
+
+import numpy as np
+import pytest
+
+import rwkvcpp
+from rwkvcpp import _core
+from rwkvcpp.quantization import quantize
+
+FORMATS = ["FP32", "FP16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"]
+TYPE_IDS = {"FP32": 0, "FP16": 1, "Q4_0": 2, "Q4_1": 3, "Q5_0": 7, "Q5_1": 8, "Q8_0": 9}
+
+
+def available_levels():
+    best = _core.kernel_level()
+    levels = []
+    for name in ("generic", "avx2", "avx512"):
+        try:
+            _core.set_kernel_level(name)
+        except ValueError:
+            continue
+        levels.append(name)
+    _core.set_kernel_level(best)
+    return levels
+
+
+LEVELS = available_levels()
+
+
+@pytest.fixture
+def level_guard():
+    best = _core.kernel_level()
+    yield
+    _core.set_kernel_level(best)
+
+
+@pytest.fixture(scope="module")
+def format_files(model_files, tmp_path_factory):
+    """The v7 and v5.2 test models in every format."""
+    out = tmp_path_factory.mktemp("formats")
+    files = {}
+    for arch in ("v7", "v5.2"):
+        files[arch, "FP32"] = model_files[arch].fp32
+        files[arch, "FP16"] = model_files[arch].fp16
+        for fmt in FORMATS[2:]:
+            path = out / f"{arch}-{fmt}.bin"
+            quantize(model_files[arch].fp32, path, fmt)
+            files[arch, fmt] = path
+    return files
+
+
+def run_model(path, tokens):
+    model = rwkvcpp.Model(path, threads=2)
+    seq_logits, _ = model.eval_sequence(tokens, all_logits=True)  # > 3 tokens: the tiled path
+    state, serial = None, []
+    for token in tokens[:6]:  # one token at a time: the matrix-vector path
+        logits, state = model.eval(token, state)
+        serial.append(logits)
+    return seq_logits, np.stack(serial)
+
+
+def test_levels_are_listed():
+    assert LEVELS[0] == "generic"
+    assert rwkvcpp.system_info()["kernels"] == LEVELS[-1]
+
+
+@pytest.mark.parametrize("level", LEVELS[1:] or ["(only generic here)"])
+@pytest.mark.parametrize("arch", ["v7", "v5.2"])
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_model_logits_match_generic(level, arch, fmt, format_files, level_guard):
+    if level not in LEVELS:
+        pytest.skip("this CPU has no SIMD level beyond the portable one")
+    tokens = list(np.random.default_rng(3).integers(0, 256, 40))
+    _core.set_kernel_level("generic")
+    ref_seq, ref_serial = run_model(format_files[arch, fmt], tokens)
+    _core.set_kernel_level(level)
+    seq, serial = run_model(format_files[arch, fmt], tokens)
+    scale = max(1.0, float(np.abs(ref_seq).max()))
+    # Only the order of float additions differs between levels.
+    assert np.abs(seq - ref_seq).max() <= 2e-4 * scale
+    assert np.abs(serial[0] - ref_serial[0]).max() <= 2e-4 * scale
+    if fmt.startswith("Q"):
+        # Decoding rounds activations to 8 bits: a last-bit difference can move one activation to
+        # the neighbouring step, and later tokens carry that on. Bounded, not bit-equal.
+        assert np.abs(serial - ref_serial).max() <= 0.02 * float(np.ptp(ref_serial))
+    else:
+        assert np.abs(serial - ref_serial).max() <= 2e-4 * scale
+
+
+@pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("rows,cols", [(1, 32), (7, 96), (33, 4128), (50, 256)])
+def test_matvec_odd_sizes_match_float_math(level, fmt, rows, cols, level_guard):
+    """The row kernels against numpy on the dequantized weights (activation rounding included for
+    the quantized formats, whose kernels take 8-bit activations)."""
+    rng = np.random.default_rng(rows * 1000 + cols)
+    w = rng.standard_normal((rows, cols)).astype(np.float32)
+    x = rng.standard_normal(cols).astype(np.float32)
+    tid = TYPE_IDS[fmt]
+    encoded = np.empty(rows * _core.row_size(tid, cols), np.uint8)
+    size = _core.row_size(tid, cols)
+    dequant = np.empty_like(w)
+    for r in range(rows):
+        _core.quantize_row(tid, w[r], encoded[r * size:(r + 1) * size])
+        _core.dequantize_row(tid, encoded[r * size:(r + 1) * size], dequant[r])
+    if tid >= 2:  # 8-bit blocks of the activations, as the kernels see them
+        blocks = x.reshape(-1, 32)
+        d = np.abs(blocks).max(axis=1, keepdims=True) / 127
+        x_used = (np.round(np.divide(blocks, d, out=np.zeros_like(blocks), where=d > 0)) * d).reshape(-1)
+    else:
+        x_used = x
+    expected = dequant.astype(np.float64) @ x_used.astype(np.float64)
+    _core.set_kernel_level(level)
+    y = np.empty(rows, np.float32)
+    _core.matvec(tid, encoded, rows, x, y)
+    assert np.allclose(y, expected, rtol=1e-4, atol=1e-3 * np.sqrt(cols))
