@@ -1,0 +1,91 @@
+"""``rwkvcpp serve [MODEL] [--host 127.0.0.1] [--port 8000]``: an OpenAI-compatible HTTP API.
+
+Endpoints: /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models, /health, a chat
+page at / and the API docs at /docs. Runs with uvicorn; needs ``pip install 'rwkvcpp[server]'``.
+Listens on the loopback address only unless --host says otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from . import CommandError, _common
+
+
+def add_arguments(parser) -> None:
+    from ..server.config import ServerConfig
+
+    d = ServerConfig()
+    _common.add_model_arguments(parser)
+    parser.add_argument("--host", default=d.host,
+                        help=f"address to listen on (default {d.host}; 0.0.0.0 exposes the server to the network)")
+    parser.add_argument("--port", type=int, default=d.port, help=f"port (default {d.port})")
+    parser.add_argument("--api-key", metavar="KEY",
+                        help="require 'Authorization: Bearer KEY' on /v1/* (default: the RWKVCPP_API_KEY "
+                             "environment variable, else no key)")
+    parser.add_argument("--model-name", metavar="NAME", help="model id shown to clients (default: the file name)")
+    limits = parser.add_argument_group("limits")
+    limits.add_argument("--max-queue", type=int, metavar="N", default=d.max_queue,
+                        help=f"requests that may wait for a worker before new ones get 503 (default {d.max_queue})")
+    limits.add_argument("--max-concurrent", type=int, metavar="N", default=d.max_concurrent,
+                        help=f"requests evaluated at once (default {d.max_concurrent})")
+    limits.add_argument("--max-tokens", type=int, metavar="N", default=d.max_tokens_cap,
+                        help=f"the most tokens a request may generate (default {d.max_tokens_cap})")
+    limits.add_argument("--default-max-tokens", type=int, metavar="N",
+                        help=f"tokens generated when a request gives no max_tokens "
+                             f"(default {d.default_max_tokens}, or --max-tokens if lower)")
+    limits.add_argument("--max-prompt-tokens", type=int, metavar="N", default=d.max_prompt_tokens,
+                        help=f"longest prompt in tokens (default {d.max_prompt_tokens})")
+    limits.add_argument("--cache-mb", type=int, metavar="MB", default=d.cache_bytes >> 20,
+                        help=f"memory for cached conversation states, 0 = off (default {d.cache_bytes >> 20})")
+    parser.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"),
+                        help="uvicorn's log level (default info)")
+
+
+def run(args) -> int:
+    from ..server import require_server_dependencies
+    from ..server.config import ServerConfig
+
+    try:
+        require_server_dependencies(uvicorn=True)
+    except ImportError as e:
+        raise CommandError(str(e)) from None
+    if not 0 <= args.port <= 65535:
+        raise CommandError(f"--port must be in 0..65535, not {args.port}")
+    for flag in ("max_queue", "max_concurrent", "max_tokens", "max_prompt_tokens", "cache_mb", "default_max_tokens"):
+        value = getattr(args, flag)
+        low = 0 if flag in ("max_queue", "cache_mb", "default_max_tokens") else 1
+        if value is not None and value < low:
+            raise CommandError(f"--{flag.replace('_', '-')} must be at least {low}, not {value}")
+    api_key = args.api_key if args.api_key is not None else os.environ.get("RWKVCPP_API_KEY") or None
+    default_max = args.default_max_tokens
+    if default_max is None:
+        default_max = min(ServerConfig.default_max_tokens, args.max_tokens)
+    if default_max > args.max_tokens:
+        raise CommandError(f"--default-max-tokens ({default_max}) is above --max-tokens ({args.max_tokens})")
+    config = ServerConfig(
+        host=args.host, port=args.port, api_key=api_key, model_name=args.model_name,
+        max_queue=args.max_queue, max_concurrent=args.max_concurrent, max_tokens_cap=args.max_tokens,
+        default_max_tokens=default_max, max_prompt_tokens=args.max_prompt_tokens,
+        cache_bytes=args.cache_mb << 20, cache_entries=ServerConfig.cache_entries if args.cache_mb else 0,
+    )
+    model = _common.load_model(args)  # says so on stderr when it falls back to the built-in model
+
+    import uvicorn
+
+    from ..server import create_app
+
+    app = create_app(model, config)
+    shown = f"[{config.host}]" if ":" in config.host else config.host
+    print(f"serving {app.state.server.model_id} ({model.arch}, {model.n_layer} layers, n_vocab {model.n_vocab}) "
+          f"at http://{shown}:{config.port}/  (API: /v1, docs: /docs){'; API key required' if api_key else ''}",
+          file=sys.stderr, flush=True)
+    if config.host not in ("127.0.0.1", "localhost", "::1") and not api_key:
+        print("warning: listening beyond this machine without --api-key", file=sys.stderr, flush=True)
+    try:
+        uvicorn.run(app, host=config.host, port=config.port, log_level=args.log_level, timeout_graceful_shutdown=3)
+    except SystemExit as e:  # uvicorn exits when it cannot bind
+        if e.code:
+            raise CommandError(f"could not serve on {config.host}:{config.port} (see the message above)") from None
+    return 0

@@ -1,0 +1,51 @@
+"""An OpenAI-compatible HTTP server for rwkvcpp models.
+
+    >>> from rwkvcpp import Model
+    >>> from rwkvcpp.server import ServerConfig, create_app, serve
+    >>> serve(Model("model.bin"), ServerConfig(port=8000))      # or: rwkvcpp serve model.bin
+
+Needs the optional dependencies FastAPI and uvicorn: ``pip install 'rwkvcpp[server]'``. They
+are imported only when an app is created, so ``ServerConfig`` works without them.
+"""
+
+from __future__ import annotations
+
+from .config import DEFAULT_SAMPLING, ServerConfig
+
+__all__ = ["ServerConfig", "DEFAULT_SAMPLING", "create_app", "serve", "require_server_dependencies"]
+
+INSTALL_HINT = "pip install 'rwkvcpp[server]'"
+
+
+def require_server_dependencies(uvicorn: bool = False) -> None:
+    """Raises ImportError with the install command when FastAPI (or uvicorn) is missing."""
+    needed = ["fastapi", "pydantic"] + (["uvicorn"] if uvicorn else [])
+    missing = []
+    for name in needed:
+        try:
+            __import__(name)
+        except ImportError:
+            missing.append(name)
+    if missing:
+        raise ImportError(
+            f"the rwkvcpp server needs {', '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} "
+            f"not installed; install the server extra with: {INSTALL_HINT}"
+        )
+
+
+def create_app(model, config: ServerConfig | None = None):
+    """The FastAPI app serving ``model`` (see :mod:`rwkvcpp.server.app`)."""
+    require_server_dependencies()
+    from .app import create_app as _create_app
+
+    return _create_app(model, config)
+
+
+def serve(model, config: ServerConfig | None = None, log_level: str = "info") -> None:
+    """Runs the server with uvicorn until interrupted."""
+    require_server_dependencies(uvicorn=True)
+    import uvicorn
+
+    config = config if config is not None else ServerConfig()
+    app = create_app(model, config)
+    uvicorn.run(app, host=config.host, port=config.port, log_level=log_level, timeout_graceful_shutdown=3)
