@@ -27,7 +27,20 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["Sampler", "SamplingParams"]
+__all__ = ["CHAT_DEFAULTS", "Sampler", "SamplingParams"]
+
+# Sampling for conversation (rwkv.cpp's chat_with_bot.py settings, with ChatRWKV's penalty decay):
+# plain temperature 1 / top_p 1 makes small RWKV models ramble and repeat. Used by `rwkvcpp chat`
+# and by the server for fields a request leaves out.
+CHAT_DEFAULTS = {
+    "temperature": 0.8,
+    "top_p": 0.5,
+    "top_k": 0,
+    "min_p": 0.0,
+    "presence_penalty": 0.2,
+    "frequency_penalty": 0.2,
+    "penalty_decay": 0.996,
+}
 
 # Top-p first looks at this many of the most likely tokens and sorts only
 # those; a full sort of a 65536-entry vocabulary is needed only when they do

@@ -7,19 +7,10 @@ message) and exits 0 at the end of the input.
 from __future__ import annotations
 
 from ..chat import DEFAULT_PRESET, ChatSession, Preset, preset_names
+from ..sampling import CHAT_DEFAULTS
 from . import _common
 
-DEFAULTS = {
-    # rwkv.cpp's chat_with_bot.py settings, with ChatRWKV's penalty decay.
-    "temperature": 0.8,
-    "top_p": 0.5,
-    "top_k": 0,
-    "min_p": 0.0,
-    "presence_penalty": 0.2,
-    "frequency_penalty": 0.2,
-    "penalty_decay": 0.996,
-    "max_tokens": 250,
-}
+DEFAULTS = {**CHAT_DEFAULTS, "max_tokens": 250}
 
 
 def add_arguments(parser) -> None:

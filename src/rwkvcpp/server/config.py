@@ -9,20 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Optional
 
+from ..sampling import CHAT_DEFAULTS
+
 __all__ = ["ServerConfig", "DEFAULT_SAMPLING"]
 
-# Used for any sampling field a request leaves out. These are the settings of `rwkvcpp chat`
-# (rwkv.cpp's chat_with_bot.py, with ChatRWKV's penalty decay): a plain temperature 1 / top_p 1
-# makes small RWKV models ramble and repeat.
-DEFAULT_SAMPLING = {
-    "temperature": 0.8,
-    "top_p": 0.5,
-    "top_k": 0,
-    "min_p": 0.0,
-    "presence_penalty": 0.2,
-    "frequency_penalty": 0.2,
-    "penalty_decay": 0.996,
-}
+# Used for any sampling field a request leaves out: the settings of `rwkvcpp chat`.
+DEFAULT_SAMPLING = CHAT_DEFAULTS
 
 
 @dataclass
