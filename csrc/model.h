@@ -28,7 +28,7 @@ typedef struct {
     const float *mix_k, *mix_v, *mix_r, *mix_g;
     /* v4: decay = -exp(time_decay); v5: decay = exp(-exp(time_decay)), first = u;
      * v6: decay = time_decay (made data-dependent per token), first = time_faaaa.
-     * decay_stride / first_stride are 0 when there is one value per head (v5.1), 1 per channel. */
+     * decay_per_head / first_per_head: one value per head (v5.1) instead of one per channel. */
     const float *decay, *first;
     int decay_per_head, first_per_head;
     rwkv_matrix receptance, key, value, output, gate;

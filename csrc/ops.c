@@ -111,28 +111,27 @@ static void matvec_chunk(void *p, long chunk, int ith) {
     }
 }
 
+/* One chunk is TILE_ROWS weight rows times every token of the chunk of tokens. */
 static void gemm_chunk(void *p, long chunk, int ith) {
     const matmul_task *task = p;
     const rwkv_matrix *w = task->w;
     const rwkv_type_traits *traits = task->traits;
     float *tile = task->tiles + (size_t)ith * TILE_ROWS * TILE_K;
-    {
-        const int64_t r0 = chunk * TILE_ROWS;
-        const int64_t nr = w->rows - r0 < TILE_ROWS ? w->rows - r0 : TILE_ROWS;
-        for (int64_t k0 = 0; k0 < w->cols; k0 += TILE_K) {
-            const int64_t nk = w->cols - k0 < TILE_K ? w->cols - k0 : TILE_K;
+    const int64_t r0 = chunk * TILE_ROWS;
+    const int64_t nr = w->rows - r0 < TILE_ROWS ? w->rows - r0 : TILE_ROWS;
+    for (int64_t k0 = 0; k0 < w->cols; k0 += TILE_K) {
+        const int64_t nk = w->cols - k0 < TILE_K ? w->cols - k0 : TILE_K;
+        const float *wt = tile;
+        int64_t ws = nk;
+        if (w->type == RWKV_TYPE_FP32) { /* already floats: use the rows in place */
+            wt = (const float *)w->data + r0 * w->cols + k0;
+            ws = w->cols;
+        } else {
             const size_t offset = rwkv_row_bytes(w->type, k0);
-            const float *wt = tile;
-            int64_t ws = nk;
-            if (w->type == RWKV_TYPE_FP32) { /* already floats: use the rows in place */
-                wt = (const float *)w->data + r0 * w->cols + k0;
-                ws = w->cols;
-            } else {
-                for (int64_t r = 0; r < nr; r++)
-                    traits->to_float((const uint8_t *)w->data + (size_t)(r0 + r) * w->row_bytes + offset, tile + r * nk, nk);
-            }
-            rwkv_gemm_f32(wt, ws, nr, task->x + k0, w->cols, task->T, nk, task->y + r0, w->rows, k0 > 0);
+            for (int64_t r = 0; r < nr; r++)
+                traits->to_float((const uint8_t *)w->data + (size_t)(r0 + r) * w->row_bytes + offset, tile + r * nk, nk);
         }
+        rwkv_gemm_f32(wt, ws, nr, task->x + k0, w->cols, task->T, nk, task->y + r0, w->rows, k0 > 0);
     }
 }
 
