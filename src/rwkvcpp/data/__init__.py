@@ -13,9 +13,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["BUILTIN_MODEL_NAME", "builtin_model_path"]
+__all__ = ["BUILTIN_MODEL", "BUILTIN_MODEL_NAME", "builtin_model_path"]
 
 BUILTIN_MODEL_NAME = "builtin-v7-byte.bin"
+# Where the file belongs (it may be missing: builtin_model_path() checks).
+BUILTIN_MODEL = Path(__file__).resolve().parent / BUILTIN_MODEL_NAME
 
 
 def builtin_model_path() -> Path:
@@ -24,7 +26,7 @@ def builtin_model_path() -> Path:
     Raises FileNotFoundError if the file is missing, e.g. from a source checkout where it was not
     built (``python tools/train_builtin.py`` makes it) or a package installed without its data.
     """
-    path = Path(__file__).resolve().parent / BUILTIN_MODEL_NAME
+    path = BUILTIN_MODEL
     if not path.is_file():
         raise FileNotFoundError(
             f"rwkvcpp's built-in model is missing: {path} does not exist. Reinstall rwkvcpp with its "
