@@ -298,3 +298,25 @@ def test_tiny_temperature_does_not_overflow():
     logits = np.array([1000.0, 999.0, -1000.0])
     probs = Sampler(SamplingParams(temperature=1e-300), 3).probabilities(logits)
     assert probs.tolist() == [1.0, 0.0, 0.0]
+
+
+def test_draw_follows_the_distribution_and_skips_zero_probabilities():
+    """The two-level inverse-CDF draw: frequencies match the probabilities (vocabulary not a
+    multiple of the block size), and a zero-probability token is never drawn, even at u -> 1."""
+    from rwkvcpp.sampling import _draw
+
+    rng = np.random.default_rng(5)
+    probs = rng.random(1000) ** 4
+    probs[::7] = 0.0
+    probs /= probs.sum()
+    counts = np.bincount([_draw(probs, rng.random()) for _ in range(100_000)], minlength=1000)
+    assert counts[::7].sum() == 0
+    assert np.abs(counts / 100_000 - probs).max() < 0.004
+    for n in (256, 300, 50277, 65536):
+        last = np.zeros(n)
+        last[-1] = 1.0
+        first = np.zeros(n)
+        first[0] = 1.0
+        for u in (0.0, 0.5, np.nextafter(1.0, 0.0)):
+            assert _draw(last, u) == n - 1
+            assert _draw(first, u) == 0

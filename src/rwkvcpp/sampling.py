@@ -291,11 +291,32 @@ class Sampler:
         if self.params.greedy:
             return int(np.argmax(self.adjusted_logits(logits)))
         probs = self.probabilities(logits)
-        # Inverse-CDF draw over the surviving tokens only.
-        candidates = np.flatnonzero(probs)
-        cdf = np.cumsum(probs[candidates])
-        j = int(np.searchsorted(cdf, self.rng.random() * cdf[-1], side="right"))
-        return int(candidates[min(j, candidates.size - 1)])
+        return _draw(probs, self.rng.random())
+
+
+_DRAW_BLOCK = 256
+
+
+def _draw(probs: np.ndarray, u: float) -> int:
+    """Inverse-CDF draw of one index, with u uniform in [0, 1).
+
+    Two levels: the running sum over blocks of 256 picks a block, then the running sum inside it
+    picks the token, so a 65536-token vocabulary costs two short cumsums instead of one long one.
+    A zero-probability token is never returned, whatever the rounding.
+    """
+    n = probs.size
+    padded = probs if n % _DRAW_BLOCK == 0 else np.concatenate([probs, np.zeros(-n % _DRAW_BLOCK)])
+    block_cdf = np.cumsum(padded.reshape(-1, _DRAW_BLOCK).sum(axis=1))
+    target = u * block_cdf[-1]
+    block = min(int(np.searchsorted(block_cdf, target, side="right")), block_cdf.size - 1)
+    start = block * _DRAW_BLOCK
+    inner = np.cumsum(padded[start:start + _DRAW_BLOCK])
+    offset = target - (block_cdf[block - 1] if block else 0.0)
+    index = start + min(int(np.searchsorted(inner, offset, side="right")), _DRAW_BLOCK - 1)
+    if index >= n or probs[index] == 0.0:  # rounding at a block edge: take the nearest live token
+        live = np.flatnonzero(probs)
+        index = int(live[min(int(np.searchsorted(live, index)), live.size - 1)])
+    return index
 
 
 def _top_p(probs: np.ndarray, top_p: float) -> np.ndarray:
