@@ -52,25 +52,43 @@ static inline uint32_t load_qh(const uint8_t qh[4]) {
     return v;
 }
 
+/* Element i (0-31) of a 4-bit block: low nibbles hold elements 0-15, high nibbles 16-31. */
+static inline int q4_at(const uint8_t qs[16], int i) { return i < 16 ? qs[i] & 0xf : qs[i - 16] >> 4; }
+
+/* Element i of a 5-bit block: the nibble plus bit i of qh as the fifth bit. */
+static inline int q5_at(const uint8_t qs[16], uint32_t qh, int i) { return q4_at(qs, i) | (int)((qh >> i) & 1) << 4; }
+
+static void pack_q4(uint8_t qs[16], const int q[RWKV_QK]) {
+    for (int j = 0; j < 16; j++) qs[j] = (uint8_t)((q[j] & 0xf) | ((q[j + 16] & 0xf) << 4));
+}
+
+static void pack_q5(uint8_t qs[16], uint8_t qh[4], const int q[RWKV_QK]) {
+    uint32_t bits = 0;
+    for (int i = 0; i < RWKV_QK; i++) bits |= (uint32_t)((q[i] & 0x10) >> 4) << i;
+    pack_q4(qs, q);
+    memcpy(qh, &bits, 4);
+}
+
 /* ---- quantize (reference rounding) -------------------------------------------------------- */
 
 void rwkv_q4_0_from_float(const float *x, void *dst, int64_t n) {
     block_q4_0 *y = dst;
+    int q[RWKV_QK];
     for (int64_t b = 0; b < n / RWKV_QK; b++, x += RWKV_QK) {
         const float d = signed_absmax(x) / -8.0f;
         const float id = d ? 1.0f / d : 0.0f;
         y[b].d = FP16(d);
-        for (int j = 0; j < 16; j++) {
-            int q0 = (int8_t)(x[j] * id + 8.5f), q1 = (int8_t)(x[j + 16] * id + 8.5f);
-            q0 = q0 < 15 ? q0 : 15;
-            q1 = q1 < 15 ? q1 : 15;
-            y[b].qs[j] = (uint8_t)(q0 | (q1 << 4));
+        for (int i = 0; i < RWKV_QK; i++) {
+            const int v = (int8_t)(x[i] * id + 8.5f);
+            q[i] = v < 15 ? v : 15;
         }
+        pack_q4(y[b].qs, q);
     }
 }
 
 void rwkv_q4_1_from_float(const float *x, void *dst, int64_t n) {
     block_q4_1 *y = dst;
+    int q[RWKV_QK];
     for (int64_t b = 0; b < n / RWKV_QK; b++, x += RWKV_QK) {
         float min, max;
         block_min_max(x, &min, &max);
@@ -78,52 +96,41 @@ void rwkv_q4_1_from_float(const float *x, void *dst, int64_t n) {
         const float id = d ? 1.0f / d : 0.0f;
         y[b].d = FP16(d);
         y[b].m = FP16(min);
-        for (int j = 0; j < 16; j++) {
-            int q0 = (uint8_t)((x[j] - min) * id + 0.5f), q1 = (uint8_t)((x[j + 16] - min) * id + 0.5f);
-            q0 = q0 < 15 ? q0 : 15;
-            q1 = q1 < 15 ? q1 : 15;
-            y[b].qs[j] = (uint8_t)(q0 | (q1 << 4));
+        for (int i = 0; i < RWKV_QK; i++) {
+            const int v = (uint8_t)((x[i] - min) * id + 0.5f);
+            q[i] = v < 15 ? v : 15;
         }
+        pack_q4(y[b].qs, q);
     }
 }
 
 void rwkv_q5_0_from_float(const float *x, void *dst, int64_t n) {
     block_q5_0 *y = dst;
+    int q[RWKV_QK];
     for (int64_t b = 0; b < n / RWKV_QK; b++, x += RWKV_QK) {
         const float d = signed_absmax(x) / -16.0f;
         const float id = d ? 1.0f / d : 0.0f;
-        uint32_t qh = 0;
         y[b].d = FP16(d);
-        for (int j = 0; j < 16; j++) {
-            int q0 = (int8_t)(x[j] * id + 16.5f), q1 = (int8_t)(x[j + 16] * id + 16.5f);
-            q0 = q0 < 31 ? q0 : 31;
-            q1 = q1 < 31 ? q1 : 31;
-            y[b].qs[j] = (uint8_t)((q0 & 0xf) | ((q1 & 0xf) << 4));
-            qh |= ((uint32_t)(q0 & 0x10) >> 4) << j;
-            qh |= ((uint32_t)(q1 & 0x10) >> 4) << (j + 16);
+        for (int i = 0; i < RWKV_QK; i++) {
+            const int v = (int8_t)(x[i] * id + 16.5f);
+            q[i] = v < 31 ? v : 31;
         }
-        memcpy(y[b].qh, &qh, 4);
+        pack_q5(y[b].qs, y[b].qh, q);
     }
 }
 
 void rwkv_q5_1_from_float(const float *x, void *dst, int64_t n) {
     block_q5_1 *y = dst;
+    int q[RWKV_QK];
     for (int64_t b = 0; b < n / RWKV_QK; b++, x += RWKV_QK) {
         float min, max;
         block_min_max(x, &min, &max);
         const float d = (max - min) / 31.0f;
         const float id = d ? 1.0f / d : 0.0f;
-        uint32_t qh = 0;
         y[b].d = FP16(d);
         y[b].m = FP16(min);
-        for (int j = 0; j < 16; j++) {
-            const uint8_t q0 = (uint8_t)((x[j] - min) * id + 0.5f);
-            const uint8_t q1 = (uint8_t)((x[j + 16] - min) * id + 0.5f);
-            y[b].qs[j] = (uint8_t)((q0 & 0xf) | ((q1 & 0xf) << 4));
-            qh |= ((uint32_t)(q0 & 0x10) >> 4) << j;
-            qh |= ((uint32_t)(q1 & 0x10) >> 4) << (j + 16);
-        }
-        memcpy(y[b].qh, &qh, 4);
+        for (int i = 0; i < RWKV_QK; i++) q[i] = (uint8_t)((x[i] - min) * id + 0.5f); /* no clamp, as rwkv.cpp */
+        pack_q5(y[b].qs, y[b].qh, q);
     }
 }
 
@@ -162,10 +169,7 @@ void rwkv_q4_0_to_float(const void *src, float *y, int64_t n) {
     const block_q4_0 *x = src;
     for (int64_t b = 0; b < n / RWKV_QK; b++, y += RWKV_QK) {
         const float d = FP32(x[b].d);
-        for (int j = 0; j < 16; j++) {
-            y[j] = ((x[b].qs[j] & 0xf) - 8) * d;
-            y[j + 16] = ((x[b].qs[j] >> 4) - 8) * d;
-        }
+        for (int i = 0; i < RWKV_QK; i++) y[i] = (q4_at(x[b].qs, i) - 8) * d;
     }
 }
 
@@ -173,10 +177,7 @@ void rwkv_q4_1_to_float(const void *src, float *y, int64_t n) {
     const block_q4_1 *x = src;
     for (int64_t b = 0; b < n / RWKV_QK; b++, y += RWKV_QK) {
         const float d = FP32(x[b].d), m = FP32(x[b].m);
-        for (int j = 0; j < 16; j++) {
-            y[j] = (x[b].qs[j] & 0xf) * d + m;
-            y[j + 16] = (x[b].qs[j] >> 4) * d + m;
-        }
+        for (int i = 0; i < RWKV_QK; i++) y[i] = q4_at(x[b].qs, i) * d + m;
     }
 }
 
@@ -185,12 +186,7 @@ void rwkv_q5_0_to_float(const void *src, float *y, int64_t n) {
     for (int64_t b = 0; b < n / RWKV_QK; b++, y += RWKV_QK) {
         const float d = FP32(x[b].d);
         const uint32_t qh = load_qh(x[b].qh);
-        for (int j = 0; j < 16; j++) {
-            const int q0 = (x[b].qs[j] & 0xf) | (int)(((qh >> j) & 1) << 4);
-            const int q1 = (x[b].qs[j] >> 4) | (int)(((qh >> (j + 16)) & 1) << 4);
-            y[j] = (q0 - 16) * d;
-            y[j + 16] = (q1 - 16) * d;
-        }
+        for (int i = 0; i < RWKV_QK; i++) y[i] = (q5_at(x[b].qs, qh, i) - 16) * d;
     }
 }
 
@@ -199,12 +195,7 @@ void rwkv_q5_1_to_float(const void *src, float *y, int64_t n) {
     for (int64_t b = 0; b < n / RWKV_QK; b++, y += RWKV_QK) {
         const float d = FP32(x[b].d), m = FP32(x[b].m);
         const uint32_t qh = load_qh(x[b].qh);
-        for (int j = 0; j < 16; j++) {
-            const int q0 = (x[b].qs[j] & 0xf) | (int)(((qh >> j) & 1) << 4);
-            const int q1 = (x[b].qs[j] >> 4) | (int)(((qh >> (j + 16)) & 1) << 4);
-            y[j] = q0 * d + m;
-            y[j + 16] = q1 * d + m;
-        }
+        for (int i = 0; i < RWKV_QK; i++) y[i] = q5_at(x[b].qs, qh, i) * d + m;
     }
 }
 
@@ -224,10 +215,7 @@ float rwkv_q4_0_dot(const void *row, const void *act, int64_t n) {
     float sum = 0.0f;
     for (int64_t b = 0; b < n / RWKV_QK; b++) {
         int acc = 0;
-        for (int j = 0; j < 16; j++) {
-            acc += ((x[b].qs[j] & 0xf) - 8) * y[b].q[j];
-            acc += ((x[b].qs[j] >> 4) - 8) * y[b].q[j + 16];
-        }
+        for (int i = 0; i < RWKV_QK; i++) acc += (q4_at(x[b].qs, i) - 8) * y[b].q[i];
         sum += FP32(x[b].d) * y[b].d * (float)acc;
     }
     return sum;
@@ -239,10 +227,7 @@ float rwkv_q4_1_dot(const void *row, const void *act, int64_t n) {
     float sum = 0.0f;
     for (int64_t b = 0; b < n / RWKV_QK; b++) {
         int acc = 0;
-        for (int j = 0; j < 16; j++) {
-            acc += (x[b].qs[j] & 0xf) * y[b].q[j];
-            acc += (x[b].qs[j] >> 4) * y[b].q[j + 16];
-        }
+        for (int i = 0; i < RWKV_QK; i++) acc += q4_at(x[b].qs, i) * y[b].q[i];
         sum += FP32(x[b].d) * y[b].d * (float)acc + FP32(x[b].m) * y[b].s;
     }
     return sum;
@@ -255,11 +240,7 @@ float rwkv_q5_0_dot(const void *row, const void *act, int64_t n) {
     for (int64_t b = 0; b < n / RWKV_QK; b++) {
         const uint32_t qh = load_qh(x[b].qh);
         int acc = 0;
-        for (int j = 0; j < 16; j++) {
-            const int q0 = (x[b].qs[j] & 0xf) | (int)(((qh >> j) & 1) << 4);
-            const int q1 = (x[b].qs[j] >> 4) | (int)(((qh >> (j + 16)) & 1) << 4);
-            acc += (q0 - 16) * y[b].q[j] + (q1 - 16) * y[b].q[j + 16];
-        }
+        for (int i = 0; i < RWKV_QK; i++) acc += (q5_at(x[b].qs, qh, i) - 16) * y[b].q[i];
         sum += FP32(x[b].d) * y[b].d * (float)acc;
     }
     return sum;
@@ -272,11 +253,7 @@ float rwkv_q5_1_dot(const void *row, const void *act, int64_t n) {
     for (int64_t b = 0; b < n / RWKV_QK; b++) {
         const uint32_t qh = load_qh(x[b].qh);
         int acc = 0;
-        for (int j = 0; j < 16; j++) {
-            const int q0 = (x[b].qs[j] & 0xf) | (int)(((qh >> j) & 1) << 4);
-            const int q1 = (x[b].qs[j] >> 4) | (int)(((qh >> (j + 16)) & 1) << 4);
-            acc += q0 * y[b].q[j] + q1 * y[b].q[j + 16];
-        }
+        for (int i = 0; i < RWKV_QK; i++) acc += q5_at(x[b].qs, qh, i) * y[b].q[i];
         sum += FP32(x[b].d) * y[b].d * (float)acc + FP32(x[b].m) * y[b].s;
     }
     return sum;
