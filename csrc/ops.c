@@ -52,6 +52,24 @@ void rwkv_maa(float *out, const float *xx, const float *sx, const float *mix, co
         }
 }
 
+void rwkv_lerp_projections(rwkv_model *m, const rwkv_layer *L, float *state_x, int64_t T) {
+    rwkv_scratch *s = &m->scratch;
+    const int64_t C = m->info.n_embed;
+    float *xr = s->mix[0], *xk = s->mix[2], *xv = s->mix[3], *xg = s->mix[5];
+    rwkv_layer_norm(s->xx, s->x, &L->ln1, T, C);
+    rwkv_token_shift(s->prev, s->xx, state_x, T, C);
+    rwkv_lerp(xk, s->xx, s->prev, L->mix_k, T, C);
+    rwkv_lerp(xv, s->xx, s->prev, L->mix_v, T, C);
+    rwkv_lerp(xr, s->xx, s->prev, L->mix_r, T, C);
+    rwkv_matmul(m, &L->receptance, xr, T, s->r);
+    rwkv_matmul(m, &L->key, xk, T, s->k);
+    rwkv_matmul(m, &L->value, xv, T, s->v);
+    if (L->gate.data) {
+        rwkv_lerp(xg, s->xx, s->prev, L->mix_g, T, C);
+        rwkv_matmul(m, &L->gate, xg, T, s->g);
+    }
+}
+
 void rwkv_add(float *a, const float *b, int64_t n) {
     for (int64_t i = 0; i < n; i++) a[i] += b[i];
 }

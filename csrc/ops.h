@@ -57,6 +57,10 @@ typedef struct {
 } rwkv_wkv5_args;
 void rwkv_wkv5(rwkv_model *m, const rwkv_wkv5_args *args);
 
+/* v4 and v5 time mixing's inputs: ln1, token shift against *state_x, then r, k, v (and g when the
+ * layer has a gate) projected from lerped inputs into scratch r, k, v, g. */
+void rwkv_lerp_projections(rwkv_model *m, const rwkv_layer *L, float *state_x, int64_t T);
+
 /* The time-mixing blocks, one per architecture family: x += att(ln1(x)). */
 void rwkv_time_mix_v4(rwkv_model *m, const rwkv_layer *L, float *state, int64_t T);
 void rwkv_time_mix_v5(rwkv_model *m, const rwkv_layer *L, float *state, int64_t T);

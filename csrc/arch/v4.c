@@ -36,16 +36,8 @@ static void wkv4_channel(void *p, int64_t c) {
 void rwkv_time_mix_v4(rwkv_model *m, const rwkv_layer *L, float *state, int64_t T) {
     rwkv_scratch *s = &m->scratch;
     const int64_t C = m->info.n_embed;
-    float *xr = s->mix[0], *xk = s->mix[2], *xv = s->mix[3];
 
-    rwkv_layer_norm(s->xx, s->x, &L->ln1, T, C);
-    rwkv_token_shift(s->prev, s->xx, state, T, C);
-    rwkv_lerp(xk, s->xx, s->prev, L->mix_k, T, C);
-    rwkv_lerp(xv, s->xx, s->prev, L->mix_v, T, C);
-    rwkv_lerp(xr, s->xx, s->prev, L->mix_r, T, C);
-    rwkv_matmul(m, &L->receptance, xr, T, s->r);
-    rwkv_matmul(m, &L->key, xk, T, s->k);
-    rwkv_matmul(m, &L->value, xv, T, s->v);
+    rwkv_lerp_projections(m, L, state, T);
 
     wkv4_task task = {L, s->k, s->v, s->r, s->y, state + C, state + 2 * C, state + 3 * C, T, C};
     rwkv_parallel_for(m, C, wkv4_channel, &task);

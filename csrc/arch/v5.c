@@ -35,20 +35,8 @@ void rwkv_wkv5(rwkv_model *m, const rwkv_wkv5_args *args) {
 void rwkv_time_mix_v5(rwkv_model *m, const rwkv_layer *L, float *state, int64_t T) {
     rwkv_scratch *s = &m->scratch;
     const int64_t C = m->info.n_embed, H = m->info.n_head, N = m->info.head_size;
-    float *xr = s->mix[0], *xk = s->mix[2], *xv = s->mix[3], *xg = s->mix[5];
 
-    rwkv_layer_norm(s->xx, s->x, &L->ln1, T, C);
-    rwkv_token_shift(s->prev, s->xx, state, T, C);
-    rwkv_lerp(xk, s->xx, s->prev, L->mix_k, T, C);
-    rwkv_lerp(xv, s->xx, s->prev, L->mix_v, T, C);
-    rwkv_lerp(xr, s->xx, s->prev, L->mix_r, T, C);
-    rwkv_matmul(m, &L->receptance, xr, T, s->r);
-    rwkv_matmul(m, &L->key, xk, T, s->k);
-    rwkv_matmul(m, &L->value, xv, T, s->v);
-    if (L->gate.data) {
-        rwkv_lerp(xg, s->xx, s->prev, L->mix_g, T, C);
-        rwkv_matmul(m, &L->gate, xg, T, s->g);
-    }
+    rwkv_lerp_projections(m, L, state, T);
 
     rwkv_wkv5_args wkv = {s->r, s->k, s->v, L->decay, L->first, L->decay_per_head, L->first_per_head, 0,
                           s->y, state + C, T, H, N};
