@@ -53,6 +53,14 @@ static const rwkv_record *need(loader *ld, int layer, const char *suffix, int *s
     return r;
 }
 
+/* The whole tensor as floats, row by row through its type's decoder. */
+static void record_to_float(const rwkv_record *r, float *out) {
+    const rwkv_type_traits *t = rwkv_traits(r->type);
+    const size_t row = rwkv_row_bytes(r->type, r->ne[0]);
+    for (int64_t i = 0; i < r->n_elements / r->ne[0]; i++)
+        t->to_float((const uint8_t *)r->data + (size_t)i * row, out + i * r->ne[0], r->ne[0]);
+}
+
 /* A vector of n floats, stored in any shape with n elements. */
 static int want_vector(loader *ld, int layer, const char *suffix, int64_t n, const float **out) {
     int status = RWKV_OK;
@@ -71,10 +79,7 @@ static int want_vector(loader *ld, int layer, const char *suffix, int64_t n, con
     }
     float *copy = own(ld->model, (size_t)n * sizeof(float));
     if (!copy) return rwkv_fail(ld->err, ld->err_len, RWKV_ERR_ALLOC, "%s: out of memory", ld->model->path);
-    const rwkv_type_traits *t = rwkv_traits(r->type);
-    size_t row = rwkv_row_bytes(r->type, r->ne[0]);
-    for (int64_t i = 0; i < n / r->ne[0]; i++)
-        t->to_float((const uint8_t *)r->data + (size_t)i * row, copy + i * r->ne[0], r->ne[0]);
+    record_to_float(r, copy);
     *out = copy;
     return RWKV_OK;
 }
@@ -125,9 +130,7 @@ static int want_either_way(loader *ld, int layer, const char *suffix, int64_t ro
         free(plain);
         return rwkv_fail(ld->err, ld->err_len, RWKV_ERR_ALLOC, "%s: out of memory", ld->model->path);
     }
-    const rwkv_type_traits *tr = rwkv_traits(r->type);
-    size_t row = rwkv_row_bytes(r->type, r->ne[0]);
-    for (int64_t i = 0; i < r->ne[1]; i++) tr->to_float((const uint8_t *)r->data + (size_t)i * row, plain + i * rows, rows);
+    record_to_float(r, plain);
     for (int64_t i = 0; i < rows; i++)
         for (int64_t j = 0; j < cols; j++) t[i * cols + j] = plain[j * rows + i];
     free(plain);

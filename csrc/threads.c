@@ -131,11 +131,10 @@ void rwkv_pool_free(rwkv_pool *pool) {
 
 int rwkv_pool_size(const rwkv_pool *pool) { return pool->n_threads; }
 
-static void wait_until(atomic_long *counter, long target) {
-    for (long spins = 0; atomic_load(counter) < target; spins++) {
-        if (spins < YIELD_AFTER) cpu_relax();
-        else sched_yield();
-    }
+/* One round of the caller's wait: spin first, then let a descheduled worker have this core. */
+static void back_off(long spins) {
+    if (spins < YIELD_AFTER) cpu_relax();
+    else sched_yield();
 }
 
 void rwkv_pool_run(rwkv_pool *pool, long n_chunks, rwkv_chunk_fn fn, void *ctx) {
@@ -152,12 +151,9 @@ void rwkv_pool_run(rwkv_pool *pool, long n_chunks, rwkv_chunk_fn fn, void *ctx) 
         pthread_mutex_unlock(&pool->mutex);
     }
     run_chunks(&job, 0);
-    wait_until(&job.done, n_chunks);
+    for (long spins = 0; atomic_load(&job.done) < n_chunks; spins++) back_off(spins);
     atomic_store(&pool->job, NULL);
-    for (long spins = 0; atomic_load(&pool->active) > 0; spins++) {
-        if (spins < YIELD_AFTER) cpu_relax();
-        else sched_yield();
-    }
+    for (long spins = 0; atomic_load(&pool->active) > 0; spins++) back_off(spins);
 }
 
 int rwkv_default_threads(void) {
