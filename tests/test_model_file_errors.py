@@ -415,3 +415,24 @@ def test_quantized_innermost_size_not_multiple_of_32(v7):
     r = v7.records["blocks.0.ln1.weight"]
     v7.i32(r.sizes_at, 100).i32(r.type_at, fmt.Q8_0)
     expect_file_error(v7.write("q-not-32.bin"), "multiple of 32", "blocks.0.ln1.weight")
+
+
+def test_v6_decay_w2_is_accepted_in_either_orientation(tmp_path):
+    """rwkv.cpp's converter stores v6 time_decay_w2 transposed, (C, 64); files that kept the
+    PyTorch (64, C) layout must run the same model."""
+    from checkpoints import make_checkpoint
+    from reference import Reference
+
+    checkpoint = make_checkpoint("v6", n_layer=2, n_embed=128, n_vocab=256, seed=1)
+    path = tmp_path / "w2-untransposed.bin"
+    with BinWriter(path, 256, 128, 2, 0) as writer:
+        for name, array in transform_checkpoint(checkpoint):
+            if name.endswith("time_decay_w2"):
+                assert array.shape == (128, 64)
+                array = np.ascontiguousarray(array.T)
+            writer.write_tensor(name, array)
+    tokens = list(range(1, 33))
+    logits, _ = Model(path, threads=2).eval_sequence(tokens, all_logits=True)
+    reference = Reference(checkpoint)
+    expected, _ = reference.eval_sequence(tokens, reference.init_state())
+    assert np.abs(logits - expected).max() <= 1e-4  # float32 engine vs float64 reference
