@@ -453,6 +453,15 @@ def _sse(obj) -> str:
     return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
 
+def _envelope(kind: str, reply_id: str, created: int, model: str, choices: list, usage=None) -> dict:
+    """The fields every completion response and stream chunk share (``kind`` is its "object")."""
+    out = {"id": reply_id, "object": kind, "created": created, "model": model, "system_fingerprint": None,
+           "choices": choices}
+    if usage is not None:
+        out["usage"] = usage
+    return out
+
+
 def _usage(prompt_tokens: int, completion_tokens: int, cached: int) -> dict:
     return {
         "prompt_tokens": prompt_tokens,
@@ -634,11 +643,7 @@ def create_app(model, config: Optional[ServerConfig] = None) -> FastAPI:
             return tail, calls
 
         def chunk(choices: list, usage=None) -> dict:
-            out = {"id": reply_id, "object": "chat.completion.chunk", "created": created, "model": srv.model_id,
-                   "system_fingerprint": None, "choices": choices}
-            if usage is not None:
-                out["usage"] = usage
-            return out
+            return _envelope("chat.completion.chunk", reply_id, created, srv.model_id, choices, usage)
 
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -705,8 +710,8 @@ def create_app(model, config: Optional[ServerConfig] = None) -> FastAPI:
             job.cancel()
         if any(c is None for c in choices):  # the client went away
             return JSONResponse(OpenAIError(499, "client closed the request").body(), status_code=499)
-        return {"id": reply_id, "object": "chat.completion", "created": created, "model": srv.model_id,
-                "system_fingerprint": None, "choices": choices, "usage": _usage(len(ids), completion, cached)}
+        return _envelope("chat.completion", reply_id, created, srv.model_id, choices,
+                         _usage(len(ids), completion, cached))
 
     # -- text completions ---------------------------------------------------------------------
 
@@ -755,11 +760,7 @@ def create_app(model, config: Optional[ServerConfig] = None) -> FastAPI:
         n_prompt_tokens = sum(len(p) for p in prompts)
 
         def chunk(choices: list, usage=None) -> dict:
-            out = {"id": reply_id, "object": "text_completion", "created": created, "model": srv.model_id,
-                   "system_fingerprint": None, "choices": choices}
-            if usage is not None:
-                out["usage"] = usage
-            return out
+            return _envelope("text_completion", reply_id, created, srv.model_id, choices, usage)
 
         def prefix(i: int) -> str:
             return texts[i // n] if body.echo else ""
@@ -816,9 +817,8 @@ def create_app(model, config: Optional[ServerConfig] = None) -> FastAPI:
             return JSONResponse(OpenAIError(499, "client closed the request").body(), status_code=499)
         choices = [{"index": i, "text": "".join(pieces[i]), "logprobs": None, "finish_reason": reasons[i]}
                    for i in range(total)]
-        return {"id": reply_id, "object": "text_completion", "created": created, "model": srv.model_id,
-                "system_fingerprint": None, "choices": choices,
-                "usage": _usage(n_prompt_tokens, completion, cached)}
+        return _envelope("text_completion", reply_id, created, srv.model_id, choices,
+                         _usage(n_prompt_tokens, completion, cached))
 
     # -- embeddings ---------------------------------------------------------------------------
 
