@@ -42,6 +42,7 @@ static void install(int level) {
         if (t) *t = generic_table[id];
     }
     rwkv_gemm_f32 = rwkv_gemm_f32_generic;
+    rwkv_q8_act_from_float = rwkv_quantize_row_q8_act;
     for (int i = 1; i <= level; i++) levels[i].install();
     current = level;
 }

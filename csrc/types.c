@@ -101,6 +101,7 @@ void rwkv_gemm_f32_generic(const float *w, int64_t ws, int64_t nr, const float *
 }
 
 rwkv_gemm_f32_fn rwkv_gemm_f32 = rwkv_gemm_f32_generic;
+rwkv_from_float_fn rwkv_q8_act_from_float = rwkv_quantize_row_q8_act;
 
 /* ---- the table ---------------------------------------------------------------------------- */
 
@@ -143,7 +144,7 @@ size_t rwkv_act_row_bytes(int act_type, int64_t n) {
 }
 
 void rwkv_act_from_float(int act_type, const float *src, void *dst, int64_t n) {
-    if (act_type == RWKV_ACT_Q8) rwkv_quantize_row_q8_act(src, dst, n);
+    if (act_type == RWKV_ACT_Q8) rwkv_q8_act_from_float(src, dst, n);
     else memcpy(dst, src, (size_t)n * sizeof(float));
 }
 

@@ -45,8 +45,9 @@ typedef struct {
     rwkv_vec_dot_fn vec_dot;       /* replaced by the best kernel at start-up */
 } rwkv_type_traits;
 
-/* The micro-GEMM in use (dispatch.c installs the best one). */
+/* The micro-GEMM and the activation quantizer in use (dispatch.c installs the best ones). */
 extern rwkv_gemm_f32_fn rwkv_gemm_f32;
+extern rwkv_from_float_fn rwkv_q8_act_from_float;
 void rwkv_gemm_f32_generic(const float *w, int64_t ws, int64_t nr, const float *x, int64_t xs, int64_t nt,
                            int64_t n, float *y, int64_t ys, int accumulate);
 

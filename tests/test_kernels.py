@@ -122,3 +122,26 @@ def test_matvec_odd_sizes_match_float_math(level, fmt, rows, cols, level_guard):
     y = np.empty(rows, np.float32)
     _core.matvec(tid, encoded, rows, x, y)
     assert np.allclose(y, expected, rtol=1e-4, atol=1e-3 * np.sqrt(cols))
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_activation_rounding_is_half_away_from_zero_on_every_level(level, level_guard):
+    """Quantized products round activations to 8 bits like C's roundf: halves go away from zero, the
+    same on every level (so decoding gives the same tokens whatever the CPU)."""
+    cols = 64
+    x = np.zeros(cols, np.float32)
+    x[:12] = [127.0, 2.5, -2.5, 0.5, -0.5, 126.5, -126.5, 1.4999999, -1.5000001, 3.5, 0.49999997, -127.0]
+    x[32:] = np.linspace(-40.25, 40.25, 32, dtype=np.float32)
+    x[32] = 127.0  # each 32-value block has a scale of exactly 1
+    w = np.eye(cols, dtype=np.float32)  # each output is one rounded activation
+    size = _core.row_size(TYPE_IDS["Q8_0"], cols)
+    encoded = np.empty(cols * size, np.uint8)
+    for r in range(cols):
+        _core.quantize_row(TYPE_IDS["Q8_0"], w[r], encoded[r * size:(r + 1) * size])
+    _core.set_kernel_level(level)
+    y = np.empty(cols, np.float32)
+    _core.matvec(TYPE_IDS["Q8_0"], encoded, cols, x, y)
+    one = np.empty(cols, np.float32)  # 1.0 as Q8_0 stores it (127 times an FP16 scale)
+    _core.dequantize_row(TYPE_IDS["Q8_0"], encoded[:size], one)
+    expected = one[0] * np.sign(x) * np.floor(np.abs(x.astype(np.float64)) + 0.5)
+    assert np.allclose(y, expected, rtol=1e-6, atol=0)

@@ -89,68 +89,123 @@ typedef struct { uint16_t d; uint8_t qh[4]; uint8_t qs[16]; } block_q5_0;
 typedef struct { uint16_t d, m; uint8_t qh[4]; uint8_t qs[16]; } block_q5_1;
 typedef struct { uint16_t d; int8_t qs[32]; } block_q8_0;
 
-static float q4_0_dot(const void *row, const void *act, int64_t n) {
-    const block_q4_0 *x = row;
-    const rwkv_block_q8 *y = act;
-    __m256 acc = _mm256_setzero_ps();
-    for (int64_t b = 0; b < n / RWKV_QK; b++) {
-        const __m256i q = _mm256_sub_epi8(unpack_nibbles(x[b].qs), _mm256_set1_epi8(8));
-        const __m256 scale = _mm256_set1_ps(_cvtsh_ss(x[b].d) * y[b].d);
-        acc = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(dot_i8(q, load_act(&y[b]))), acc);
+/* Each block kernel adds one block's scaled integer dot product to an accumulator. The row loop
+ * keeps two accumulators so consecutive blocks do not wait on one chain of FMA latencies. */
+typedef __m256 (*block_dot_fn)(const void *x, const rwkv_block_q8 *y, __m256 acc);
+
+static inline __m256 scaled(__m256i sums, float dx, const rwkv_block_q8 *y, __m256 acc) {
+    return _mm256_fmadd_ps(_mm256_set1_ps(dx * y->d), _mm256_cvtepi32_ps(sums), acc);
+}
+
+static inline __m256 q4_0_block(const void *p, const rwkv_block_q8 *y, __m256 acc) {
+    const block_q4_0 *x = p;
+    const __m256i q = _mm256_sub_epi8(unpack_nibbles(x->qs), _mm256_set1_epi8(8));
+    return scaled(dot_i8(q, load_act(y)), _cvtsh_ss(x->d), y, acc);
+}
+
+static inline __m256 q4_1_block(const void *p, const rwkv_block_q8 *y, __m256 acc) {
+    const block_q4_1 *x = p;
+    return scaled(dot_u8_i8(unpack_nibbles(x->qs), load_act(y)), _cvtsh_ss(x->d), y, acc);
+}
+
+static inline __m256 q5_0_block(const void *p, const rwkv_block_q8 *y, __m256 acc) {
+    const block_q5_0 *x = p;
+    const __m256i q = _mm256_or_si256(unpack_nibbles(x->qs), unpack_fifth_bits(x->qh));
+    return scaled(dot_i8(_mm256_sub_epi8(q, _mm256_set1_epi8(16)), load_act(y)), _cvtsh_ss(x->d), y, acc);
+}
+
+static inline __m256 q5_1_block(const void *p, const rwkv_block_q8 *y, __m256 acc) {
+    const block_q5_1 *x = p;
+    const __m256i q = _mm256_or_si256(unpack_nibbles(x->qs), unpack_fifth_bits(x->qh));
+    return scaled(dot_u8_i8(q, load_act(y)), _cvtsh_ss(x->d), y, acc);
+}
+
+static inline __m256 q8_0_block(const void *p, const rwkv_block_q8 *y, __m256 acc) {
+    const block_q8_0 *x = p;
+    return scaled(dot_i8(_mm256_loadu_si256((const __m256i *)x->qs), load_act(y)), _cvtsh_ss(x->d), y, acc);
+}
+
+static inline __attribute__((always_inline)) float sum_blocks(const uint8_t *row, size_t block_bytes,
+                                                              const rwkv_block_q8 *y, int64_t nb, block_dot_fn block) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+    int64_t b = 0;
+    for (; b + 2 <= nb; b += 2) {
+        a0 = block(row + (size_t)b * block_bytes, y + b, a0);
+        a1 = block(row + (size_t)(b + 1) * block_bytes, y + b + 1, a1);
     }
-    return hsum256(acc);
+    if (b < nb) a0 = block(row + (size_t)b * block_bytes, y + b, a0);
+    return hsum256(_mm256_add_ps(a0, a1));
+}
+
+/* The "+ m" part of q*d + m formats: m times the scaled sum of the activations, per block. */
+static inline float sum_offsets(const uint16_t *m, size_t block_halfs, const rwkv_block_q8 *y, int64_t nb) {
+    float s0 = 0.0f, s1 = 0.0f;
+    int64_t b = 0;
+    for (; b + 2 <= nb; b += 2) {
+        s0 += _cvtsh_ss(m[b * block_halfs]) * y[b].s;
+        s1 += _cvtsh_ss(m[(b + 1) * block_halfs]) * y[b + 1].s;
+    }
+    if (b < nb) s0 += _cvtsh_ss(m[b * block_halfs]) * y[b].s;
+    return s0 + s1;
+}
+
+static float q4_0_dot(const void *row, const void *act, int64_t n) {
+    return sum_blocks(row, sizeof(block_q4_0), act, n / RWKV_QK, q4_0_block);
 }
 
 static float q4_1_dot(const void *row, const void *act, int64_t n) {
     const block_q4_1 *x = row;
-    const rwkv_block_q8 *y = act;
-    __m256 acc = _mm256_setzero_ps();
-    float offsets = 0.0f;
-    for (int64_t b = 0; b < n / RWKV_QK; b++) {
-        const __m256 scale = _mm256_set1_ps(_cvtsh_ss(x[b].d) * y[b].d);
-        acc = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(dot_u8_i8(unpack_nibbles(x[b].qs), load_act(&y[b]))), acc);
-        offsets += _cvtsh_ss(x[b].m) * y[b].s;
-    }
-    return hsum256(acc) + offsets;
+    return sum_blocks(row, sizeof(block_q4_1), act, n / RWKV_QK, q4_1_block) +
+           sum_offsets(&x->m, sizeof(block_q4_1) / 2, act, n / RWKV_QK);
 }
 
 static float q5_0_dot(const void *row, const void *act, int64_t n) {
-    const block_q5_0 *x = row;
-    const rwkv_block_q8 *y = act;
-    __m256 acc = _mm256_setzero_ps();
-    for (int64_t b = 0; b < n / RWKV_QK; b++) {
-        __m256i q = _mm256_or_si256(unpack_nibbles(x[b].qs), unpack_fifth_bits(x[b].qh));
-        q = _mm256_sub_epi8(q, _mm256_set1_epi8(16));
-        const __m256 scale = _mm256_set1_ps(_cvtsh_ss(x[b].d) * y[b].d);
-        acc = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(dot_i8(q, load_act(&y[b]))), acc);
-    }
-    return hsum256(acc);
+    return sum_blocks(row, sizeof(block_q5_0), act, n / RWKV_QK, q5_0_block);
 }
 
 static float q5_1_dot(const void *row, const void *act, int64_t n) {
     const block_q5_1 *x = row;
-    const rwkv_block_q8 *y = act;
-    __m256 acc = _mm256_setzero_ps();
-    float offsets = 0.0f;
-    for (int64_t b = 0; b < n / RWKV_QK; b++) {
-        const __m256i q = _mm256_or_si256(unpack_nibbles(x[b].qs), unpack_fifth_bits(x[b].qh));
-        const __m256 scale = _mm256_set1_ps(_cvtsh_ss(x[b].d) * y[b].d);
-        acc = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(dot_u8_i8(q, load_act(&y[b]))), acc);
-        offsets += _cvtsh_ss(x[b].m) * y[b].s;
-    }
-    return hsum256(acc) + offsets;
+    return sum_blocks(row, sizeof(block_q5_1), act, n / RWKV_QK, q5_1_block) +
+           sum_offsets(&x->m, sizeof(block_q5_1) / 2, act, n / RWKV_QK);
 }
 
 static float q8_0_dot(const void *row, const void *act, int64_t n) {
-    const block_q8_0 *x = row;
-    const rwkv_block_q8 *y = act;
-    __m256 acc = _mm256_setzero_ps();
-    for (int64_t b = 0; b < n / RWKV_QK; b++) {
-        const __m256i q = _mm256_loadu_si256((const __m256i *)x[b].qs);
-        const __m256 scale = _mm256_set1_ps(_cvtsh_ss(x[b].d) * y[b].d);
-        acc = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(dot_i8(q, load_act(&y[b]))), acc);
+    return sum_blocks(row, sizeof(block_q8_0), act, n / RWKV_QK, q8_0_block);
+}
+
+/* 8-bit activation blocks, rounding half away from zero exactly as the portable roundf: adding
+ * just under one half and truncating gives the same integers for |v| <= 127. */
+static void q8_act_from_float(const float *x, void *dst, int64_t n) {
+    rwkv_block_q8 *y = dst;
+    const __m256 sign_bit = _mm256_set1_ps(-0.0f), almost_half = _mm256_set1_ps(0.49999997f);
+    for (int64_t b = 0; b < n / RWKV_QK; b++, x += RWKV_QK) {
+        __m256 v[4], amax = _mm256_setzero_ps();
+        for (int i = 0; i < 4; i++) {
+            v[i] = _mm256_loadu_ps(x + 8 * i);
+            amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign_bit, v[i]));
+        }
+        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+        const float d = _mm_cvtss_f32(m4) / 127.0f;
+        const __m256 id = _mm256_set1_ps(d ? 1.0f / d : 0.0f);
+        __m256i q[4];
+        for (int i = 0; i < 4; i++) {
+            const __m256 scaled_v = _mm256_mul_ps(v[i], id);
+            const __m256 nudge = _mm256_or_ps(_mm256_and_ps(scaled_v, sign_bit), almost_half);
+            q[i] = _mm256_cvttps_epi32(_mm256_add_ps(scaled_v, nudge));
+        }
+        const __m256i sum = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
+        /* packs work within 128-bit lanes; the permute puts the 32 bytes back in order */
+        const __m256i words = _mm256_packs_epi32(q[0], q[1]), words2 = _mm256_packs_epi32(q[2], q[3]);
+        const __m256i bytes = _mm256_packs_epi16(words, words2);
+        _mm256_storeu_si256((__m256i *)y[b].q, _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+        __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(sum), _mm256_extracti128_si256(sum, 1));
+        s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4e));
+        s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xb1));
+        y[b].d = d;
+        y[b].s = d * (float)_mm_cvtsi128_si32(s4);
     }
-    return hsum256(acc);
 }
 
 /* ---- sequence mode: FP32 micro-GEMM ----------------------------------------------------------------- */
@@ -249,6 +304,7 @@ static void q8_0_to_float(const void *src, float *y, int64_t n) {
 
 void rwkv_install_avx2(void) {
     rwkv_gemm_f32 = gemm_f32;
+    rwkv_q8_act_from_float = q8_act_from_float;
     rwkv_traits_mut(RWKV_TYPE_FP32)->vec_dot = fp32_dot;
     rwkv_traits_mut(RWKV_TYPE_FP16)->vec_dot = fp16_dot;
     rwkv_traits_mut(RWKV_TYPE_Q4_0)->vec_dot = q4_0_dot;
