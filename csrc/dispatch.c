@@ -19,8 +19,15 @@ static void install_generic(void) {}
 
 #if defined(__x86_64__) || defined(__i386__)
 void rwkv_install_avx2(void);
+void rwkv_install_avx512(void);
 static int has_avx2(void) {
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+}
+/* The quantized dots are built on VNNI, so it is required: AVX-512 CPUs without it (Skylake-X)
+ * use the AVX2 level. */
+static int has_avx512(void) {
+    return has_avx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
 }
 #endif
 
@@ -28,6 +35,7 @@ static const kernel_level levels[] = {
     {"generic", always, install_generic},
 #if defined(__x86_64__) || defined(__i386__)
     {"avx2", has_avx2, rwkv_install_avx2},
+    {"avx512", has_avx512, rwkv_install_avx512},
 #endif
 };
 #define N_LEVELS ((int)(sizeof levels / sizeof levels[0]))
@@ -96,12 +104,13 @@ const char *rwkv_cpu_features(void) {
     static char buf[128];
     buf[0] = 0;
 #if defined(__x86_64__) || defined(__i386__)
-    const char *names[] = {"sse3", "ssse3", "avx", "f16c", "fma", "avx2", "avx512f", "avx512bw", "avx512vnni"};
+    const char *names[] = {"sse3", "ssse3", "avx", "f16c", "fma", "avx2", "avx512f", "avx512bw", "avx512vl",
+                           "avx512vnni"};
     int have[] = {__builtin_cpu_supports("sse3"),     __builtin_cpu_supports("ssse3"),
                   __builtin_cpu_supports("avx"),      __builtin_cpu_supports("f16c"),
                   __builtin_cpu_supports("fma"),      __builtin_cpu_supports("avx2"),
                   __builtin_cpu_supports("avx512f"),  __builtin_cpu_supports("avx512bw"),
-                  __builtin_cpu_supports("avx512vnni")};
+                  __builtin_cpu_supports("avx512vl"), __builtin_cpu_supports("avx512vnni")};
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
         if (have[i]) {
             strcat(buf, buf[0] ? " " : "");

@@ -11,18 +11,6 @@
 #include "quant.h"
 #include "types.h"
 
-typedef struct { uint16_t d; uint8_t qs[16]; } block_q4_0;
-typedef struct { uint16_t d, m; uint8_t qs[16]; } block_q4_1;
-typedef struct { uint16_t d; uint8_t qh[4]; uint8_t qs[16]; } block_q5_0;
-typedef struct { uint16_t d, m; uint8_t qh[4]; uint8_t qs[16]; } block_q5_1;
-typedef struct { uint16_t d; int8_t qs[32]; } block_q8_0;
-
-_Static_assert(sizeof(block_q4_0) == 18, "Q4_0 block is 18 bytes");
-_Static_assert(sizeof(block_q4_1) == 20, "Q4_1 block is 20 bytes");
-_Static_assert(sizeof(block_q5_0) == 22, "Q5_0 block is 22 bytes");
-_Static_assert(sizeof(block_q5_1) == 24, "Q5_1 block is 24 bytes");
-_Static_assert(sizeof(block_q8_0) == 34, "Q8_0 block is 34 bytes");
-
 #define FP16 rwkv_fp32_to_fp16
 #define FP32 rwkv_fp16_to_fp32
 

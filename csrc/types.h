@@ -13,6 +13,19 @@
 
 #define RWKV_QK 32 /* elements per quantized block */
 
+/* The file's block formats (FORMAT.md): FP16 scale d (and minimum m), then the values; 5-bit
+ * formats keep the fifth bits of all 32 values in qh. */
+typedef struct { uint16_t d; uint8_t qs[16]; } block_q4_0;
+typedef struct { uint16_t d, m; uint8_t qs[16]; } block_q4_1;
+typedef struct { uint16_t d; uint8_t qh[4]; uint8_t qs[16]; } block_q5_0;
+typedef struct { uint16_t d, m; uint8_t qh[4]; uint8_t qs[16]; } block_q5_1;
+typedef struct { uint16_t d; int8_t qs[32]; } block_q8_0;
+_Static_assert(sizeof(block_q4_0) == 18, "Q4_0 block is 18 bytes");
+_Static_assert(sizeof(block_q4_1) == 20, "Q4_1 block is 20 bytes");
+_Static_assert(sizeof(block_q5_0) == 22, "Q5_0 block is 22 bytes");
+_Static_assert(sizeof(block_q5_1) == 24, "Q5_1 block is 24 bytes");
+_Static_assert(sizeof(block_q8_0) == 34, "Q8_0 block is 34 bytes");
+
 /* The activation format of quantized products: 32 int8 values with a float scale and the scaled sum
  * of the values (the sum lets "q*d + m" formats add m * sum(x) without touching x again). */
 typedef struct {

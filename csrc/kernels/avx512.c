@@ -1,0 +1,171 @@
+/* AVX-512 kernels (F, BW, VL and VNNI): Ice Lake, Sapphire Rapids, Zen 4 and later. Installed on top
+ * of the AVX2 level, replacing what is faster here: the float dots at 16 lanes, the micro-GEMM with
+ * 32 registers, and the quantized dots with VNNI.
+ *
+ * VNNI's vpdpbusd multiplies unsigned bytes by signed bytes and sums four products into each int32
+ * lane in one instruction, where AVX2 needs three (sign, maddubs, madd). Every weight format is
+ * read as unsigned values u with sum(w * x) = d * sum(u * x) + c * sum(x): the offset of the signed
+ * formats (-8, -16, -128 times d) and the minimum m of the "q*d + m" ones become the c term, paid
+ * once per block from the activations' precomputed sums. */
+#include <immintrin.h>
+
+#include "../rwkv.h"
+#include "../types.h"
+#include "x86.h"
+
+static inline __m256i dot_u8_i8_vnni(__m256i u, const rwkv_block_q8 *y) {
+    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, load_act(y));
+}
+
+/* ---- float rows ----------------------------------------------------------------------------- */
+
+static float fp32_dot(const void *row, const void *act, int64_t n) {
+    const float *w = row, *x = act;
+    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
+    int64_t i = 0;
+    for (; i + 64 <= n; i += 64) {
+        a0 = _mm512_fmadd_ps(_mm512_loadu_ps(w + i), _mm512_loadu_ps(x + i), a0);
+        a1 = _mm512_fmadd_ps(_mm512_loadu_ps(w + i + 16), _mm512_loadu_ps(x + i + 16), a1);
+        a2 = _mm512_fmadd_ps(_mm512_loadu_ps(w + i + 32), _mm512_loadu_ps(x + i + 32), a2);
+        a3 = _mm512_fmadd_ps(_mm512_loadu_ps(w + i + 48), _mm512_loadu_ps(x + i + 48), a3);
+    }
+    for (; i + 16 <= n; i += 16) a0 = _mm512_fmadd_ps(_mm512_loadu_ps(w + i), _mm512_loadu_ps(x + i), a0);
+    float sum = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+    for (; i < n; i++) sum += w[i] * x[i];
+    return sum;
+}
+
+static inline __m512 load_half16(const uint16_t *p) { return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p)); }
+
+static float fp16_dot(const void *row, const void *act, int64_t n) {
+    const uint16_t *w = row;
+    const float *x = act;
+    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
+    int64_t i = 0;
+    for (; i + 64 <= n; i += 64) {
+        a0 = _mm512_fmadd_ps(load_half16(w + i), _mm512_loadu_ps(x + i), a0);
+        a1 = _mm512_fmadd_ps(load_half16(w + i + 16), _mm512_loadu_ps(x + i + 16), a1);
+        a2 = _mm512_fmadd_ps(load_half16(w + i + 32), _mm512_loadu_ps(x + i + 32), a2);
+        a3 = _mm512_fmadd_ps(load_half16(w + i + 48), _mm512_loadu_ps(x + i + 48), a3);
+    }
+    for (; i + 16 <= n; i += 16) a0 = _mm512_fmadd_ps(load_half16(w + i), _mm512_loadu_ps(x + i), a0);
+    float sum = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+    for (; i < n; i++) sum += _cvtsh_ss(w[i]) * x[i];
+    return sum;
+}
+
+/* ---- quantized rows against 8-bit activation blocks ------------------------------------------- */
+
+static inline __m256 q4_0_block(const void *p, const rwkv_block_q8 *y, __m256 acc) {
+    const block_q4_0 *x = p;
+    return scaled(dot_u8_i8_vnni(unpack_nibbles(x->qs), y), _cvtsh_ss(x->d), y, acc);
+}
+
+static inline __m256 q4_1_block(const void *p, const rwkv_block_q8 *y, __m256 acc) {
+    const block_q4_1 *x = p;
+    return scaled(dot_u8_i8_vnni(unpack_nibbles(x->qs), y), _cvtsh_ss(x->d), y, acc);
+}
+
+static inline __m256 q5_0_block(const void *p, const rwkv_block_q8 *y, __m256 acc) {
+    const block_q5_0 *x = p;
+    const __m256i u = _mm256_or_si256(unpack_nibbles(x->qs), unpack_fifth_bits(x->qh));
+    return scaled(dot_u8_i8_vnni(u, y), _cvtsh_ss(x->d), y, acc);
+}
+
+static inline __m256 q5_1_block(const void *p, const rwkv_block_q8 *y, __m256 acc) {
+    const block_q5_1 *x = p;
+    const __m256i u = _mm256_or_si256(unpack_nibbles(x->qs), unpack_fifth_bits(x->qh));
+    return scaled(dot_u8_i8_vnni(u, y), _cvtsh_ss(x->d), y, acc);
+}
+
+/* Flipping the top bit of a signed byte adds 128: the value as unsigned. */
+static inline __m256 q8_0_block(const void *p, const rwkv_block_q8 *y, __m256 acc) {
+    const block_q8_0 *x = p;
+    const __m256i u = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)x->qs), _mm256_set1_epi8((char)0x80));
+    return scaled(dot_u8_i8_vnni(u, y), _cvtsh_ss(x->d), y, acc);
+}
+
+static float q4_0_dot(const void *row, const void *act, int64_t n) {
+    const block_q4_0 *x = row;
+    return sum_blocks(row, sizeof(block_q4_0), act, n / RWKV_QK, q4_0_block) +
+           sum_offsets(&x->d, sizeof(block_q4_0) / 2, -8.0f, act, n / RWKV_QK);
+}
+
+static float q4_1_dot(const void *row, const void *act, int64_t n) {
+    const block_q4_1 *x = row;
+    return sum_blocks(row, sizeof(block_q4_1), act, n / RWKV_QK, q4_1_block) +
+           sum_offsets(&x->m, sizeof(block_q4_1) / 2, 1.0f, act, n / RWKV_QK);
+}
+
+static float q5_0_dot(const void *row, const void *act, int64_t n) {
+    const block_q5_0 *x = row;
+    return sum_blocks(row, sizeof(block_q5_0), act, n / RWKV_QK, q5_0_block) +
+           sum_offsets(&x->d, sizeof(block_q5_0) / 2, -16.0f, act, n / RWKV_QK);
+}
+
+static float q5_1_dot(const void *row, const void *act, int64_t n) {
+    const block_q5_1 *x = row;
+    return sum_blocks(row, sizeof(block_q5_1), act, n / RWKV_QK, q5_1_block) +
+           sum_offsets(&x->m, sizeof(block_q5_1) / 2, 1.0f, act, n / RWKV_QK);
+}
+
+static float q8_0_dot(const void *row, const void *act, int64_t n) {
+    const block_q8_0 *x = row;
+    return sum_blocks(row, sizeof(block_q8_0), act, n / RWKV_QK, q8_0_block) +
+           sum_offsets(&x->d, sizeof(block_q8_0) / 2, -128.0f, act, n / RWKV_QK);
+}
+
+/* ---- sequence mode: FP32 micro-GEMM ------------------------------------------------------------ */
+
+/* 4 weight rows x 6 tokens: 24 accumulators, 4 weight registers and one for the token, of 32. */
+#define GEMM_ROWS 4
+#define GEMM_TOKENS 6
+
+static void gemm_tile(const float *w, int64_t ws, const float *x, int64_t xs, int64_t n, float *y, int64_t ys,
+                      int accumulate) {
+    __m512 acc[GEMM_ROWS][GEMM_TOKENS];
+    for (int r = 0; r < GEMM_ROWS; r++)
+        for (int t = 0; t < GEMM_TOKENS; t++) acc[r][t] = _mm512_setzero_ps();
+    for (int64_t k = 0; k < n; k += 16) {
+        __m512 wr[GEMM_ROWS];
+        for (int r = 0; r < GEMM_ROWS; r++) wr[r] = _mm512_loadu_ps(w + r * ws + k);
+        for (int t = 0; t < GEMM_TOKENS; t++) {
+            const __m512 xt = _mm512_loadu_ps(x + t * xs + k);
+            for (int r = 0; r < GEMM_ROWS; r++) acc[r][t] = _mm512_fmadd_ps(wr[r], xt, acc[r][t]);
+        }
+    }
+    for (int t = 0; t < GEMM_TOKENS; t++)
+        for (int r = 0; r < GEMM_ROWS; r++) {
+            const float d = _mm512_reduce_add_ps(acc[r][t]);
+            y[t * ys + r] = accumulate ? y[t * ys + r] + d : d;
+        }
+}
+
+static rwkv_gemm_f32_fn gemm_f32_avx2; /* the level below, for sizes the tile does not cover */
+
+static void gemm_f32(const float *w, int64_t ws, int64_t nr, const float *x, int64_t xs, int64_t nt, int64_t n,
+                     float *y, int64_t ys, int accumulate) {
+    if (n % 16 != 0) {
+        gemm_f32_avx2(w, ws, nr, x, xs, nt, n, y, ys, accumulate);
+        return;
+    }
+    const int64_t nr_full = nr - nr % GEMM_ROWS, nt_full = nt - nt % GEMM_TOKENS;
+    for (int64_t t = 0; t < nt_full; t += GEMM_TOKENS)
+        for (int64_t r = 0; r < nr_full; r += GEMM_ROWS)
+            gemm_tile(w + r * ws, ws, x + t * xs, xs, n, y + t * ys + r, ys, accumulate);
+    if (nr_full < nr)
+        gemm_f32_avx2(w + nr_full * ws, ws, nr - nr_full, x, xs, nt_full, n, y + nr_full, ys, accumulate);
+    if (nt_full < nt) gemm_f32_avx2(w, ws, nr, x + nt_full * xs, xs, nt - nt_full, n, y + nt_full * ys, ys, accumulate);
+}
+
+void rwkv_install_avx512(void) {
+    gemm_f32_avx2 = rwkv_gemm_f32;
+    rwkv_gemm_f32 = gemm_f32;
+    rwkv_traits_mut(RWKV_TYPE_FP32)->vec_dot = fp32_dot;
+    rwkv_traits_mut(RWKV_TYPE_FP16)->vec_dot = fp16_dot;
+    rwkv_traits_mut(RWKV_TYPE_Q4_0)->vec_dot = q4_0_dot;
+    rwkv_traits_mut(RWKV_TYPE_Q4_1)->vec_dot = q4_1_dot;
+    rwkv_traits_mut(RWKV_TYPE_Q5_0)->vec_dot = q5_0_dot;
+    rwkv_traits_mut(RWKV_TYPE_Q5_1)->vec_dot = q5_1_dot;
+    rwkv_traits_mut(RWKV_TYPE_Q8_0)->vec_dot = q8_0_dot;
+}

@@ -1,0 +1,100 @@
+/* Runs the AVX-512 kernels on any x86-64 CPU by compiling them against SIMDe (portable
+ * implementations of the Intel intrinsics), and compares them with the portable C kernels.
+ * Built and run by tests/test_kernels_emulated.py; exits non-zero on a mismatch. */
+#define SIMDE_ENABLE_NATIVE_ALIASES
+#include <simde/x86/avx512.h>
+#include <simde/x86/f16c.h>
+#include <simde/x86/fma.h>
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Intrinsics this SIMDe release lacks, written with ones it has. */
+#ifndef _cvtsh_ss
+static float _cvtsh_ss(unsigned short h) { return simde_mm_cvtss_f32(simde_mm_cvtph_ps(simde_mm_cvtsi32_si128(h))); }
+#endif
+#ifndef _mm512_cvtph_ps
+static simde__m512 _mm512_cvtph_ps(simde__m256i h) {
+    simde__m512 out = simde_mm512_castps256_ps512(simde_mm256_cvtph_ps(simde_mm256_castsi256_si128(h)));
+    return simde_mm512_insertf32x8(out, simde_mm256_cvtph_ps(simde_mm256_extracti128_si256(h, 1)), 1);
+}
+#endif
+#ifndef _mm512_reduce_add_ps
+static float _mm512_reduce_add_ps(simde__m512 v) {
+    float lanes[16], sum = 0.0f;
+    simde_mm512_storeu_ps(lanes, v);
+    for (int i = 0; i < 16; i++) sum += lanes[i];
+    return sum;
+}
+#endif
+
+#define _IMMINTRIN_H_INCLUDED /* SIMDe provides every name the kernels use */
+#include "../../csrc/kernels/avx512.c"
+
+static const int formats[] = {RWKV_TYPE_FP32, RWKV_TYPE_FP16, RWKV_TYPE_Q4_0, RWKV_TYPE_Q4_1,
+                              RWKV_TYPE_Q5_0, RWKV_TYPE_Q5_1, RWKV_TYPE_Q8_0};
+static const int64_t sizes[] = {32, 96, 160, 4128};
+
+static float uniform(void) { return (float)rand() / (float)RAND_MAX * 2.0f - 1.0f; }
+
+static int check_dots(const rwkv_type_traits *generic) {
+    int failures = 0;
+    float *w = malloc(4128 * sizeof(float)), *x = malloc(4128 * sizeof(float));
+    uint8_t *row = malloc(4128 * 4), *act = malloc(4128 * 4);
+    for (size_t f = 0; f < sizeof formats / sizeof formats[0]; f++)
+        for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; s++) {
+            const int id = formats[f];
+            const int64_t n = sizes[s];
+            for (int64_t i = 0; i < n; i++) w[i] = uniform(), x[i] = uniform() * 3.0f;
+            generic[id].from_float(w, row, n);
+            rwkv_act_from_float(generic[id].act_type, x, act, n);
+            const float want = generic[id].vec_dot(row, act, n);
+            const float got = rwkv_traits(id)->vec_dot(row, act, n);
+            const float tolerance = 1e-5f * (float)n;
+            const int ok = fabsf(got - want) <= tolerance;
+            printf("%-4s dot n=%-5lld generic %+.6f avx512 %+.6f %s\n", generic[id].name, (long long)n, want, got,
+                   ok ? "ok" : "MISMATCH");
+            failures += !ok;
+        }
+    free(w), free(x), free(row), free(act);
+    return failures;
+}
+
+static int check_gemm(void) {
+    static const int64_t shapes[][3] = {{48, 128, 256}, {7, 13, 256}, {48, 6, 64}, {5, 9, 40}};
+    int failures = 0;
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+        const int64_t nr = shapes[s][0], nt = shapes[s][1], n = shapes[s][2];
+        float *w = malloc((size_t)(nr * n) * 4), *x = malloc((size_t)(nt * n) * 4);
+        float *want = malloc((size_t)(nr * nt) * 4), *got = malloc((size_t)(nr * nt) * 4);
+        for (int64_t i = 0; i < nr * n; i++) w[i] = uniform();
+        for (int64_t i = 0; i < nt * n; i++) x[i] = uniform();
+        for (int accumulate = 0; accumulate <= 1; accumulate++) {
+            for (int64_t i = 0; i < nr * nt; i++) want[i] = got[i] = (float)i;
+            rwkv_gemm_f32_generic(w, n, nr, x, n, nt, n, want, nr, accumulate);
+            rwkv_gemm_f32(w, n, nr, x, n, nt, n, got, nr, accumulate);
+            float worst = 0.0f;
+            for (int64_t i = 0; i < nr * nt; i++) worst = fmaxf(worst, fabsf(got[i] - want[i]) / (1.0f + fabsf(want[i])));
+            const int ok = worst <= 1e-5f;
+            printf("gemm %lld rows x %lld tokens x %lld accumulate=%d: worst relative error %.2e %s\n", (long long)nr,
+                   (long long)nt, (long long)n, accumulate, worst, ok ? "ok" : "MISMATCH");
+            failures += !ok;
+        }
+        free(w), free(x), free(want), free(got);
+    }
+    return failures;
+}
+
+int main(void) {
+    rwkv_types_init();
+    rwkv_type_traits generic[10];
+    for (int id = 0; id < 10; id++)
+        if (rwkv_traits(id)) generic[id] = *rwkv_traits(id);
+    srand(7);
+    rwkv_install_avx512();
+    const int failures = check_dots(generic) + check_gemm();
+    printf("%d mismatches\n", failures);
+    return failures != 0;
+}
