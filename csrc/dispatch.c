@@ -1,5 +1,5 @@
 /* Choosing kernels at run time: one build runs on any x86-64 (or ARM) CPU and uses the best
- * instruction set it has. RWKV_KERNELS=generic|avx2|avx512 forces a lower level, for testing. */
+ * instruction set it has. RWKV_KERNELS=generic|avx2|avx512|neon forces a lower level, for testing. */
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,6 +29,8 @@ static int has_avx512(void) {
     return has_avx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
            __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
 }
+#elif defined(__aarch64__)
+void rwkv_install_neon(void);
 #endif
 
 static const kernel_level levels[] = {
@@ -36,6 +38,8 @@ static const kernel_level levels[] = {
 #if defined(__x86_64__) || defined(__i386__)
     {"avx2", has_avx2, rwkv_install_avx2},
     {"avx512", has_avx512, rwkv_install_avx512},
+#elif defined(__aarch64__)
+    {"neon", always, rwkv_install_neon}, /* NEON is part of AArch64 */
 #endif
 };
 #define N_LEVELS ((int)(sizeof levels / sizeof levels[0]))

@@ -19,7 +19,7 @@ TYPE_IDS = {"FP32": 0, "FP16": 1, "Q4_0": 2, "Q4_1": 3, "Q5_0": 7, "Q5_1": 8, "Q
 def available_levels():
     best = _core.kernel_level()
     levels = []
-    for name in ("generic", "avx2", "avx512"):
+    for name in ("generic", "avx2", "avx512", "neon"):
         try:
             _core.set_kernel_level(name)
         except ValueError:

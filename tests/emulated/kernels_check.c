@@ -1,15 +1,20 @@
-/* Runs the AVX-512 kernels on any x86-64 CPU by compiling them against SIMDe (portable
- * implementations of the Intel intrinsics), and compares them with the portable C kernels.
- * Built and run by tests/test_kernels_emulated.py; exits non-zero on a mismatch. */
-#define SIMDE_ENABLE_NATIVE_ALIASES
-#include <simde/x86/avx512.h>
-#include <simde/x86/f16c.h>
-#include <simde/x86/fma.h>
-
+/* Runs a kernel level this CPU lacks and compares it with the portable C kernels, for every weight
+ * format, odd sizes, the activation quantizer and the sequence-mode micro-GEMM. Built by
+ * tests/test_kernels_emulated.py in one of two ways:
+ *   -DCHECK_AVX512: the AVX-512 kernels compiled against SIMDe (portable implementations of the
+ *                   Intel intrinsics), run on any x86-64 CPU;
+ *   -DCHECK_NEON:   the NEON kernels cross-compiled for AArch64, run under qemu-aarch64.
+ * Exits non-zero on a mismatch. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#if defined(CHECK_AVX512)
+#define SIMDE_ENABLE_NATIVE_ALIASES
+#include <simde/x86/avx512.h>
+#include <simde/x86/f16c.h>
+#include <simde/x86/fma.h>
 
 /* Intrinsics this SIMDe release lacks, written with ones it has. */
 #ifndef _cvtsh_ss
@@ -32,6 +37,15 @@ static float _mm512_reduce_add_ps(simde__m512 v) {
 
 #define _IMMINTRIN_H_INCLUDED /* SIMDe provides every name the kernels use */
 #include "../../csrc/kernels/avx512.c"
+#define LEVEL "avx512"
+#define install_level rwkv_install_avx512
+#elif defined(CHECK_NEON)
+#include "../../csrc/kernels/neon.c"
+#define LEVEL "neon"
+#define install_level rwkv_install_neon
+#else
+#error "define CHECK_AVX512 or CHECK_NEON"
+#endif
 
 static const int formats[] = {RWKV_TYPE_FP32, RWKV_TYPE_FP16, RWKV_TYPE_Q4_0, RWKV_TYPE_Q4_1,
                               RWKV_TYPE_Q5_0, RWKV_TYPE_Q5_1, RWKV_TYPE_Q8_0};
@@ -54,12 +68,27 @@ static int check_dots(const rwkv_type_traits *generic) {
             const float got = rwkv_traits(id)->vec_dot(row, act, n);
             const float tolerance = 1e-5f * (float)n;
             const int ok = fabsf(got - want) <= tolerance;
-            printf("%-4s dot n=%-5lld generic %+.6f avx512 %+.6f %s\n", generic[id].name, (long long)n, want, got,
+            printf("%-4s dot n=%-5lld generic %+.6f " LEVEL " %+.6f %s\n", generic[id].name, (long long)n, want, got,
                    ok ? "ok" : "MISMATCH");
             failures += !ok;
         }
     free(w), free(x), free(row), free(act);
     return failures;
+}
+
+/* The level's activation quantizer (where it has one) against the portable one: same bytes. */
+static int check_activations(void) {
+    float x[4128];
+    rwkv_block_q8 want[4128 / RWKV_QK], got[4128 / RWKV_QK];
+    for (int i = 0; i < 4128; i++) x[i] = uniform() * 5.0f;
+    x[0] = 127.0f, x[1] = 2.5f, x[2] = -2.5f, x[3] = 0.5f; /* ties round away from zero */
+    rwkv_quantize_row_q8_act(x, want, 4128);
+    rwkv_q8_act_from_float(x, got, 4128);
+    int bad = 0;
+    for (int b = 0; b < 4128 / RWKV_QK; b++)
+        bad += memcmp(want[b].q, got[b].q, RWKV_QK) != 0 || want[b].d != got[b].d || fabsf(want[b].s - got[b].s) > 1e-6f * fabsf(want[b].s);
+    printf("activations: %d of %d blocks differ %s\n", bad, 4128 / RWKV_QK, bad ? "MISMATCH" : "ok");
+    return bad != 0;
 }
 
 static int check_gemm(void) {
@@ -93,8 +122,8 @@ int main(void) {
     for (int id = 0; id < 10; id++)
         if (rwkv_traits(id)) generic[id] = *rwkv_traits(id);
     srand(7);
-    rwkv_install_avx512();
-    const int failures = check_dots(generic) + check_gemm();
+    install_level();
+    const int failures = check_dots(generic) + check_activations() + check_gemm();
     printf("%d mismatches\n", failures);
     return failures != 0;
 }

@@ -1,0 +1,218 @@
+/* NEON kernels for 64-bit ARM (every AArch64 CPU has NEON, so this level is always available
+ * there). Quantized dots multiply signed bytes into 16-bit pairs (vmull/vmlal) and widen once per
+ * 16 values; all five formats fit in signed bytes once their offset is taken off. */
+#include <arm_neon.h>
+#include <string.h>
+
+#include "../rwkv.h"
+#include "../types.h"
+
+static float fp32_dot(const void *row, const void *act, int64_t n) {
+    const float *w = row, *x = act;
+    float32x4_t a0 = vdupq_n_f32(0.0f), a1 = a0, a2 = a0, a3 = a0;
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        a0 = vfmaq_f32(a0, vld1q_f32(w + i), vld1q_f32(x + i));
+        a1 = vfmaq_f32(a1, vld1q_f32(w + i + 4), vld1q_f32(x + i + 4));
+        a2 = vfmaq_f32(a2, vld1q_f32(w + i + 8), vld1q_f32(x + i + 8));
+        a3 = vfmaq_f32(a3, vld1q_f32(w + i + 12), vld1q_f32(x + i + 12));
+    }
+    for (; i + 4 <= n; i += 4) a0 = vfmaq_f32(a0, vld1q_f32(w + i), vld1q_f32(x + i));
+    float sum = vaddvq_f32(vaddq_f32(vaddq_f32(a0, a1), vaddq_f32(a2, a3)));
+    for (; i < n; i++) sum += w[i] * x[i];
+    return sum;
+}
+
+static inline float32x4_t load_half4(const uint16_t *p) { return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(p))); }
+
+static inline float half_to_float(uint16_t h) { return vgetq_lane_f32(vcvt_f32_f16(vreinterpret_f16_u16(vdup_n_u16(h))), 0); }
+
+static float fp16_dot(const void *row, const void *act, int64_t n) {
+    const uint16_t *w = row;
+    const float *x = act;
+    float32x4_t a0 = vdupq_n_f32(0.0f), a1 = a0, a2 = a0, a3 = a0;
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        a0 = vfmaq_f32(a0, load_half4(w + i), vld1q_f32(x + i));
+        a1 = vfmaq_f32(a1, load_half4(w + i + 4), vld1q_f32(x + i + 4));
+        a2 = vfmaq_f32(a2, load_half4(w + i + 8), vld1q_f32(x + i + 8));
+        a3 = vfmaq_f32(a3, load_half4(w + i + 12), vld1q_f32(x + i + 12));
+    }
+    for (; i + 4 <= n; i += 4) a0 = vfmaq_f32(a0, load_half4(w + i), vld1q_f32(x + i));
+    float sum = vaddvq_f32(vaddq_f32(vaddq_f32(a0, a1), vaddq_f32(a2, a3)));
+    for (; i < n; i++) sum += half_to_float(w[i]) * x[i];
+    return sum;
+}
+
+/* ---- quantized rows ----------------------------------------------------------------------------- */
+
+/* A block's 32 values as signed bytes, elements 0-15 in lo and 16-31 in hi. */
+typedef struct {
+    int8x16_t lo, hi;
+} block_values;
+
+static inline block_values unpack_nibbles(const uint8_t *qs) {
+    const uint8x16_t packed = vld1q_u8(qs);
+    return (block_values){vreinterpretq_s8_u8(vandq_u8(packed, vdupq_n_u8(0x0f))),
+                          vreinterpretq_s8_u8(vshrq_n_u8(packed, 4))};
+}
+
+/* Adds 16 to the values whose bit in the 32-bit fifth-bit field is set. */
+static inline block_values add_fifth_bits(block_values v, const uint8_t *qh) {
+    uint32_t bits;
+    memcpy(&bits, qh, 4);
+    const uint8x16_t field = vreinterpretq_u8_u32(vdupq_n_u32(bits));
+    static const uint8_t spread_lo[16] = {0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1};
+    static const uint8_t spread_hi[16] = {2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3};
+    static const uint8_t bit[16] = {1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128};
+    const uint8x16_t mask = vld1q_u8(bit), sixteen = vdupq_n_u8(0x10);
+    const uint8x16_t lo = vandq_u8(vtstq_u8(vqtbl1q_u8(field, vld1q_u8(spread_lo)), mask), sixteen);
+    const uint8x16_t hi = vandq_u8(vtstq_u8(vqtbl1q_u8(field, vld1q_u8(spread_hi)), mask), sixteen);
+    return (block_values){vaddq_s8(v.lo, vreinterpretq_s8_u8(lo)), vaddq_s8(v.hi, vreinterpretq_s8_u8(hi))};
+}
+
+static inline block_values minus(block_values v, int8_t offset) {
+    return (block_values){vsubq_s8(v.lo, vdupq_n_s8(offset)), vsubq_s8(v.hi, vdupq_n_s8(offset))};
+}
+
+/* Four int32 partial sums of the 32 products. Each 16-bit lane takes two products of at most
+ * 127 * 127 in magnitude, which cannot overflow. */
+static inline int32x4_t dot_block(block_values w, const rwkv_block_q8 *y) {
+    const int8x16_t x_lo = vld1q_s8(y->q), x_hi = vld1q_s8(y->q + 16);
+    int16x8_t p = vmull_s8(vget_low_s8(w.lo), vget_low_s8(x_lo));
+    p = vmlal_high_s8(p, w.lo, x_lo);
+    int16x8_t q = vmull_s8(vget_low_s8(w.hi), vget_low_s8(x_hi));
+    q = vmlal_high_s8(q, w.hi, x_hi);
+    return vaddq_s32(vpaddlq_s16(p), vpaddlq_s16(q));
+}
+
+static inline float32x4_t scaled(int32x4_t sums, uint16_t d, const rwkv_block_q8 *y, float32x4_t acc) {
+    return vfmaq_n_f32(acc, vcvtq_f32_s32(sums), half_to_float(d) * y->d);
+}
+
+static float q4_0_dot(const void *row, const void *act, int64_t n) {
+    const block_q4_0 *x = row;
+    const rwkv_block_q8 *y = act;
+    float32x4_t acc = vdupq_n_f32(0.0f);
+    for (int64_t b = 0; b < n / RWKV_QK; b++) acc = scaled(dot_block(minus(unpack_nibbles(x[b].qs), 8), &y[b]), x[b].d, &y[b], acc);
+    return vaddvq_f32(acc);
+}
+
+static float q4_1_dot(const void *row, const void *act, int64_t n) {
+    const block_q4_1 *x = row;
+    const rwkv_block_q8 *y = act;
+    float32x4_t acc = vdupq_n_f32(0.0f);
+    float offsets = 0.0f;
+    for (int64_t b = 0; b < n / RWKV_QK; b++) {
+        acc = scaled(dot_block(unpack_nibbles(x[b].qs), &y[b]), x[b].d, &y[b], acc);
+        offsets += half_to_float(x[b].m) * y[b].s;
+    }
+    return vaddvq_f32(acc) + offsets;
+}
+
+static float q5_0_dot(const void *row, const void *act, int64_t n) {
+    const block_q5_0 *x = row;
+    const rwkv_block_q8 *y = act;
+    float32x4_t acc = vdupq_n_f32(0.0f);
+    for (int64_t b = 0; b < n / RWKV_QK; b++) {
+        const block_values v = minus(add_fifth_bits(unpack_nibbles(x[b].qs), x[b].qh), 16);
+        acc = scaled(dot_block(v, &y[b]), x[b].d, &y[b], acc);
+    }
+    return vaddvq_f32(acc);
+}
+
+static float q5_1_dot(const void *row, const void *act, int64_t n) {
+    const block_q5_1 *x = row;
+    const rwkv_block_q8 *y = act;
+    float32x4_t acc = vdupq_n_f32(0.0f);
+    float offsets = 0.0f;
+    for (int64_t b = 0; b < n / RWKV_QK; b++) {
+        acc = scaled(dot_block(add_fifth_bits(unpack_nibbles(x[b].qs), x[b].qh), &y[b]), x[b].d, &y[b], acc);
+        offsets += half_to_float(x[b].m) * y[b].s;
+    }
+    return vaddvq_f32(acc) + offsets;
+}
+
+static float q8_0_dot(const void *row, const void *act, int64_t n) {
+    const block_q8_0 *x = row;
+    const rwkv_block_q8 *y = act;
+    float32x4_t acc = vdupq_n_f32(0.0f);
+    for (int64_t b = 0; b < n / RWKV_QK; b++) {
+        const block_values v = {vld1q_s8(x[b].qs), vld1q_s8(x[b].qs + 16)};
+        acc = scaled(dot_block(v, &y[b]), x[b].d, &y[b], acc);
+    }
+    return vaddvq_f32(acc);
+}
+
+/* 8-bit activation blocks; vcvtaq rounds half away from zero, as the portable roundf. */
+static void q8_act_from_float(const float *x, void *dst, int64_t n) {
+    rwkv_block_q8 *y = dst;
+    for (int64_t b = 0; b < n / RWKV_QK; b++, x += RWKV_QK) {
+        float32x4_t v[8], amax = vdupq_n_f32(0.0f);
+        for (int i = 0; i < 8; i++) {
+            v[i] = vld1q_f32(x + 4 * i);
+            amax = vmaxq_f32(amax, vabsq_f32(v[i]));
+        }
+        const float d = vmaxvq_f32(amax) / 127.0f;
+        const float id = d ? 1.0f / d : 0.0f;
+        int32x4_t q[8], sum = vdupq_n_s32(0);
+        for (int i = 0; i < 8; i++) {
+            q[i] = vcvtaq_s32_f32(vmulq_n_f32(v[i], id));
+            sum = vaddq_s32(sum, q[i]);
+        }
+        int8x8_t bytes[4];
+        for (int i = 0; i < 4; i++) bytes[i] = vmovn_s16(vcombine_s16(vmovn_s32(q[2 * i]), vmovn_s32(q[2 * i + 1])));
+        vst1q_s8(y[b].q, vcombine_s8(bytes[0], bytes[1]));
+        vst1q_s8(y[b].q + 16, vcombine_s8(bytes[2], bytes[3]));
+        y[b].d = d;
+        y[b].s = d * (float)vaddvq_s32(sum);
+    }
+}
+
+/* ---- sequence mode: FP32 micro-GEMM ------------------------------------------------------------ */
+
+/* 4 weight rows x 4 tokens: 16 accumulators, 4 weight registers and one for the token. */
+static void gemm_4x4(const float *w, int64_t ws, const float *x, int64_t xs, int64_t n, float *y, int64_t ys,
+                     int accumulate) {
+    float32x4_t acc[4][4];
+    for (int r = 0; r < 4; r++)
+        for (int t = 0; t < 4; t++) acc[r][t] = vdupq_n_f32(0.0f);
+    for (int64_t k = 0; k < n; k += 4) {
+        float32x4_t wr[4];
+        for (int r = 0; r < 4; r++) wr[r] = vld1q_f32(w + r * ws + k);
+        for (int t = 0; t < 4; t++) {
+            const float32x4_t xt = vld1q_f32(x + t * xs + k);
+            for (int r = 0; r < 4; r++) acc[r][t] = vfmaq_f32(acc[r][t], wr[r], xt);
+        }
+    }
+    for (int t = 0; t < 4; t++)
+        for (int r = 0; r < 4; r++) {
+            const float d = vaddvq_f32(acc[r][t]);
+            y[t * ys + r] = accumulate ? y[t * ys + r] + d : d;
+        }
+}
+
+static void gemm_f32(const float *w, int64_t ws, int64_t nr, const float *x, int64_t xs, int64_t nt, int64_t n,
+                     float *y, int64_t ys, int accumulate) {
+    if (n % 4 != 0) {
+        rwkv_gemm_f32_generic(w, ws, nr, x, xs, nt, n, y, ys, accumulate);
+        return;
+    }
+    const int64_t nr4 = nr - nr % 4, nt4 = nt - nt % 4;
+    for (int64_t t = 0; t < nt4; t += 4)
+        for (int64_t r = 0; r < nr4; r += 4) gemm_4x4(w + r * ws, ws, x + t * xs, xs, n, y + t * ys + r, ys, accumulate);
+    if (nr4 < nr) rwkv_gemm_f32_generic(w + nr4 * ws, ws, nr - nr4, x, xs, nt4, n, y + nr4, ys, accumulate);
+    if (nt4 < nt) rwkv_gemm_f32_generic(w, ws, nr, x + nt4 * xs, xs, nt - nt4, n, y + nt4 * ys, ys, accumulate);
+}
+
+void rwkv_install_neon(void) {
+    rwkv_gemm_f32 = gemm_f32;
+    rwkv_q8_act_from_float = q8_act_from_float;
+    rwkv_traits_mut(RWKV_TYPE_FP32)->vec_dot = fp32_dot;
+    rwkv_traits_mut(RWKV_TYPE_FP16)->vec_dot = fp16_dot;
+    rwkv_traits_mut(RWKV_TYPE_Q4_0)->vec_dot = q4_0_dot;
+    rwkv_traits_mut(RWKV_TYPE_Q4_1)->vec_dot = q4_1_dot;
+    rwkv_traits_mut(RWKV_TYPE_Q5_0)->vec_dot = q5_0_dot;
+    rwkv_traits_mut(RWKV_TYPE_Q5_1)->vec_dot = q5_1_dot;
+    rwkv_traits_mut(RWKV_TYPE_Q8_0)->vec_dot = q8_0_dot;
+}
