@@ -9,7 +9,6 @@
 #include "model.h"
 #include "types.h"
 
-#define HEAD_SIZE 64
 
 typedef struct {
     rwkv_model *model;
@@ -319,12 +318,12 @@ static int load_model(loader *ld) {
     info->arch = detect_arch(&m->file);
     int64_t C = info->n_embed;
     if (info->arch != RWKV_ARCH_V4) {
-        if (C % HEAD_SIZE != 0)
+        if (C % RWKV_HEAD_SIZE != 0)
             return rwkv_fail(ld->err, ld->err_len, RWKV_ERR_FORMAT,
                              "%s: n_embed %lld is not a multiple of the head size %d that %s uses", m->path,
-                             (long long)C, HEAD_SIZE, rwkv_arch_name(info->arch));
-        info->head_size = HEAD_SIZE;
-        info->n_head = (int32_t)(C / HEAD_SIZE);
+                             (long long)C, RWKV_HEAD_SIZE, rwkv_arch_name(info->arch));
+        info->head_size = RWKV_HEAD_SIZE;
+        info->n_head = (int32_t)(C / RWKV_HEAD_SIZE);
     }
     /* Check the last layer exists before allocating per-layer structs for a header that may lie. */
     if (!has(ld, info->n_layer - 1, "ln1.weight"))
@@ -343,7 +342,7 @@ static int load_model(loader *ld) {
     if (!m->layers) return rwkv_fail(ld->err, ld->err_len, RWKV_ERR_ALLOC, "%s: out of memory", m->path);
     for (int i = 0; i < info->n_layer; i++) TRY(load_layer(ld, i));
     size_t per_layer = info->arch == RWKV_ARCH_V4 ? 5 * (size_t)C
-                                                   : 2 * (size_t)C + (size_t)info->n_head * HEAD_SIZE * HEAD_SIZE;
+                                                   : 2 * (size_t)C + (size_t)info->n_head * RWKV_HEAD_SIZE * RWKV_HEAD_SIZE;
     info->state_len = per_layer * (size_t)info->n_layer;
     return RWKV_OK;
 }

@@ -8,6 +8,10 @@
 #include "rwkv.h"
 #include "threads.h"
 
+/* Every released v5, v6 and v7 model has 64-value heads; the loader refuses others, so the
+ * recurrences can use it as a constant. */
+#define RWKV_HEAD_SIZE 64
+
 /* A weight matrix: `rows` rows of `cols` elements each, y = W x produces `rows` outputs. */
 typedef struct {
     const void *data;

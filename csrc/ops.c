@@ -74,6 +74,10 @@ void rwkv_add(float *a, const float *b, int64_t n) {
     for (int64_t i = 0; i < n; i++) a[i] += b[i];
 }
 
+void rwkv_sub(float *a, const float *b, int64_t n) {
+    for (int64_t i = 0; i < n; i++) a[i] -= b[i];
+}
+
 /* ---- threads -------------------------------------------------------------------------------- */
 
 typedef struct {

@@ -6,10 +6,11 @@
 
 #include "model.h"
 
-/* Hot element-wise loops outside the kernel table (the wkv recurrences) get an AVX2 clone that the
- * loader picks when the CPU has it; the baseline build only vectorises with SSE2. */
+/* Hot element-wise loops outside the kernel table (the wkv recurrences) get an AVX2 + FMA clone
+ * (x86-64-v3) that the loader picks when the CPU has it; the baseline build only vectorises with
+ * SSE2. */
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-#define RWKV_SIMD_CLONES __attribute__((target_clones("avx2", "default")))
+#define RWKV_SIMD_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
 #else
 #define RWKV_SIMD_CLONES
 #endif
@@ -28,8 +29,9 @@ void rwkv_lerp(float *out, const float *xx, const float *prev, const float *mix,
 /* v6/v7 mixing with sx = prev - xx: out = xx + sx * mix (mix2 added to mix when not NULL; it has T rows) */
 void rwkv_maa(float *out, const float *xx, const float *sx, const float *mix, const float *mix2, int64_t T,
               int64_t C);
-/* a[i] += b[i] over n */
+/* a[i] += b[i] and a[i] -= b[i] over n */
 void rwkv_add(float *a, const float *b, int64_t n);
+void rwkv_sub(float *a, const float *b, int64_t n);
 
 /* Sequence mode's weight tile: rows x k-block floats, dequantized once per chunk of tokens. */
 #define RWKV_TILE_ROWS 48 /* a multiple of the micro-GEMM's 3 rows */
@@ -47,13 +49,14 @@ void rwkv_channel_mix(rwkv_model *m, const rwkv_layer *L, float *state_x, int64_
 
 /* The wkv recurrence of v5 and v6, per head: S = k v^T + w S, out = r (u k v^T + S).
  * Decay w and bonus u have one value per head or per channel; v6's decay also changes per token
- * (w_token_stride = C), v5's does not (0). state: H x N x N, indexed [head][key][value]. */
+ * (w_token_stride = C), v5's does not (0). state: H x N x N (N = RWKV_HEAD_SIZE), indexed
+ * [head][key][value]. */
 typedef struct {
     const float *r, *k, *v, *w, *u;
     int w_per_head, u_per_head;
     int64_t w_token_stride;
     float *y, *state;
-    int64_t T, H, N;
+    int64_t T, H;
 } rwkv_wkv5_args;
 void rwkv_wkv5(rwkv_model *m, const rwkv_wkv5_args *args);
 

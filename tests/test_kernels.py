@@ -86,10 +86,11 @@ def test_model_logits_match_generic(level, arch, fmt, format_files, level_guard)
     scale = max(1.0, float(np.abs(ref_seq).max()))
     # Only the order of float additions differs between levels.
     assert np.abs(seq - ref_seq).max() <= 2e-4 * scale
-    assert np.abs(serial[0] - ref_serial[0]).max() <= 2e-4 * scale
     if fmt.startswith("Q"):
         # Decoding rounds activations to 8 bits: a last-bit difference can move one activation to
-        # the neighbouring step, and later tokens carry that on. Bounded, not bit-equal.
+        # the neighbouring step (already within the first token's layers), and later tokens carry
+        # that on. Bounded, not bit-equal; the kernels themselves are compared exactly in
+        # test_matvec_odd_sizes_match_float_math and test_kernels_emulated.py.
         assert np.abs(serial - ref_serial).max() <= 0.02 * float(np.ptp(ref_serial))
     else:
         assert np.abs(serial - ref_serial).max() <= 2e-4 * scale

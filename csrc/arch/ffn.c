@@ -11,7 +11,7 @@ void rwkv_channel_mix(rwkv_model *m, const rwkv_layer *L, float *state_x, int64_
     rwkv_layer_norm(s->xx, s->x, &L->ln2, T, C);
     rwkv_token_shift(s->prev, s->xx, state_x, T, C);
     if (arch == RWKV_ARCH_V6 || arch == RWKV_ARCH_V7) {
-        for (int64_t i = 0; i < T * C; i++) s->prev[i] -= s->xx[i];
+        rwkv_sub(s->prev, s->xx, T * C);
         rwkv_maa(xk, s->xx, s->prev, L->ffn_mix_k, NULL, T, C);
         if (arch == RWKV_ARCH_V6) rwkv_maa(xr, s->xx, s->prev, L->ffn_mix_r, NULL, T, C);
     } else {
@@ -20,9 +20,10 @@ void rwkv_channel_mix(rwkv_model *m, const rwkv_layer *L, float *state_x, int64_
     }
 
     rwkv_matmul(m, &L->ffn_key, xk, T, s->ffn);
+    float *ffn = s->ffn; /* a local pointer: through s, every store might move s->ffn */
     for (int64_t i = 0; i < T * F; i++) {
-        float h = s->ffn[i] > 0.0f ? s->ffn[i] : 0.0f;
-        s->ffn[i] = h * h;
+        const float h = ffn[i] > 0.0f ? ffn[i] : 0.0f;
+        ffn[i] = h * h;
     }
     rwkv_matmul(m, &L->ffn_value, s->ffn, T, s->y);
     if (arch == RWKV_ARCH_V7) {

@@ -39,7 +39,7 @@ void rwkv_time_mix_v6(rwkv_model *m, const rwkv_layer *L, float *state, int64_t 
     for (int64_t t = 0; t < T; t++)
         for (int64_t i = 0; i < C; i++) s->w[t * C + i] = expf(-expf(L->decay[i] + s->w[t * C + i]));
 
-    rwkv_wkv5_args wkv = {s->r, s->k, s->v, s->w, L->first, 0, 0, C, s->y, state + C, T, H, N};
+    rwkv_wkv5_args wkv = {s->r, s->k, s->v, s->w, L->first, 0, 0, C, s->y, state + C, T, H};
     rwkv_wkv5(m, &wkv);
     rwkv_group_norm(s->y, &L->ln_x, T, H, N, 64e-5f);
     for (int64_t i = 0; i < T * C; i++) s->y[i] *= rwkv_silu(s->g[i]);

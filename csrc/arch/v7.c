@@ -7,26 +7,27 @@
 typedef struct {
     const float *r, *w, *k, *v, *kk, *a;
     float *y, *state;
-    int64_t T, H, N;
+    int64_t T, H;
 } wkv7_task;
 
 RWKV_SIMD_CLONES static void wkv7_head(void *p, int64_t h) {
+    enum { N = RWKV_HEAD_SIZE };
     const wkv7_task *a = p;
-    const int64_t N = a->N, C = a->H * N;
+    const int64_t C = a->H * N;
     float *S = a->state + h * N * N; /* [value i][key j] */
-    float b[64]; /* kk * a for one head (the head size is always 64) */
+    float b[N];                      /* kk * a for one head */
     for (int64_t t = 0; t < a->T; t++) {
         const int64_t o = t * C + h * N;
         const float *r = a->r + o, *w = a->w + o, *k = a->k + o, *v = a->v + o, *kk = a->kk + o, *aa = a->a + o;
-        for (int64_t j = 0; j < N; j++) b[j] = kk[j] * aa[j];
-        for (int64_t i = 0; i < N; i++) {
+        for (int j = 0; j < N; j++) b[j] = kk[j] * aa[j];
+        for (int i = 0; i < N; i++) {
             float *Si = S + i * N;
             const float vi = v[i];
             float sa = 0.0f, y = 0.0f;
 #pragma omp simd reduction(+ : sa)
-            for (int64_t j = 0; j < N; j++) sa += Si[j] * kk[j];
+            for (int j = 0; j < N; j++) sa += Si[j] * kk[j];
 #pragma omp simd reduction(+ : y)
-            for (int64_t j = 0; j < N; j++) {
+            for (int j = 0; j < N; j++) {
                 Si[j] = Si[j] * w[j] - sa * b[j] + vi * k[j];
                 y += Si[j] * r[j];
             }
@@ -55,7 +56,7 @@ void rwkv_time_mix_v7(rwkv_model *m, const rwkv_layer *L, int layer, float *stat
 
     rwkv_layer_norm(s->xx, s->x, &L->ln1, T, C);
     rwkv_token_shift(s->prev, s->xx, state, T, C);
-    for (int64_t i = 0; i < T * C; i++) sx[i] -= s->xx[i];
+    rwkv_sub(sx, s->xx, T * C);
     for (int j = 0; j < 6; j++) rwkv_maa(s->mix[j], s->xx, sx, L->x_rwkvag + j * C, NULL, T, C);
 
     rwkv_matmul(m, &L->receptance, s->mix[0], T, s->r);
@@ -65,19 +66,20 @@ void rwkv_time_mix_v7(rwkv_model *m, const rwkv_layer *L, int layer, float *stat
     lora(m, &L->a1, &L->a2, s->mix[4], T, NULL, s->a);
     lora(m, &L->g1, &L->g2, s->mix[5], T, rwkv_sigmoid, s->g);
 
+    float *a = s->a, *k = s->k, *kk = s->kk, *w = s->w; /* locals: stores through s could alias s's fields */
     for (int64_t t = 0; t < T; t++)
         for (int64_t i = 0; i < C; i++) {
             const int64_t j = t * C + i;
-            s->a[j] = rwkv_sigmoid(L->a0[i] + s->a[j]);
-            s->kk[j] = s->k[j] * L->k_k[i];
-            s->k[j] = s->k[j] * (1.0f + (s->a[j] - 1.0f) * L->k_a[i]);
-            s->w[j] = expf(-0.606531f * rwkv_sigmoid(L->w0[i] + s->w[j]));
+            a[j] = rwkv_sigmoid(L->a0[i] + a[j]);
+            kk[j] = k[j] * L->k_k[i];
+            k[j] = k[j] * (1.0f + (a[j] - 1.0f) * L->k_a[i]);
+            w[j] = expf(-0.606531f * rwkv_sigmoid(L->w0[i] + w[j]));
         }
     for (int64_t g = 0; g < T * H; g++) { /* kk: unit length per head */
-        float *kk = s->kk + g * N, norm = 0.0f;
-        for (int64_t i = 0; i < N; i++) norm += kk[i] * kk[i];
+        float *row = kk + g * N, norm = 0.0f;
+        for (int64_t i = 0; i < N; i++) norm += row[i] * row[i];
         norm = fmaxf(sqrtf(norm), 1e-12f);
-        for (int64_t i = 0; i < N; i++) kk[i] /= norm;
+        for (int64_t i = 0; i < N; i++) row[i] /= norm;
     }
     /* value residual: every layer mixes in the first layer's values */
     if (layer == 0) {
@@ -91,17 +93,19 @@ void rwkv_time_mix_v7(rwkv_model *m, const rwkv_layer *L, int layer, float *stat
             }
     }
 
-    wkv7_task task = {s->r, s->w, s->k, s->v, s->kk, s->a, s->y, state + C, T, H, N};
+    wkv7_task task = {s->r, s->w, s->k, s->v, s->kk, s->a, s->y, state + C, T, H};
     rwkv_parallel_for(m, H, wkv7_head, &task);
     rwkv_group_norm(s->y, &L->ln_x, T, H, N, 64e-5f);
 
+    float *y = s->y;
+    const float *r = s->r, *v = s->v, *gate = s->g;
     for (int64_t g = 0; g < T * H; g++) { /* a per-head bonus for the current token */
         const int64_t o = g * N, h = g % H;
         float rk = 0.0f;
-        for (int64_t i = 0; i < N; i++) rk += s->r[o + i] * s->k[o + i] * L->r_k[h * N + i];
-        for (int64_t i = 0; i < N; i++) s->y[o + i] += rk * s->v[o + i];
+        for (int64_t i = 0; i < N; i++) rk += r[o + i] * k[o + i] * L->r_k[h * N + i];
+        for (int64_t i = 0; i < N; i++) y[o + i] += rk * v[o + i];
     }
-    for (int64_t i = 0; i < T * C; i++) s->y[i] *= s->g[i];
+    for (int64_t i = 0; i < T * C; i++) y[i] *= gate[i];
 
     rwkv_matmul(m, &L->output, s->y, T, s->wkv_out);
     rwkv_add(s->x, s->wkv_out, T * C);
