@@ -21,10 +21,7 @@ void rwkv_channel_mix(rwkv_model *m, const rwkv_layer *L, float *state_x, int64_
 
     rwkv_matmul(m, &L->ffn_key, xk, T, s->ffn);
     float *ffn = s->ffn; /* a local pointer: through s, every store might move s->ffn */
-    for (int64_t i = 0; i < T * F; i++) {
-        const float h = ffn[i] > 0.0f ? ffn[i] : 0.0f;
-        ffn[i] = h * h;
-    }
+    for (int64_t i = 0; i < T * F; i++) ffn[i] = ffn[i] > 0.0f ? ffn[i] * ffn[i] : 0.0f;
     rwkv_matmul(m, &L->ffn_value, s->ffn, T, s->y);
     if (arch == RWKV_ARCH_V7) {
         rwkv_add(s->x, s->y, T * C);
