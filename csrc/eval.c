@@ -17,7 +17,7 @@ int rwkv_scratch_reserve(rwkv_model *m, int64_t T) {
     const int64_t C = m->info.n_embed, F = m->info.n_ffn, W = m->lora_width > 0 ? m->lora_width : 1;
     int64_t widest = C > F ? C : F;
     if (W > widest) widest = W;
-    const size_t act_bytes = (size_t)((widest + RWKV_QK - 1) / RWKV_QK) * sizeof(rwkv_block_q8);
+    const size_t act_bytes = (size_t)((widest + RWKV_QK - 1) / RWKV_QK) * RWKV_ACT_Q8_BLOCK_BYTES;
     const size_t n_vectors = 3 + 6 + 10; /* x, xx, prev; mix[6]; r k v w a g kk v_first y wkv_out */
     size_t floats = (size_t)T * ((size_t)C * n_vectors + (size_t)F + 2 * (size_t)W);
     const size_t tile_floats = (size_t)rwkv_pool_size(m->pool) * RWKV_TILE_ROWS * RWKV_TILE_K;

@@ -1,7 +1,8 @@
 /* The reference block codecs: the truth that every SIMD kernel is tested against.
  *
  * Rounding follows FORMAT.md exactly, so files quantized here are byte-identical to rwkv.cpp's.
- * Dot products take the weight row in its block format and the activations as rwkv_block_q8. */
+ * Dot products take the weight row in its block format and the activations as an 8-bit row
+ * (rwkv_q8_row). */
 #include <float.h>
 #include <math.h>
 #include <stdint.h>
@@ -135,7 +136,7 @@ void rwkv_q8_0_from_float(const float *x, void *dst, int64_t n) {
 }
 
 void rwkv_quantize_row_q8_act(const float *x, void *dst, int64_t n) {
-    rwkv_block_q8 *y = dst;
+    const rwkv_q8_row y = rwkv_q8_row_at(dst, n);
     for (int64_t b = 0; b < n / RWKV_QK; b++, x += RWKV_QK) {
         float amax = 0.0f;
         for (int j = 0; j < RWKV_QK; j++) amax = fmaxf(amax, fabsf(x[j]));
@@ -143,11 +144,11 @@ void rwkv_quantize_row_q8_act(const float *x, void *dst, int64_t n) {
         const float id = d ? 1.0f / d : 0.0f;
         int sum = 0;
         for (int j = 0; j < RWKV_QK; j++) {
-            y[b].q[j] = (int8_t)roundf(x[j] * id);
-            sum += y[b].q[j];
+            y.q[b][j] = (int8_t)roundf(x[j] * id);
+            sum += y.q[b][j];
         }
-        y[b].d = d;
-        y[b].s = d * (float)sum;
+        y.d[b] = d;
+        y.s[b] = d * (float)sum;
     }
 }
 
@@ -199,62 +200,62 @@ void rwkv_q8_0_to_float(const void *src, float *y, int64_t n) {
 
 float rwkv_q4_0_dot(const void *row, const void *act, int64_t n) {
     const block_q4_0 *x = row;
-    const rwkv_block_q8 *y = act;
+    const rwkv_q8_row y = rwkv_q8_row_at(act, n);
     float sum = 0.0f;
     for (int64_t b = 0; b < n / RWKV_QK; b++) {
         int acc = 0;
-        for (int i = 0; i < RWKV_QK; i++) acc += (q4_at(x[b].qs, i) - 8) * y[b].q[i];
-        sum += FP32(x[b].d) * y[b].d * (float)acc;
+        for (int i = 0; i < RWKV_QK; i++) acc += (q4_at(x[b].qs, i) - 8) * y.q[b][i];
+        sum += FP32(x[b].d) * y.d[b] * (float)acc;
     }
     return sum;
 }
 
 float rwkv_q4_1_dot(const void *row, const void *act, int64_t n) {
     const block_q4_1 *x = row;
-    const rwkv_block_q8 *y = act;
+    const rwkv_q8_row y = rwkv_q8_row_at(act, n);
     float sum = 0.0f;
     for (int64_t b = 0; b < n / RWKV_QK; b++) {
         int acc = 0;
-        for (int i = 0; i < RWKV_QK; i++) acc += q4_at(x[b].qs, i) * y[b].q[i];
-        sum += FP32(x[b].d) * y[b].d * (float)acc + FP32(x[b].m) * y[b].s;
+        for (int i = 0; i < RWKV_QK; i++) acc += q4_at(x[b].qs, i) * y.q[b][i];
+        sum += FP32(x[b].d) * y.d[b] * (float)acc + FP32(x[b].m) * y.s[b];
     }
     return sum;
 }
 
 float rwkv_q5_0_dot(const void *row, const void *act, int64_t n) {
     const block_q5_0 *x = row;
-    const rwkv_block_q8 *y = act;
+    const rwkv_q8_row y = rwkv_q8_row_at(act, n);
     float sum = 0.0f;
     for (int64_t b = 0; b < n / RWKV_QK; b++) {
         const uint32_t qh = load_qh(x[b].qh);
         int acc = 0;
-        for (int i = 0; i < RWKV_QK; i++) acc += (q5_at(x[b].qs, qh, i) - 16) * y[b].q[i];
-        sum += FP32(x[b].d) * y[b].d * (float)acc;
+        for (int i = 0; i < RWKV_QK; i++) acc += (q5_at(x[b].qs, qh, i) - 16) * y.q[b][i];
+        sum += FP32(x[b].d) * y.d[b] * (float)acc;
     }
     return sum;
 }
 
 float rwkv_q5_1_dot(const void *row, const void *act, int64_t n) {
     const block_q5_1 *x = row;
-    const rwkv_block_q8 *y = act;
+    const rwkv_q8_row y = rwkv_q8_row_at(act, n);
     float sum = 0.0f;
     for (int64_t b = 0; b < n / RWKV_QK; b++) {
         const uint32_t qh = load_qh(x[b].qh);
         int acc = 0;
-        for (int i = 0; i < RWKV_QK; i++) acc += q5_at(x[b].qs, qh, i) * y[b].q[i];
-        sum += FP32(x[b].d) * y[b].d * (float)acc + FP32(x[b].m) * y[b].s;
+        for (int i = 0; i < RWKV_QK; i++) acc += q5_at(x[b].qs, qh, i) * y.q[b][i];
+        sum += FP32(x[b].d) * y.d[b] * (float)acc + FP32(x[b].m) * y.s[b];
     }
     return sum;
 }
 
 float rwkv_q8_0_dot(const void *row, const void *act, int64_t n) {
     const block_q8_0 *x = row;
-    const rwkv_block_q8 *y = act;
+    const rwkv_q8_row y = rwkv_q8_row_at(act, n);
     float sum = 0.0f;
     for (int64_t b = 0; b < n / RWKV_QK; b++) {
         int acc = 0;
-        for (int j = 0; j < RWKV_QK; j++) acc += x[b].qs[j] * y[b].q[j];
-        sum += FP32(x[b].d) * y[b].d * (float)acc;
+        for (int j = 0; j < RWKV_QK; j++) acc += x[b].qs[j] * y.q[b][j];
+        sum += FP32(x[b].d) * y.d[b] * (float)acc;
     }
     return sum;
 }

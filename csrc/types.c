@@ -139,7 +139,7 @@ size_t rwkv_row_bytes(int type_id, int64_t n) {
 }
 
 size_t rwkv_act_row_bytes(int act_type, int64_t n) {
-    if (act_type == RWKV_ACT_Q8) return (size_t)(n / RWKV_QK) * sizeof(rwkv_block_q8);
+    if (act_type == RWKV_ACT_Q8) return (size_t)(n / RWKV_QK) * RWKV_ACT_Q8_BLOCK_BYTES;
     return (size_t)n * sizeof(float);
 }
 

@@ -26,13 +26,23 @@ _Static_assert(sizeof(block_q5_0) == 22, "Q5_0 block is 22 bytes");
 _Static_assert(sizeof(block_q5_1) == 24, "Q5_1 block is 24 bytes");
 _Static_assert(sizeof(block_q8_0) == 34, "Q8_0 block is 34 bytes");
 
-/* The activation format of quantized products: 32 int8 values with a float scale and the scaled sum
- * of the values (the sum lets "q*d + m" formats add m * sum(x) without touching x again). */
+/* The activation format of quantized products: a row of n values in 32-value blocks, each with
+ * int8 values q and a float scale d, plus s = d * sum(q), which lets "q*d + m" formats add
+ * m * sum(x) without touching x again. The row is stored as three arrays, d[nb], s[nb], then
+ * q[nb][32], so that kernels can load the scales of eight blocks at once. */
+#define RWKV_ACT_Q8_BLOCK_BYTES (2 * sizeof(float) + RWKV_QK)
+
 typedef struct {
-    float d;
-    float s; /* d * sum(q) */
-    int8_t q[RWKV_QK];
-} rwkv_block_q8;
+    float *d, *s;
+    int8_t (*q)[RWKV_QK];
+} rwkv_q8_row;
+
+/* The arrays of an activation row of n values starting at `act` (kernels only read through it). */
+static inline rwkv_q8_row rwkv_q8_row_at(const void *act, int64_t n) {
+    float *base = (float *)act;
+    const int64_t nb = n / RWKV_QK;
+    return (rwkv_q8_row){base, base + nb, (int8_t(*)[RWKV_QK])(base + 2 * nb)};
+}
 
 /* Internal id for the activation format above; not a file type. */
 #define RWKV_ACT_Q8 100

@@ -55,62 +55,62 @@ static inline __m256i dot_u8_i8(__m256i x, __m256i y) {
 }
 
 
-static inline __m256 q4_0_block(const void *p, const rwkv_block_q8 *y, __m256 acc) {
+static inline __m256i load_q(const int8_t *q) { return _mm256_loadu_si256((const __m256i *)q); }
+
+static inline __m256i q4_0_sums(const void *p, const int8_t *q) {
     const block_q4_0 *x = p;
-    const __m256i q = _mm256_sub_epi8(unpack_nibbles(x->qs), _mm256_set1_epi8(8));
-    return scaled(dot_i8(q, load_act(y)), _cvtsh_ss(x->d), y, acc);
+    return dot_i8(_mm256_sub_epi8(unpack_nibbles(x->qs), _mm256_set1_epi8(8)), load_q(q));
 }
 
-static inline __m256 q4_1_block(const void *p, const rwkv_block_q8 *y, __m256 acc) {
+static inline __m256i q4_1_sums(const void *p, const int8_t *q) {
     const block_q4_1 *x = p;
-    return scaled(dot_u8_i8(unpack_nibbles(x->qs), load_act(y)), _cvtsh_ss(x->d), y, acc);
+    return dot_u8_i8(unpack_nibbles(x->qs), load_q(q));
 }
 
-static inline __m256 q5_0_block(const void *p, const rwkv_block_q8 *y, __m256 acc) {
+static inline __m256i q5_0_sums(const void *p, const int8_t *q) {
     const block_q5_0 *x = p;
-    const __m256i q = _mm256_or_si256(unpack_nibbles(x->qs), unpack_fifth_bits(x->qh));
-    return scaled(dot_i8(_mm256_sub_epi8(q, _mm256_set1_epi8(16)), load_act(y)), _cvtsh_ss(x->d), y, acc);
+    const __m256i v = _mm256_or_si256(unpack_nibbles(x->qs), unpack_fifth_bits(x->qh));
+    return dot_i8(_mm256_sub_epi8(v, _mm256_set1_epi8(16)), load_q(q));
 }
 
-static inline __m256 q5_1_block(const void *p, const rwkv_block_q8 *y, __m256 acc) {
+static inline __m256i q5_1_sums(const void *p, const int8_t *q) {
     const block_q5_1 *x = p;
-    const __m256i q = _mm256_or_si256(unpack_nibbles(x->qs), unpack_fifth_bits(x->qh));
-    return scaled(dot_u8_i8(q, load_act(y)), _cvtsh_ss(x->d), y, acc);
+    return dot_u8_i8(_mm256_or_si256(unpack_nibbles(x->qs), unpack_fifth_bits(x->qh)), load_q(q));
 }
 
-static inline __m256 q8_0_block(const void *p, const rwkv_block_q8 *y, __m256 acc) {
+static inline __m256i q8_0_sums(const void *p, const int8_t *q) {
     const block_q8_0 *x = p;
-    return scaled(dot_i8(_mm256_loadu_si256((const __m256i *)x->qs), load_act(y)), _cvtsh_ss(x->d), y, acc);
+    return dot_i8(_mm256_loadu_si256((const __m256i *)x->qs), load_q(q));
 }
 
 static float q4_0_dot(const void *row, const void *act, int64_t n) {
-    return sum_blocks(row, sizeof(block_q4_0), act, n / RWKV_QK, q4_0_block);
+    return sum_blocks(row, sizeof(block_q4_0), act, n, q4_0_sums);
 }
 
 static float q4_1_dot(const void *row, const void *act, int64_t n) {
     const block_q4_1 *x = row;
-    return sum_blocks(row, sizeof(block_q4_1), act, n / RWKV_QK, q4_1_block) +
-           sum_offsets(&x->m, sizeof(block_q4_1) / 2, 1.0f, act, n / RWKV_QK);
+    return sum_blocks(row, sizeof(block_q4_1), act, n, q4_1_sums) +
+           sum_offsets(&x->m, sizeof(block_q4_1) / 2, 1.0f, act, n);
 }
 
 static float q5_0_dot(const void *row, const void *act, int64_t n) {
-    return sum_blocks(row, sizeof(block_q5_0), act, n / RWKV_QK, q5_0_block);
+    return sum_blocks(row, sizeof(block_q5_0), act, n, q5_0_sums);
 }
 
 static float q5_1_dot(const void *row, const void *act, int64_t n) {
     const block_q5_1 *x = row;
-    return sum_blocks(row, sizeof(block_q5_1), act, n / RWKV_QK, q5_1_block) +
-           sum_offsets(&x->m, sizeof(block_q5_1) / 2, 1.0f, act, n / RWKV_QK);
+    return sum_blocks(row, sizeof(block_q5_1), act, n, q5_1_sums) +
+           sum_offsets(&x->m, sizeof(block_q5_1) / 2, 1.0f, act, n);
 }
 
 static float q8_0_dot(const void *row, const void *act, int64_t n) {
-    return sum_blocks(row, sizeof(block_q8_0), act, n / RWKV_QK, q8_0_block);
+    return sum_blocks(row, sizeof(block_q8_0), act, n, q8_0_sums);
 }
 
 /* 8-bit activation blocks, rounding half away from zero exactly as the portable roundf: adding
  * just under one half and truncating gives the same integers for |v| <= 127. */
 static void q8_act_from_float(const float *x, void *dst, int64_t n) {
-    rwkv_block_q8 *y = dst;
+    const rwkv_q8_row y = rwkv_q8_row_at(dst, n);
     const __m256 sign_bit = _mm256_set1_ps(-0.0f), almost_half = _mm256_set1_ps(0.49999997f);
     for (int64_t b = 0; b < n / RWKV_QK; b++, x += RWKV_QK) {
         __m256 v[4], amax = _mm256_setzero_ps();
@@ -133,12 +133,12 @@ static void q8_act_from_float(const float *x, void *dst, int64_t n) {
         /* packs work within 128-bit lanes; the permute puts the 32 bytes back in order */
         const __m256i words = _mm256_packs_epi32(q[0], q[1]), words2 = _mm256_packs_epi32(q[2], q[3]);
         const __m256i bytes = _mm256_packs_epi16(words, words2);
-        _mm256_storeu_si256((__m256i *)y[b].q, _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+        _mm256_storeu_si256((__m256i *)y.q[b], _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
         __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(sum), _mm256_extracti128_si256(sum, 1));
         s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4e));
         s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xb1));
-        y[b].d = d;
-        y[b].s = d * (float)_mm_cvtsi128_si32(s4);
+        y.d[b] = d;
+        y.s[b] = d * (float)_mm_cvtsi128_si32(s4);
     }
 }
 

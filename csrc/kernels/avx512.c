@@ -13,8 +13,8 @@
 #include "../types.h"
 #include "x86.h"
 
-static inline __m256i dot_u8_i8_vnni(__m256i u, const rwkv_block_q8 *y) {
-    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, load_act(y));
+static inline __m256i dot_u8_i8_vnni(__m256i u, const int8_t *q) {
+    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, _mm256_loadu_si256((const __m256i *)q));
 }
 
 /* ---- float rows ----------------------------------------------------------------------------- */
@@ -56,63 +56,58 @@ static float fp16_dot(const void *row, const void *act, int64_t n) {
 
 /* ---- quantized rows against 8-bit activation blocks ------------------------------------------- */
 
-static inline __m256 q4_0_block(const void *p, const rwkv_block_q8 *y, __m256 acc) {
-    const block_q4_0 *x = p;
-    return scaled(dot_u8_i8_vnni(unpack_nibbles(x->qs), y), _cvtsh_ss(x->d), y, acc);
+static inline __m256i q4_0_sums(const void *p, const int8_t *q) {
+    return dot_u8_i8_vnni(unpack_nibbles(((const block_q4_0 *)p)->qs), q);
 }
 
-static inline __m256 q4_1_block(const void *p, const rwkv_block_q8 *y, __m256 acc) {
-    const block_q4_1 *x = p;
-    return scaled(dot_u8_i8_vnni(unpack_nibbles(x->qs), y), _cvtsh_ss(x->d), y, acc);
+static inline __m256i q4_1_sums(const void *p, const int8_t *q) {
+    return dot_u8_i8_vnni(unpack_nibbles(((const block_q4_1 *)p)->qs), q);
 }
 
-static inline __m256 q5_0_block(const void *p, const rwkv_block_q8 *y, __m256 acc) {
+static inline __m256i q5_0_sums(const void *p, const int8_t *q) {
     const block_q5_0 *x = p;
-    const __m256i u = _mm256_or_si256(unpack_nibbles(x->qs), unpack_fifth_bits(x->qh));
-    return scaled(dot_u8_i8_vnni(u, y), _cvtsh_ss(x->d), y, acc);
+    return dot_u8_i8_vnni(_mm256_or_si256(unpack_nibbles(x->qs), unpack_fifth_bits(x->qh)), q);
 }
 
-static inline __m256 q5_1_block(const void *p, const rwkv_block_q8 *y, __m256 acc) {
+static inline __m256i q5_1_sums(const void *p, const int8_t *q) {
     const block_q5_1 *x = p;
-    const __m256i u = _mm256_or_si256(unpack_nibbles(x->qs), unpack_fifth_bits(x->qh));
-    return scaled(dot_u8_i8_vnni(u, y), _cvtsh_ss(x->d), y, acc);
+    return dot_u8_i8_vnni(_mm256_or_si256(unpack_nibbles(x->qs), unpack_fifth_bits(x->qh)), q);
 }
 
 /* Flipping the top bit of a signed byte adds 128: the value as unsigned. */
-static inline __m256 q8_0_block(const void *p, const rwkv_block_q8 *y, __m256 acc) {
+static inline __m256i q8_0_sums(const void *p, const int8_t *q) {
     const block_q8_0 *x = p;
-    const __m256i u = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)x->qs), _mm256_set1_epi8((char)0x80));
-    return scaled(dot_u8_i8_vnni(u, y), _cvtsh_ss(x->d), y, acc);
+    return dot_u8_i8_vnni(_mm256_xor_si256(_mm256_loadu_si256((const __m256i *)x->qs), _mm256_set1_epi8((char)0x80)), q);
 }
 
 static float q4_0_dot(const void *row, const void *act, int64_t n) {
     const block_q4_0 *x = row;
-    return sum_blocks(row, sizeof(block_q4_0), act, n / RWKV_QK, q4_0_block) +
-           sum_offsets(&x->d, sizeof(block_q4_0) / 2, -8.0f, act, n / RWKV_QK);
+    return sum_blocks(row, sizeof(block_q4_0), act, n, q4_0_sums) +
+           sum_offsets(&x->d, sizeof(block_q4_0) / 2, -8.0f, act, n);
 }
 
 static float q4_1_dot(const void *row, const void *act, int64_t n) {
     const block_q4_1 *x = row;
-    return sum_blocks(row, sizeof(block_q4_1), act, n / RWKV_QK, q4_1_block) +
-           sum_offsets(&x->m, sizeof(block_q4_1) / 2, 1.0f, act, n / RWKV_QK);
+    return sum_blocks(row, sizeof(block_q4_1), act, n, q4_1_sums) +
+           sum_offsets(&x->m, sizeof(block_q4_1) / 2, 1.0f, act, n);
 }
 
 static float q5_0_dot(const void *row, const void *act, int64_t n) {
     const block_q5_0 *x = row;
-    return sum_blocks(row, sizeof(block_q5_0), act, n / RWKV_QK, q5_0_block) +
-           sum_offsets(&x->d, sizeof(block_q5_0) / 2, -16.0f, act, n / RWKV_QK);
+    return sum_blocks(row, sizeof(block_q5_0), act, n, q5_0_sums) +
+           sum_offsets(&x->d, sizeof(block_q5_0) / 2, -16.0f, act, n);
 }
 
 static float q5_1_dot(const void *row, const void *act, int64_t n) {
     const block_q5_1 *x = row;
-    return sum_blocks(row, sizeof(block_q5_1), act, n / RWKV_QK, q5_1_block) +
-           sum_offsets(&x->m, sizeof(block_q5_1) / 2, 1.0f, act, n / RWKV_QK);
+    return sum_blocks(row, sizeof(block_q5_1), act, n, q5_1_sums) +
+           sum_offsets(&x->m, sizeof(block_q5_1) / 2, 1.0f, act, n);
 }
 
 static float q8_0_dot(const void *row, const void *act, int64_t n) {
     const block_q8_0 *x = row;
-    return sum_blocks(row, sizeof(block_q8_0), act, n / RWKV_QK, q8_0_block) +
-           sum_offsets(&x->d, sizeof(block_q8_0) / 2, -128.0f, act, n / RWKV_QK);
+    return sum_blocks(row, sizeof(block_q8_0), act, n, q8_0_sums) +
+           sum_offsets(&x->d, sizeof(block_q8_0) / 2, -128.0f, act, n);
 }
 
 /* ---- sequence mode: FP32 micro-GEMM ------------------------------------------------------------ */

@@ -77,76 +77,76 @@ static inline block_values minus(block_values v, int8_t offset) {
 
 /* Four int32 partial sums of the 32 products. Each 16-bit lane takes two products of at most
  * 127 * 127 in magnitude, which cannot overflow. */
-static inline int32x4_t dot_block(block_values w, const rwkv_block_q8 *y) {
-    const int8x16_t x_lo = vld1q_s8(y->q), x_hi = vld1q_s8(y->q + 16);
-    int16x8_t p = vmull_s8(vget_low_s8(w.lo), vget_low_s8(x_lo));
-    p = vmlal_high_s8(p, w.lo, x_lo);
-    int16x8_t q = vmull_s8(vget_low_s8(w.hi), vget_low_s8(x_hi));
-    q = vmlal_high_s8(q, w.hi, x_hi);
-    return vaddq_s32(vpaddlq_s16(p), vpaddlq_s16(q));
+static inline int32x4_t dot_block(block_values w, const int8_t *q) {
+    const int8x16_t x_lo = vld1q_s8(q), x_hi = vld1q_s8(q + 16);
+    int16x8_t lo = vmull_s8(vget_low_s8(w.lo), vget_low_s8(x_lo));
+    lo = vmlal_high_s8(lo, w.lo, x_lo);
+    int16x8_t hi = vmull_s8(vget_low_s8(w.hi), vget_low_s8(x_hi));
+    hi = vmlal_high_s8(hi, w.hi, x_hi);
+    return vaddq_s32(vpaddlq_s16(lo), vpaddlq_s16(hi));
 }
 
-static inline float32x4_t scaled(int32x4_t sums, uint16_t d, const rwkv_block_q8 *y, float32x4_t acc) {
-    return vfmaq_n_f32(acc, vcvtq_f32_s32(sums), half_to_float(d) * y->d);
+static inline float32x4_t scaled(int32x4_t sums, uint16_t d, float act_d, float32x4_t acc) {
+    return vfmaq_n_f32(acc, vcvtq_f32_s32(sums), half_to_float(d) * act_d);
 }
 
 static float q4_0_dot(const void *row, const void *act, int64_t n) {
     const block_q4_0 *x = row;
-    const rwkv_block_q8 *y = act;
+    const rwkv_q8_row y = rwkv_q8_row_at(act, n);
     float32x4_t acc = vdupq_n_f32(0.0f);
-    for (int64_t b = 0; b < n / RWKV_QK; b++) acc = scaled(dot_block(minus(unpack_nibbles(x[b].qs), 8), &y[b]), x[b].d, &y[b], acc);
+    for (int64_t b = 0; b < n / RWKV_QK; b++) acc = scaled(dot_block(minus(unpack_nibbles(x[b].qs), 8), y.q[b]), x[b].d, y.d[b], acc);
     return vaddvq_f32(acc);
 }
 
 static float q4_1_dot(const void *row, const void *act, int64_t n) {
     const block_q4_1 *x = row;
-    const rwkv_block_q8 *y = act;
+    const rwkv_q8_row y = rwkv_q8_row_at(act, n);
     float32x4_t acc = vdupq_n_f32(0.0f);
     float offsets = 0.0f;
     for (int64_t b = 0; b < n / RWKV_QK; b++) {
-        acc = scaled(dot_block(unpack_nibbles(x[b].qs), &y[b]), x[b].d, &y[b], acc);
-        offsets += half_to_float(x[b].m) * y[b].s;
+        acc = scaled(dot_block(unpack_nibbles(x[b].qs), y.q[b]), x[b].d, y.d[b], acc);
+        offsets += half_to_float(x[b].m) * y.s[b];
     }
     return vaddvq_f32(acc) + offsets;
 }
 
 static float q5_0_dot(const void *row, const void *act, int64_t n) {
     const block_q5_0 *x = row;
-    const rwkv_block_q8 *y = act;
+    const rwkv_q8_row y = rwkv_q8_row_at(act, n);
     float32x4_t acc = vdupq_n_f32(0.0f);
     for (int64_t b = 0; b < n / RWKV_QK; b++) {
         const block_values v = minus(add_fifth_bits(unpack_nibbles(x[b].qs), x[b].qh), 16);
-        acc = scaled(dot_block(v, &y[b]), x[b].d, &y[b], acc);
+        acc = scaled(dot_block(v, y.q[b]), x[b].d, y.d[b], acc);
     }
     return vaddvq_f32(acc);
 }
 
 static float q5_1_dot(const void *row, const void *act, int64_t n) {
     const block_q5_1 *x = row;
-    const rwkv_block_q8 *y = act;
+    const rwkv_q8_row y = rwkv_q8_row_at(act, n);
     float32x4_t acc = vdupq_n_f32(0.0f);
     float offsets = 0.0f;
     for (int64_t b = 0; b < n / RWKV_QK; b++) {
-        acc = scaled(dot_block(add_fifth_bits(unpack_nibbles(x[b].qs), x[b].qh), &y[b]), x[b].d, &y[b], acc);
-        offsets += half_to_float(x[b].m) * y[b].s;
+        acc = scaled(dot_block(add_fifth_bits(unpack_nibbles(x[b].qs), x[b].qh), y.q[b]), x[b].d, y.d[b], acc);
+        offsets += half_to_float(x[b].m) * y.s[b];
     }
     return vaddvq_f32(acc) + offsets;
 }
 
 static float q8_0_dot(const void *row, const void *act, int64_t n) {
     const block_q8_0 *x = row;
-    const rwkv_block_q8 *y = act;
+    const rwkv_q8_row y = rwkv_q8_row_at(act, n);
     float32x4_t acc = vdupq_n_f32(0.0f);
     for (int64_t b = 0; b < n / RWKV_QK; b++) {
         const block_values v = {vld1q_s8(x[b].qs), vld1q_s8(x[b].qs + 16)};
-        acc = scaled(dot_block(v, &y[b]), x[b].d, &y[b], acc);
+        acc = scaled(dot_block(v, y.q[b]), x[b].d, y.d[b], acc);
     }
     return vaddvq_f32(acc);
 }
 
 /* 8-bit activation blocks; vcvtaq rounds half away from zero, as the portable roundf. */
 static void q8_act_from_float(const float *x, void *dst, int64_t n) {
-    rwkv_block_q8 *y = dst;
+    const rwkv_q8_row y = rwkv_q8_row_at(dst, n);
     for (int64_t b = 0; b < n / RWKV_QK; b++, x += RWKV_QK) {
         float32x4_t v[8], amax = vdupq_n_f32(0.0f);
         for (int i = 0; i < 8; i++) {
@@ -162,10 +162,10 @@ static void q8_act_from_float(const float *x, void *dst, int64_t n) {
         }
         int8x8_t bytes[4];
         for (int i = 0; i < 4; i++) bytes[i] = vmovn_s16(vcombine_s16(vmovn_s32(q[2 * i]), vmovn_s32(q[2 * i + 1])));
-        vst1q_s8(y[b].q, vcombine_s8(bytes[0], bytes[1]));
-        vst1q_s8(y[b].q + 16, vcombine_s8(bytes[2], bytes[3]));
-        y[b].d = d;
-        y[b].s = d * (float)vaddvq_s32(sum);
+        vst1q_s8(y.q[b], vcombine_s8(bytes[0], bytes[1]));
+        vst1q_s8(y.q[b] + 16, vcombine_s8(bytes[2], bytes[3]));
+        y.d[b] = d;
+        y.s[b] = d * (float)vaddvq_s32(sum);
     }
 }
 

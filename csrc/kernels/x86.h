@@ -35,40 +35,58 @@ static inline __m256i unpack_fifth_bits(const uint8_t *qh) {
     return _mm256_and_si256(set, _mm256_set1_epi8(0x10));
 }
 
-static inline __m256i load_act(const rwkv_block_q8 *y) { return _mm256_loadu_si256((const __m256i *)y->q); }
-
-/* Each block kernel adds one block's scaled integer dot product to an accumulator. The row loop
- * keeps two accumulators so consecutive blocks do not wait on one chain of FMA latencies. */
-typedef __m256 (*block_dot_fn)(const void *x, const rwkv_block_q8 *y, __m256 acc);
-
-static inline __m256 scaled(__m256i sums, float dx, const rwkv_block_q8 *y, __m256 acc) {
-    return _mm256_fmadd_ps(_mm256_set1_ps(dx * y->d), _mm256_cvtepi32_ps(sums), acc);
+/* FP16 values at h[0], h[stride], ..., h[7 * stride] (a field of 8 consecutive blocks) as floats. */
+static inline __m256 load_halfs8(const uint16_t *h, size_t stride) {
+    return _mm256_cvtph_ps(_mm_setr_epi16((short)h[0], (short)h[stride], (short)h[2 * stride], (short)h[3 * stride],
+                                          (short)h[4 * stride], (short)h[5 * stride], (short)h[6 * stride],
+                                          (short)h[7 * stride]));
 }
 
-static inline __attribute__((always_inline)) float sum_blocks(const uint8_t *row, size_t block_bytes,
-                                                              const rwkv_block_q8 *y, int64_t nb, block_dot_fn block) {
+static inline __m256 lane(__m256 v, int j) { return _mm256_permutevar8x32_ps(v, _mm256_set1_epi32(j)); }
+
+/* The integer part of one block's dot product: 8 int32 partial sums of weight values times the
+ * block's 32 activation bytes. The format's own code; everything else is shared. */
+typedef __m256i (*block_sums_fn)(const void *block, const int8_t *q);
+
+/* sum over blocks of d_w * d_x * (integer dot product). Every block format starts with its FP16 scale
+ * d, so the scales of eight blocks are gathered and multiplied with the activations' eight scales
+ * at once; two accumulators keep consecutive blocks off one chain of FMA latencies. */
+static inline __attribute__((always_inline)) float sum_blocks(const uint8_t *row, size_t block_bytes, const void *act,
+                                                              int64_t n, block_sums_fn sums) {
+    const rwkv_q8_row y = rwkv_q8_row_at(act, n);
+    const int64_t nb = n / RWKV_QK;
+    const uint16_t *d = (const uint16_t *)row;
+    const size_t stride = block_bytes / 2;
     __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
     int64_t b = 0;
-    for (; b + 2 <= nb; b += 2) {
-        a0 = block(row + (size_t)b * block_bytes, y + b, a0);
-        a1 = block(row + (size_t)(b + 1) * block_bytes, y + b + 1, a1);
+    for (; b + 8 <= nb; b += 8) {
+        const __m256 scales = _mm256_mul_ps(load_halfs8(d + b * stride, stride), _mm256_loadu_ps(y.d + b));
+        for (int j = 0; j < 8; j += 2) {
+            const __m256i s0 = sums(row + (b + j) * block_bytes, y.q[b + j]);
+            const __m256i s1 = sums(row + (b + j + 1) * block_bytes, y.q[b + j + 1]);
+            a0 = _mm256_fmadd_ps(lane(scales, j), _mm256_cvtepi32_ps(s0), a0);
+            a1 = _mm256_fmadd_ps(lane(scales, j + 1), _mm256_cvtepi32_ps(s1), a1);
+        }
     }
-    if (b < nb) a0 = block(row + (size_t)b * block_bytes, y + b, a0);
+    for (; b < nb; b++) {
+        const __m256 scale = _mm256_set1_ps(_cvtsh_ss(d[b * stride]) * y.d[b]);
+        a0 = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(sums(row + b * block_bytes, y.q[b])), a0);
+    }
     return hsum256(_mm256_add_ps(a0, a1));
 }
 
 /* Terms that scale the sum of a block's activations: the "+ m" of q*d + m formats, or the offset
  * that makes stored values unsigned. h points at the first block's FP16 factor, `stride` halfs
- * apart; y->s is the block's activation sum times its scale. */
-static inline float sum_offsets(const uint16_t *h, size_t stride, float factor, const rwkv_block_q8 *y, int64_t nb) {
-    float s0 = 0.0f, s1 = 0.0f;
+ * apart; the activation row's s[b] is block b's sum times its scale. */
+static inline float sum_offsets(const uint16_t *h, size_t stride, float factor, const void *act, int64_t n) {
+    const rwkv_q8_row y = rwkv_q8_row_at(act, n);
+    const int64_t nb = n / RWKV_QK;
+    __m256 acc = _mm256_setzero_ps();
     int64_t b = 0;
-    for (; b + 2 <= nb; b += 2) {
-        s0 += _cvtsh_ss(h[b * stride]) * y[b].s;
-        s1 += _cvtsh_ss(h[(b + 1) * stride]) * y[b + 1].s;
-    }
-    if (b < nb) s0 += _cvtsh_ss(h[b * stride]) * y[b].s;
-    return factor * (s0 + s1);
+    for (; b + 8 <= nb; b += 8) acc = _mm256_fmadd_ps(load_halfs8(h + b * stride, stride), _mm256_loadu_ps(y.s + b), acc);
+    float sum = hsum256(acc);
+    for (; b < nb; b++) sum += _cvtsh_ss(h[b * stride]) * y.s[b];
+    return factor * sum;
 }
 
 #endif

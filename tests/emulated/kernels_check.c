@@ -78,16 +78,19 @@ static int check_dots(const rwkv_type_traits *generic) {
 
 /* The level's activation quantizer (where it has one) against the portable one: same bytes. */
 static int check_activations(void) {
-    float x[4128];
-    rwkv_block_q8 want[4128 / RWKV_QK], got[4128 / RWKV_QK];
-    for (int i = 0; i < 4128; i++) x[i] = uniform() * 5.0f;
+    enum { N = 4128, NB = N / RWKV_QK };
+    static float x[N];
+    static uint8_t want_bytes[NB * RWKV_ACT_Q8_BLOCK_BYTES], got_bytes[NB * RWKV_ACT_Q8_BLOCK_BYTES];
+    for (int i = 0; i < N; i++) x[i] = uniform() * 5.0f;
     x[0] = 127.0f, x[1] = 2.5f, x[2] = -2.5f, x[3] = 0.5f; /* ties round away from zero */
-    rwkv_quantize_row_q8_act(x, want, 4128);
-    rwkv_q8_act_from_float(x, got, 4128);
+    rwkv_quantize_row_q8_act(x, want_bytes, N);
+    rwkv_q8_act_from_float(x, got_bytes, N);
+    const rwkv_q8_row want = rwkv_q8_row_at(want_bytes, N), got = rwkv_q8_row_at(got_bytes, N);
     int bad = 0;
-    for (int b = 0; b < 4128 / RWKV_QK; b++)
-        bad += memcmp(want[b].q, got[b].q, RWKV_QK) != 0 || want[b].d != got[b].d || fabsf(want[b].s - got[b].s) > 1e-6f * fabsf(want[b].s);
-    printf("activations: %d of %d blocks differ %s\n", bad, 4128 / RWKV_QK, bad ? "MISMATCH" : "ok");
+    for (int b = 0; b < NB; b++)
+        bad += memcmp(want.q[b], got.q[b], RWKV_QK) != 0 || want.d[b] != got.d[b] ||
+               fabsf(want.s[b] - got.s[b]) > 1e-6f * fabsf(want.s[b]);
+    printf("activations: %d of %d blocks differ %s\n", bad, NB, bad ? "MISMATCH" : "ok");
     return bad != 0;
 }
 
