@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import rwkvcpp
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import pth_writer as pw  # noqa: E402
 from checkpoints import ARCHES, make_checkpoint, save_pth  # noqa: E402
@@ -402,9 +404,11 @@ def test_info_bin(checkpoints, tmp_path, capsys, no_tensor_data):
     assert "rwkv.cpp model" in text and "version 101" in text and "data type FP16" in text
     assert "RWKV v6" in text and f"n_layer {N_LAYER}, n_embed {N_EMBED}, n_head 2" in text
     assert "blocks.1.att.time_maa_w2" in text
+    assert f"engine:       kernels {rwkvcpp.system_info()['kernels']} " in text
 
     assert cli_main(["info", str(path), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
+    assert info["engine"] == rwkvcpp.system_info()
     records = fmt.load_records(path)
     assert (info["arch"], info["n_vocab"], info["n_embed"], info["n_layer"], info["n_head"]) == ("v6", N_VOCAB,
                                                                                                    N_EMBED, N_LAYER, 2)

@@ -164,6 +164,10 @@ def _text(info: dict) -> str:
     lines.append(f"  parameters:   {format_count(info['n_params'])} ({info['n_params']:,})")
     lines.append(f"  file size:    {_size(info['file_size'])}")
     lines.append(f"  tensors:      {tensor_line}")
+    if "engine" in info:
+        engine = info["engine"]
+        lines.append(f"  engine:       kernels {engine['kernels']} (CPU: {' '.join(engine['cpu_features']) or '-'}), "
+                     f"{engine['default_threads']} threads by default")
     if info.get("unused"):
         lines.append(f"  not used by the engine: {', '.join(info['unused'])}")
     lines.extend(_table(info["tensors"], "type" if info["kind"] == "rwkv.cpp model" else "dtype"))
@@ -172,6 +176,11 @@ def _text(info: dict) -> str:
 
 def run(args) -> int:
     path = os.fspath(args.file)
-    info = describe_model_file(path) if _is_model_file(path) else describe_checkpoint(path)
+    if _is_model_file(path):
+        from ..model import system_info
+
+        info = dict(describe_model_file(path), engine=system_info())  # what running it would use
+    else:
+        info = describe_checkpoint(path)
     print(json.dumps(info, indent=1) if args.json else _text(info))
     return 0
