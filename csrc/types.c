@@ -100,6 +100,20 @@ void rwkv_gemm_f32_generic(const float *w, int64_t ws, int64_t nr, const float *
         }
 }
 
+void rwkv_gemm_tiled(rwkv_gemm_tile_fn tile, int rows, int tokens, int k_step, rwkv_gemm_f32_fn rest,
+                     const float *w, int64_t ws, int64_t nr, const float *x, int64_t xs, int64_t nt, int64_t n,
+                     float *y, int64_t ys, int accumulate) {
+    if (n % k_step != 0) {
+        rest(w, ws, nr, x, xs, nt, n, y, ys, accumulate);
+        return;
+    }
+    const int64_t nr_tiled = nr - nr % rows, nt_tiled = nt - nt % tokens;
+    for (int64_t t = 0; t < nt_tiled; t += tokens)
+        for (int64_t r = 0; r < nr_tiled; r += rows) tile(w + r * ws, ws, x + t * xs, xs, n, y + t * ys + r, ys, accumulate);
+    if (nr_tiled < nr) rest(w + nr_tiled * ws, ws, nr - nr_tiled, x, xs, nt_tiled, n, y + nr_tiled, ys, accumulate);
+    if (nt_tiled < nt) rest(w, ws, nr, x + nt_tiled * xs, xs, nt - nt_tiled, n, y + nt_tiled * ys, ys, accumulate);
+}
+
 rwkv_gemm_f32_fn rwkv_gemm_f32 = rwkv_gemm_f32_generic;
 rwkv_from_float_fn rwkv_q8_act_from_float = rwkv_quantize_row_q8_act;
 

@@ -68,6 +68,15 @@ typedef struct {
     rwkv_vec_dot_fn vec_dot;       /* replaced by the best kernel at start-up */
 } rwkv_type_traits;
 
+/* One register tile of a SIMD micro-GEMM, of a shape fixed by its kernel file. */
+typedef void (*rwkv_gemm_tile_fn)(const float *w, int64_t ws, const float *x, int64_t xs, int64_t n, float *y,
+                                  int64_t ys, int accumulate);
+/* A micro-GEMM from tiles of rows x tokens: covers what the tiles can and hands the edge rows and
+ * tokens, and every n that is not a multiple of k_step, to `rest` (the level below). */
+void rwkv_gemm_tiled(rwkv_gemm_tile_fn tile, int rows, int tokens, int k_step, rwkv_gemm_f32_fn rest,
+                     const float *w, int64_t ws, int64_t nr, const float *x, int64_t xs, int64_t nt, int64_t n,
+                     float *y, int64_t ys, int accumulate);
+
 /* The micro-GEMM and the activation quantizer in use (dispatch.c installs the best ones). */
 extern rwkv_gemm_f32_fn rwkv_gemm_f32;
 extern rwkv_from_float_fn rwkv_q8_act_from_float;

@@ -140,17 +140,7 @@ static rwkv_gemm_f32_fn gemm_f32_avx2; /* the level below, for sizes the tile do
 
 static void gemm_f32(const float *w, int64_t ws, int64_t nr, const float *x, int64_t xs, int64_t nt, int64_t n,
                      float *y, int64_t ys, int accumulate) {
-    if (n % 16 != 0) {
-        gemm_f32_avx2(w, ws, nr, x, xs, nt, n, y, ys, accumulate);
-        return;
-    }
-    const int64_t nr_full = nr - nr % GEMM_ROWS, nt_full = nt - nt % GEMM_TOKENS;
-    for (int64_t t = 0; t < nt_full; t += GEMM_TOKENS)
-        for (int64_t r = 0; r < nr_full; r += GEMM_ROWS)
-            gemm_tile(w + r * ws, ws, x + t * xs, xs, n, y + t * ys + r, ys, accumulate);
-    if (nr_full < nr)
-        gemm_f32_avx2(w + nr_full * ws, ws, nr - nr_full, x, xs, nt_full, n, y + nr_full, ys, accumulate);
-    if (nt_full < nt) gemm_f32_avx2(w, ws, nr, x + nt_full * xs, xs, nt - nt_full, n, y + nt_full * ys, ys, accumulate);
+    rwkv_gemm_tiled(gemm_tile, GEMM_ROWS, GEMM_TOKENS, 16, gemm_f32_avx2, w, ws, nr, x, xs, nt, n, y, ys, accumulate);
 }
 
 void rwkv_install_avx512(void) {

@@ -194,15 +194,7 @@ static void gemm_4x4(const float *w, int64_t ws, const float *x, int64_t xs, int
 
 static void gemm_f32(const float *w, int64_t ws, int64_t nr, const float *x, int64_t xs, int64_t nt, int64_t n,
                      float *y, int64_t ys, int accumulate) {
-    if (n % 4 != 0) {
-        rwkv_gemm_f32_generic(w, ws, nr, x, xs, nt, n, y, ys, accumulate);
-        return;
-    }
-    const int64_t nr4 = nr - nr % 4, nt4 = nt - nt % 4;
-    for (int64_t t = 0; t < nt4; t += 4)
-        for (int64_t r = 0; r < nr4; r += 4) gemm_4x4(w + r * ws, ws, x + t * xs, xs, n, y + t * ys + r, ys, accumulate);
-    if (nr4 < nr) rwkv_gemm_f32_generic(w + nr4 * ws, ws, nr - nr4, x, xs, nt4, n, y + nr4, ys, accumulate);
-    if (nt4 < nt) rwkv_gemm_f32_generic(w, ws, nr, x + nt4 * xs, xs, nt - nt4, n, y + nt4 * ys, ys, accumulate);
+    rwkv_gemm_tiled(gemm_4x4, 4, 4, 4, rwkv_gemm_f32_generic, w, ws, nr, x, xs, nt, n, y, ys, accumulate);
 }
 
 void rwkv_install_neon(void) {
