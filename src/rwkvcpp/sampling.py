@@ -213,8 +213,9 @@ class Sampler:
         token = operator.index(token)
         if not 0 <= token < self.n_vocab:
             raise ValueError(f"token id {token} outside the vocabulary 0..{self.n_vocab - 1}")
-        if self.params.penalty_decay != 1.0:
-            self.counts *= self.params.penalty_decay
+        if self.params.penalty_decay != 1.0:  # only seen tokens have counts to decay
+            seen = np.flatnonzero(self.seen)
+            self.counts[seen] *= self.params.penalty_decay
         self.counts[token] += 1.0
         self.seen[token] = True
 
@@ -248,13 +249,14 @@ class Sampler:
         x = np.array(logits, dtype=np.float64)  # always a copy
         if x.ndim != 1 or x.shape[0] != self.n_vocab:
             raise ValueError(f"logits must be a vector of {self.n_vocab} values, got shape {x.shape}")
-        if np.isnan(x).any() or np.isposinf(x).any():
+        if not x.max() < np.inf:  # NaN makes the max NaN
             raise ValueError("logits contain NaN or +inf")
         if self._bias is not None:
             x += self._bias
-        if self._penalised:
+        if self._penalised:  # only tokens seen so far are penalised: touch just those
             p = self.params
-            x -= p.presence_penalty * self.seen + p.frequency_penalty * self.counts
+            seen = np.flatnonzero(self.seen)
+            x[seen] -= p.presence_penalty + p.frequency_penalty * self.counts[seen]
         # Bias and penalties are finite or -inf, so only -inf can appear here.
         if x.max() == -np.inf:
             raise ValueError("every token is banned or has a -inf logit: nothing can be sampled")
