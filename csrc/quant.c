@@ -60,17 +60,46 @@ static void pack_q5(uint8_t qs[16], uint8_t qh[4], const int q[RWKV_QK]) {
 
 /* ---- quantize (reference rounding) -------------------------------------------------------- */
 
+/* "q*d" formats: the element of largest magnitude maps to -half (d keeps its sign), values are
+ * offset by +half and clamped to 2*half - 1. Returns d. */
+static float round_symmetric(const float *x, int half, int q[RWKV_QK]) {
+    const float d = signed_absmax(x) / (float)-half;
+    const float id = d ? 1.0f / d : 0.0f;
+    for (int i = 0; i < RWKV_QK; i++) {
+        const int v = (int8_t)(x[i] * id + ((float)half + 0.5f));
+        q[i] = v < 2 * half - 1 ? v : 2 * half - 1;
+    }
+    return d;
+}
+
+/* "q*d + m" formats: min..max in `levels` steps; values clamped to `top`. Returns d, sets *min. */
+static float round_min_max(const float *x, int levels, int top, float *min, int q[RWKV_QK]) {
+    float max;
+    block_min_max(x, min, &max);
+    const float d = (max - *min) / (float)levels;
+    const float id = d ? 1.0f / d : 0.0f;
+    for (int i = 0; i < RWKV_QK; i++) {
+        const int v = (uint8_t)((x[i] - *min) * id + 0.5f);
+        q[i] = v < top ? v : top;
+    }
+    return d;
+}
+
+/* 8-bit symmetric rounding (Q8_0 weights and activations): amax maps to 127. Returns d. */
+static float round_q8(const float *x, int8_t q[RWKV_QK]) {
+    float amax = 0.0f;
+    for (int j = 0; j < RWKV_QK; j++) amax = fmaxf(amax, fabsf(x[j]));
+    const float d = amax / 127.0f;
+    const float id = d ? 1.0f / d : 0.0f;
+    for (int j = 0; j < RWKV_QK; j++) q[j] = (int8_t)roundf(x[j] * id);
+    return d;
+}
+
 void rwkv_q4_0_from_float(const float *x, void *dst, int64_t n) {
     block_q4_0 *y = dst;
     int q[RWKV_QK];
     for (int64_t b = 0; b < n / RWKV_QK; b++, x += RWKV_QK) {
-        const float d = signed_absmax(x) / -8.0f;
-        const float id = d ? 1.0f / d : 0.0f;
-        y[b].d = FP16(d);
-        for (int i = 0; i < RWKV_QK; i++) {
-            const int v = (int8_t)(x[i] * id + 8.5f);
-            q[i] = v < 15 ? v : 15;
-        }
+        y[b].d = FP16(round_symmetric(x, 8, q));
         pack_q4(y[b].qs, q);
     }
 }
@@ -79,16 +108,9 @@ void rwkv_q4_1_from_float(const float *x, void *dst, int64_t n) {
     block_q4_1 *y = dst;
     int q[RWKV_QK];
     for (int64_t b = 0; b < n / RWKV_QK; b++, x += RWKV_QK) {
-        float min, max;
-        block_min_max(x, &min, &max);
-        const float d = (max - min) / 15.0f;
-        const float id = d ? 1.0f / d : 0.0f;
-        y[b].d = FP16(d);
+        float min;
+        y[b].d = FP16(round_min_max(x, 15, 15, &min, q));
         y[b].m = FP16(min);
-        for (int i = 0; i < RWKV_QK; i++) {
-            const int v = (uint8_t)((x[i] - min) * id + 0.5f);
-            q[i] = v < 15 ? v : 15;
-        }
         pack_q4(y[b].qs, q);
     }
 }
@@ -97,13 +119,7 @@ void rwkv_q5_0_from_float(const float *x, void *dst, int64_t n) {
     block_q5_0 *y = dst;
     int q[RWKV_QK];
     for (int64_t b = 0; b < n / RWKV_QK; b++, x += RWKV_QK) {
-        const float d = signed_absmax(x) / -16.0f;
-        const float id = d ? 1.0f / d : 0.0f;
-        y[b].d = FP16(d);
-        for (int i = 0; i < RWKV_QK; i++) {
-            const int v = (int8_t)(x[i] * id + 16.5f);
-            q[i] = v < 31 ? v : 31;
-        }
+        y[b].d = FP16(round_symmetric(x, 16, q));
         pack_q5(y[b].qs, y[b].qh, q);
     }
 }
@@ -112,41 +128,24 @@ void rwkv_q5_1_from_float(const float *x, void *dst, int64_t n) {
     block_q5_1 *y = dst;
     int q[RWKV_QK];
     for (int64_t b = 0; b < n / RWKV_QK; b++, x += RWKV_QK) {
-        float min, max;
-        block_min_max(x, &min, &max);
-        const float d = (max - min) / 31.0f;
-        const float id = d ? 1.0f / d : 0.0f;
-        y[b].d = FP16(d);
+        float min;
+        y[b].d = FP16(round_min_max(x, 31, 255, &min, q)); /* 255: no clamp, as rwkv.cpp */
         y[b].m = FP16(min);
-        for (int i = 0; i < RWKV_QK; i++) q[i] = (uint8_t)((x[i] - min) * id + 0.5f); /* no clamp, as rwkv.cpp */
         pack_q5(y[b].qs, y[b].qh, q);
     }
 }
 
 void rwkv_q8_0_from_float(const float *x, void *dst, int64_t n) {
     block_q8_0 *y = dst;
-    for (int64_t b = 0; b < n / RWKV_QK; b++, x += RWKV_QK) {
-        float amax = 0.0f;
-        for (int j = 0; j < RWKV_QK; j++) amax = fmaxf(amax, fabsf(x[j]));
-        const float d = amax / 127.0f;
-        const float id = d ? 1.0f / d : 0.0f;
-        y[b].d = FP16(d);
-        for (int j = 0; j < RWKV_QK; j++) y[b].qs[j] = (int8_t)roundf(x[j] * id);
-    }
+    for (int64_t b = 0; b < n / RWKV_QK; b++, x += RWKV_QK) y[b].d = FP16(round_q8(x, y[b].qs));
 }
 
 void rwkv_quantize_row_q8_act(const float *x, void *dst, int64_t n) {
     const rwkv_q8_row y = rwkv_q8_row_at(dst, n);
     for (int64_t b = 0; b < n / RWKV_QK; b++, x += RWKV_QK) {
-        float amax = 0.0f;
-        for (int j = 0; j < RWKV_QK; j++) amax = fmaxf(amax, fabsf(x[j]));
-        const float d = amax / 127.0f;
-        const float id = d ? 1.0f / d : 0.0f;
+        const float d = round_q8(x, y.q[b]);
         int sum = 0;
-        for (int j = 0; j < RWKV_QK; j++) {
-            y.q[b][j] = (int8_t)roundf(x[j] * id);
-            sum += y.q[b][j];
-        }
+        for (int j = 0; j < RWKV_QK; j++) sum += y.q[b][j];
         y.d[b] = d;
         y.s[b] = d * (float)sum;
     }
