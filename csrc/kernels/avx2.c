@@ -57,31 +57,23 @@ static inline __m256i dot_u8_i8(__m256i x, __m256i y) {
 
 static inline __m256i load_q(const int8_t *q) { return _mm256_loadu_si256((const __m256i *)q); }
 
-static inline __m256i q4_0_sums(const void *p, const int8_t *q) {
-    const block_q4_0 *x = p;
-    return dot_i8(_mm256_sub_epi8(unpack_nibbles(x->qs), _mm256_set1_epi8(8)), load_q(q));
+/* A block's 32 values as bytes, what both the dot products and the dequantizers start from:
+ * signed for the "q*d" formats, unsigned (0-15, 0-31) for the "q*d + m" ones. */
+static inline __m256i q4_0_values(const block_q4_0 *x) {
+    return _mm256_sub_epi8(unpack_nibbles(x->qs), _mm256_set1_epi8(8));
 }
+static inline __m256i q4_1_values(const block_q4_1 *x) { return unpack_nibbles(x->qs); }
+static inline __m256i q5_0_values(const block_q5_0 *x) {
+    return _mm256_sub_epi8(unpack_q5(x->qs, x->qh), _mm256_set1_epi8(16));
+}
+static inline __m256i q5_1_values(const block_q5_1 *x) { return unpack_q5(x->qs, x->qh); }
+static inline __m256i q8_0_values(const block_q8_0 *x) { return _mm256_loadu_si256((const __m256i *)x->qs); }
 
-static inline __m256i q4_1_sums(const void *p, const int8_t *q) {
-    const block_q4_1 *x = p;
-    return dot_u8_i8(unpack_nibbles(x->qs), load_q(q));
-}
-
-static inline __m256i q5_0_sums(const void *p, const int8_t *q) {
-    const block_q5_0 *x = p;
-    const __m256i v = _mm256_or_si256(unpack_nibbles(x->qs), unpack_fifth_bits(x->qh));
-    return dot_i8(_mm256_sub_epi8(v, _mm256_set1_epi8(16)), load_q(q));
-}
-
-static inline __m256i q5_1_sums(const void *p, const int8_t *q) {
-    const block_q5_1 *x = p;
-    return dot_u8_i8(_mm256_or_si256(unpack_nibbles(x->qs), unpack_fifth_bits(x->qh)), load_q(q));
-}
-
-static inline __m256i q8_0_sums(const void *p, const int8_t *q) {
-    const block_q8_0 *x = p;
-    return dot_i8(_mm256_loadu_si256((const __m256i *)x->qs), load_q(q));
-}
+static inline __m256i q4_0_sums(const void *x, const int8_t *q) { return dot_i8(q4_0_values(x), load_q(q)); }
+static inline __m256i q4_1_sums(const void *x, const int8_t *q) { return dot_u8_i8(q4_1_values(x), load_q(q)); }
+static inline __m256i q5_0_sums(const void *x, const int8_t *q) { return dot_i8(q5_0_values(x), load_q(q)); }
+static inline __m256i q5_1_sums(const void *x, const int8_t *q) { return dot_u8_i8(q5_1_values(x), load_q(q)); }
+static inline __m256i q8_0_sums(const void *x, const int8_t *q) { return dot_i8(q8_0_values(x), load_q(q)); }
 
 static float q4_0_dot(const void *row, const void *act, int64_t n) {
     return sum_blocks(row, sizeof(block_q4_0), act, n, q4_0_sums);
@@ -197,35 +189,31 @@ static inline void store_block(__m256i q, int is_signed, float d, float m, float
 static void q4_0_to_float(const void *src, float *y, int64_t n) {
     const block_q4_0 *x = src;
     for (int64_t b = 0; b < n / RWKV_QK; b++, y += RWKV_QK)
-        store_block(_mm256_sub_epi8(unpack_nibbles(x[b].qs), _mm256_set1_epi8(8)), 1, _cvtsh_ss(x[b].d), 0.0f, y);
+        store_block(q4_0_values(&x[b]), 1, _cvtsh_ss(x[b].d), 0.0f, y);
 }
 
 static void q4_1_to_float(const void *src, float *y, int64_t n) {
     const block_q4_1 *x = src;
     for (int64_t b = 0; b < n / RWKV_QK; b++, y += RWKV_QK)
-        store_block(unpack_nibbles(x[b].qs), 0, _cvtsh_ss(x[b].d), _cvtsh_ss(x[b].m), y);
+        store_block(q4_1_values(&x[b]), 0, _cvtsh_ss(x[b].d), _cvtsh_ss(x[b].m), y);
 }
 
 static void q5_0_to_float(const void *src, float *y, int64_t n) {
     const block_q5_0 *x = src;
-    for (int64_t b = 0; b < n / RWKV_QK; b++, y += RWKV_QK) {
-        const __m256i q = _mm256_or_si256(unpack_nibbles(x[b].qs), unpack_fifth_bits(x[b].qh));
-        store_block(_mm256_sub_epi8(q, _mm256_set1_epi8(16)), 1, _cvtsh_ss(x[b].d), 0.0f, y);
-    }
+    for (int64_t b = 0; b < n / RWKV_QK; b++, y += RWKV_QK)
+        store_block(q5_0_values(&x[b]), 1, _cvtsh_ss(x[b].d), 0.0f, y);
 }
 
 static void q5_1_to_float(const void *src, float *y, int64_t n) {
     const block_q5_1 *x = src;
-    for (int64_t b = 0; b < n / RWKV_QK; b++, y += RWKV_QK) {
-        const __m256i q = _mm256_or_si256(unpack_nibbles(x[b].qs), unpack_fifth_bits(x[b].qh));
-        store_block(q, 0, _cvtsh_ss(x[b].d), _cvtsh_ss(x[b].m), y);
-    }
+    for (int64_t b = 0; b < n / RWKV_QK; b++, y += RWKV_QK)
+        store_block(q5_1_values(&x[b]), 0, _cvtsh_ss(x[b].d), _cvtsh_ss(x[b].m), y);
 }
 
 static void q8_0_to_float(const void *src, float *y, int64_t n) {
     const block_q8_0 *x = src;
     for (int64_t b = 0; b < n / RWKV_QK; b++, y += RWKV_QK)
-        store_block(_mm256_loadu_si256((const __m256i *)x[b].qs), 1, _cvtsh_ss(x[b].d), 0.0f, y);
+        store_block(q8_0_values(&x[b]), 1, _cvtsh_ss(x[b].d), 0.0f, y);
 }
 
 void rwkv_install_avx2(void) {

@@ -66,12 +66,12 @@ static inline __m256i q4_1_sums(const void *p, const int8_t *q) {
 
 static inline __m256i q5_0_sums(const void *p, const int8_t *q) {
     const block_q5_0 *x = p;
-    return dot_u8_i8_vnni(_mm256_or_si256(unpack_nibbles(x->qs), unpack_fifth_bits(x->qh)), q);
+    return dot_u8_i8_vnni(unpack_q5(x->qs, x->qh), q);
 }
 
 static inline __m256i q5_1_sums(const void *p, const int8_t *q) {
     const block_q5_1 *x = p;
-    return dot_u8_i8_vnni(_mm256_or_si256(unpack_nibbles(x->qs), unpack_fifth_bits(x->qh)), q);
+    return dot_u8_i8_vnni(unpack_q5(x->qs, x->qh), q);
 }
 
 /* Flipping the top bit of a signed byte adds 128: the value as unsigned. */

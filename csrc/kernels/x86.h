@@ -35,6 +35,11 @@ static inline __m256i unpack_fifth_bits(const uint8_t *qh) {
     return _mm256_and_si256(set, _mm256_set1_epi8(0x10));
 }
 
+/* The 32 values of a 5-bit block (0-31) as bytes. */
+static inline __m256i unpack_q5(const uint8_t *qs, const uint8_t *qh) {
+    return _mm256_or_si256(unpack_nibbles(qs), unpack_fifth_bits(qh));
+}
+
 /* FP16 values at h[0], h[stride], ..., h[7 * stride] (a field of 8 consecutive blocks) as floats. */
 static inline __m256 load_halfs8(const uint16_t *h, size_t stride) {
     return _mm256_cvtph_ps(_mm_setr_epi16((short)h[0], (short)h[stride], (short)h[2 * stride], (short)h[3 * stride],
