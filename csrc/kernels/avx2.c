@@ -7,37 +7,33 @@
 #include "../types.h"
 #include "x86.h"
 
-static float fp32_dot(const void *row, const void *act, int64_t n) {
-    const float *w = row, *x = act;
+/* Weight elements i..i+7 as floats: with fp32_at/fp16_at, what distinguishes FP32 from FP16 rows. */
+static inline __m256 fp32_load8(const void *w, int64_t i) { return _mm256_loadu_ps((const float *)w + i); }
+static inline __m256 fp16_load8(const void *w, int64_t i) { return load_half8((const uint16_t *)w + i); }
+
+/* Four accumulators of 8 lanes, so the FMAs of consecutive vectors do not wait on each other. */
+static inline __attribute__((always_inline)) float float_dot(const void *w, const float *x, int64_t n,
+                                                             __m256 (*load8)(const void *, int64_t),
+                                                             float (*at)(const void *, int64_t)) {
     __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
     int64_t i = 0;
     for (; i + 32 <= n; i += 32) {
-        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i), _mm256_loadu_ps(x + i), a0);
-        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i + 8), _mm256_loadu_ps(x + i + 8), a1);
-        a2 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i + 16), _mm256_loadu_ps(x + i + 16), a2);
-        a3 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i + 24), _mm256_loadu_ps(x + i + 24), a3);
+        a0 = _mm256_fmadd_ps(load8(w, i), _mm256_loadu_ps(x + i), a0);
+        a1 = _mm256_fmadd_ps(load8(w, i + 8), _mm256_loadu_ps(x + i + 8), a1);
+        a2 = _mm256_fmadd_ps(load8(w, i + 16), _mm256_loadu_ps(x + i + 16), a2);
+        a3 = _mm256_fmadd_ps(load8(w, i + 24), _mm256_loadu_ps(x + i + 24), a3);
     }
-    for (; i + 8 <= n; i += 8) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i), _mm256_loadu_ps(x + i), a0);
+    for (; i + 8 <= n; i += 8) a0 = _mm256_fmadd_ps(load8(w, i), _mm256_loadu_ps(x + i), a0);
     float sum = hsum256(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
-    for (; i < n; i++) sum += w[i] * x[i];
+    for (; i < n; i++) sum += at(w, i) * x[i];
     return sum;
 }
 
+static float fp32_dot(const void *row, const void *act, int64_t n) {
+    return float_dot(row, act, n, fp32_load8, fp32_at);
+}
 static float fp16_dot(const void *row, const void *act, int64_t n) {
-    const uint16_t *w = row;
-    const float *x = act;
-    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
-    int64_t i = 0;
-    for (; i + 32 <= n; i += 32) {
-        a0 = _mm256_fmadd_ps(load_half8(w + i), _mm256_loadu_ps(x + i), a0);
-        a1 = _mm256_fmadd_ps(load_half8(w + i + 8), _mm256_loadu_ps(x + i + 8), a1);
-        a2 = _mm256_fmadd_ps(load_half8(w + i + 16), _mm256_loadu_ps(x + i + 16), a2);
-        a3 = _mm256_fmadd_ps(load_half8(w + i + 24), _mm256_loadu_ps(x + i + 24), a3);
-    }
-    for (; i + 8 <= n; i += 8) a0 = _mm256_fmadd_ps(load_half8(w + i), _mm256_loadu_ps(x + i), a0);
-    float sum = hsum256(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
-    for (; i < n; i++) sum += _cvtsh_ss(w[i]) * x[i];
-    return sum;
+    return float_dot(row, act, n, fp16_load8, fp16_at);
 }
 
 /* ---- quantized rows against 8-bit activation blocks ---------------------------------------- */

@@ -19,39 +19,33 @@ static inline __m256i dot_u8_i8_vnni(__m256i u, const int8_t *q) {
 
 /* ---- float rows ----------------------------------------------------------------------------- */
 
-static float fp32_dot(const void *row, const void *act, int64_t n) {
-    const float *w = row, *x = act;
+static inline __m512 fp32_load16(const void *w, int64_t i) { return _mm512_loadu_ps((const float *)w + i); }
+static inline __m512 fp16_load16(const void *w, int64_t i) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)w + i)));
+}
+
+static inline __attribute__((always_inline)) float float_dot(const void *w, const float *x, int64_t n,
+                                                             __m512 (*load16)(const void *, int64_t),
+                                                             float (*at)(const void *, int64_t)) {
     __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
     int64_t i = 0;
     for (; i + 64 <= n; i += 64) {
-        a0 = _mm512_fmadd_ps(_mm512_loadu_ps(w + i), _mm512_loadu_ps(x + i), a0);
-        a1 = _mm512_fmadd_ps(_mm512_loadu_ps(w + i + 16), _mm512_loadu_ps(x + i + 16), a1);
-        a2 = _mm512_fmadd_ps(_mm512_loadu_ps(w + i + 32), _mm512_loadu_ps(x + i + 32), a2);
-        a3 = _mm512_fmadd_ps(_mm512_loadu_ps(w + i + 48), _mm512_loadu_ps(x + i + 48), a3);
+        a0 = _mm512_fmadd_ps(load16(w, i), _mm512_loadu_ps(x + i), a0);
+        a1 = _mm512_fmadd_ps(load16(w, i + 16), _mm512_loadu_ps(x + i + 16), a1);
+        a2 = _mm512_fmadd_ps(load16(w, i + 32), _mm512_loadu_ps(x + i + 32), a2);
+        a3 = _mm512_fmadd_ps(load16(w, i + 48), _mm512_loadu_ps(x + i + 48), a3);
     }
-    for (; i + 16 <= n; i += 16) a0 = _mm512_fmadd_ps(_mm512_loadu_ps(w + i), _mm512_loadu_ps(x + i), a0);
+    for (; i + 16 <= n; i += 16) a0 = _mm512_fmadd_ps(load16(w, i), _mm512_loadu_ps(x + i), a0);
     float sum = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
-    for (; i < n; i++) sum += w[i] * x[i];
+    for (; i < n; i++) sum += at(w, i) * x[i];
     return sum;
 }
 
-static inline __m512 load_half16(const uint16_t *p) { return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p)); }
-
+static float fp32_dot(const void *row, const void *act, int64_t n) {
+    return float_dot(row, act, n, fp32_load16, fp32_at);
+}
 static float fp16_dot(const void *row, const void *act, int64_t n) {
-    const uint16_t *w = row;
-    const float *x = act;
-    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
-    int64_t i = 0;
-    for (; i + 64 <= n; i += 64) {
-        a0 = _mm512_fmadd_ps(load_half16(w + i), _mm512_loadu_ps(x + i), a0);
-        a1 = _mm512_fmadd_ps(load_half16(w + i + 16), _mm512_loadu_ps(x + i + 16), a1);
-        a2 = _mm512_fmadd_ps(load_half16(w + i + 32), _mm512_loadu_ps(x + i + 32), a2);
-        a3 = _mm512_fmadd_ps(load_half16(w + i + 48), _mm512_loadu_ps(x + i + 48), a3);
-    }
-    for (; i + 16 <= n; i += 16) a0 = _mm512_fmadd_ps(load_half16(w + i), _mm512_loadu_ps(x + i), a0);
-    float sum = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
-    for (; i < n; i++) sum += _cvtsh_ss(w[i]) * x[i];
-    return sum;
+    return float_dot(row, act, n, fp16_load16, fp16_at);
 }
 
 /* ---- quantized rows against 8-bit activation blocks ------------------------------------------- */

@@ -7,41 +7,39 @@
 #include "../rwkv.h"
 #include "../types.h"
 
-static float fp32_dot(const void *row, const void *act, int64_t n) {
-    const float *w = row, *x = act;
+static inline float half_to_float(uint16_t h) { return vgetq_lane_f32(vcvt_f32_f16(vreinterpret_f16_u16(vdup_n_u16(h))), 0); }
+
+/* Weight elements i..i+3 as floats, and element i alone: what distinguishes FP32 from FP16 rows. */
+static inline float32x4_t fp32_load4(const void *w, int64_t i) { return vld1q_f32((const float *)w + i); }
+static inline float32x4_t fp16_load4(const void *w, int64_t i) {
+    return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16((const uint16_t *)w + i)));
+}
+static inline float fp32_at(const void *w, int64_t i) { return ((const float *)w)[i]; }
+static inline float fp16_at(const void *w, int64_t i) { return half_to_float(((const uint16_t *)w)[i]); }
+
+/* Four accumulators, so the FMAs of consecutive vectors do not wait on each other. */
+static inline __attribute__((always_inline)) float float_dot(const void *w, const float *x, int64_t n,
+                                                             float32x4_t (*load4)(const void *, int64_t),
+                                                             float (*at)(const void *, int64_t)) {
     float32x4_t a0 = vdupq_n_f32(0.0f), a1 = a0, a2 = a0, a3 = a0;
     int64_t i = 0;
     for (; i + 16 <= n; i += 16) {
-        a0 = vfmaq_f32(a0, vld1q_f32(w + i), vld1q_f32(x + i));
-        a1 = vfmaq_f32(a1, vld1q_f32(w + i + 4), vld1q_f32(x + i + 4));
-        a2 = vfmaq_f32(a2, vld1q_f32(w + i + 8), vld1q_f32(x + i + 8));
-        a3 = vfmaq_f32(a3, vld1q_f32(w + i + 12), vld1q_f32(x + i + 12));
+        a0 = vfmaq_f32(a0, load4(w, i), vld1q_f32(x + i));
+        a1 = vfmaq_f32(a1, load4(w, i + 4), vld1q_f32(x + i + 4));
+        a2 = vfmaq_f32(a2, load4(w, i + 8), vld1q_f32(x + i + 8));
+        a3 = vfmaq_f32(a3, load4(w, i + 12), vld1q_f32(x + i + 12));
     }
-    for (; i + 4 <= n; i += 4) a0 = vfmaq_f32(a0, vld1q_f32(w + i), vld1q_f32(x + i));
+    for (; i + 4 <= n; i += 4) a0 = vfmaq_f32(a0, load4(w, i), vld1q_f32(x + i));
     float sum = vaddvq_f32(vaddq_f32(vaddq_f32(a0, a1), vaddq_f32(a2, a3)));
-    for (; i < n; i++) sum += w[i] * x[i];
+    for (; i < n; i++) sum += at(w, i) * x[i];
     return sum;
 }
 
-static inline float32x4_t load_half4(const uint16_t *p) { return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(p))); }
-
-static inline float half_to_float(uint16_t h) { return vgetq_lane_f32(vcvt_f32_f16(vreinterpret_f16_u16(vdup_n_u16(h))), 0); }
-
+static float fp32_dot(const void *row, const void *act, int64_t n) {
+    return float_dot(row, act, n, fp32_load4, fp32_at);
+}
 static float fp16_dot(const void *row, const void *act, int64_t n) {
-    const uint16_t *w = row;
-    const float *x = act;
-    float32x4_t a0 = vdupq_n_f32(0.0f), a1 = a0, a2 = a0, a3 = a0;
-    int64_t i = 0;
-    for (; i + 16 <= n; i += 16) {
-        a0 = vfmaq_f32(a0, load_half4(w + i), vld1q_f32(x + i));
-        a1 = vfmaq_f32(a1, load_half4(w + i + 4), vld1q_f32(x + i + 4));
-        a2 = vfmaq_f32(a2, load_half4(w + i + 8), vld1q_f32(x + i + 8));
-        a3 = vfmaq_f32(a3, load_half4(w + i + 12), vld1q_f32(x + i + 12));
-    }
-    for (; i + 4 <= n; i += 4) a0 = vfmaq_f32(a0, load_half4(w + i), vld1q_f32(x + i));
-    float sum = vaddvq_f32(vaddq_f32(vaddq_f32(a0, a1), vaddq_f32(a2, a3)));
-    for (; i < n; i++) sum += half_to_float(w[i]) * x[i];
-    return sum;
+    return float_dot(row, act, n, fp16_load4, fp16_at);
 }
 
 /* ---- quantized rows ----------------------------------------------------------------------------- */

@@ -16,6 +16,10 @@ static inline float hsum256(__m256 v) {
 
 static inline __m256 load_half8(const uint16_t *p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)); }
 
+/* Element i of an FP32 or FP16 row as a float (the tails of the float dot products). */
+static inline float fp32_at(const void *w, int64_t i) { return ((const float *)w)[i]; }
+static inline float fp16_at(const void *w, int64_t i) { return _cvtsh_ss(((const uint16_t *)w)[i]); }
+
 /* The 32 4-bit values of a block as bytes: low nibbles are elements 0-15, high nibbles 16-31. */
 static inline __m256i unpack_nibbles(const uint8_t *qs) {
     const __m128i packed = _mm_loadu_si128((const __m128i *)qs);
