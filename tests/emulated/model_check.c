@@ -11,15 +11,18 @@
 
 #define N_TOKENS 12
 
-static int eval_logits(const char *path, int serial, float *logits) {
+/* The last token's logits (n_vocab of them, malloc'd), or NULL on an error. */
+static float *eval_logits(const char *path, int serial, int *n_vocab) {
     char err[512];
     rwkv_model *model;
     if (rwkv_load(path, 2, &model, err, sizeof err) != RWKV_OK) {
         fprintf(stderr, "%s\n", err);
-        return 0;
+        return NULL;
     }
     rwkv_model_info info;
     rwkv_get_info(model, &info);
+    *n_vocab = info.n_vocab;
+    float *logits = malloc((size_t)info.n_vocab * sizeof(float));
     float *state = malloc(info.state_len * sizeof(float));
     rwkv_init_state(model, state);
     int32_t tokens[N_TOKENS];
@@ -32,7 +35,8 @@ static int eval_logits(const char *path, int serial, float *logits) {
     if (!ok) fprintf(stderr, "%s\n", err);
     free(state);
     rwkv_free(model);
-    return ok ? info.n_vocab : 0;
+    if (!ok) free(logits);
+    return ok ? logits : NULL;
 }
 
 /* Float-order differences between levels can move an activation across a rounding boundary of the
@@ -42,11 +46,15 @@ static int eval_logits(const char *path, int serial, float *logits) {
 static int compare(const char *path, const char *label, const char *best, int quantized) {
     int failures = 0;
     for (int serial = 0; serial <= 1; serial++) {
-        float *want = malloc(1 << 20), *got = malloc(1 << 20);
+        int n_vocab = 0;
         rwkv_set_kernel_level("generic");
-        const int n_vocab = eval_logits(path, serial, want);
+        float *want = eval_logits(path, serial, &n_vocab);
         rwkv_set_kernel_level(best);
-        if (!n_vocab || eval_logits(path, serial, got) != n_vocab) return 1;
+        float *got = want ? eval_logits(path, serial, &n_vocab) : NULL;
+        if (!got) {
+            free(want);
+            return 1;
+        }
         float worst = 0.0f, range = 0.0f;
         for (int i = 0; i < n_vocab; i++) {
             worst = fmaxf(worst, fabsf(got[i] - want[i]));
