@@ -13,7 +13,7 @@ void rwkv_time_mix_v6(rwkv_model *m, const rwkv_layer *L, float *state, int64_t 
 
     rwkv_layer_norm(s->xx, s->x, &L->ln1, T, C);
     rwkv_token_shift(s->prev, s->xx, state, T, C);
-    for (int64_t i = 0; i < T * C; i++) sx[i] -= s->xx[i];
+    rwkv_sub(sx, s->xx, T * C);
 
     /* five data-dependent mixes from one shared projection: w, k, v, r, g in that order */
     rwkv_maa(s->mix[4], s->xx, sx, L->maa_x, NULL, T, C);
