@@ -479,6 +479,22 @@ def _failure(error: BaseException) -> OpenAIError:
     return OpenAIError(500, f"generation failed: {type(error).__name__}: {error}", type="server_error")
 
 
+async def _drain(job, request: Request, handle) -> None:
+    """Hands each result of a non-streaming job to ``handle``; any error (the job's or the
+    handler's) becomes an OpenAI error, and the job always ends."""
+    try:
+        async for item in job.items(request):
+            handle(item)
+    except Exception as e:
+        raise _failure(e) from None
+    finally:
+        job.cancel()
+
+
+def _client_gone() -> JSONResponse:
+    return JSONResponse(OpenAIError(499, "client closed the request").body(), status_code=499)
+
+
 # ---- the app -------------------------------------------------------------------------------------
 
 
@@ -687,29 +703,28 @@ def create_app(model, config: Optional[ServerConfig] = None) -> FastAPI:
 
         choices: list[Optional[dict]] = [None] * n
         cached = completion = 0
-        try:
-            async for item in job.items(request):
-                if item[0] == "prompt":
-                    cached = item[2]
-                    continue
-                _, i, text, reason, tokens = item
-                replies[i].feed(text)
-                if reason is not None:
-                    completion += tokens
-                    tail, calls = finish(i)
-                    content = replies[i].content
-                    message: dict[str, Any] = {"role": "assistant", "content": content}
-                    if calls:
-                        message["content"] = content.strip() or None
-                        message["tool_calls"] = calls
-                        reason = "tool_calls"
-                    choices[i] = {"index": i, "message": message, "logprobs": None, "finish_reason": reason}
-        except Exception as e:
-            raise _failure(e) from None
-        finally:
-            job.cancel()
+
+        def handle(item) -> None:
+            nonlocal cached, completion
+            if item[0] == "prompt":
+                cached = item[2]
+                return
+            _, i, text, reason, tokens = item
+            replies[i].feed(text)
+            if reason is not None:
+                completion += tokens
+                tail, calls = finish(i)
+                content = replies[i].content
+                message: dict[str, Any] = {"role": "assistant", "content": content}
+                if calls:
+                    message["content"] = content.strip() or None
+                    message["tool_calls"] = calls
+                    reason = "tool_calls"
+                choices[i] = {"index": i, "message": message, "logprobs": None, "finish_reason": reason}
+
+        await _drain(job, request, handle)
         if any(c is None for c in choices):  # the client went away
-            return JSONResponse(OpenAIError(499, "client closed the request").body(), status_code=499)
+            return _client_gone()
         return _envelope("chat.completion", reply_id, created, srv.model_id, choices,
                          _usage(len(ids), completion, cached))
 
@@ -799,22 +814,21 @@ def create_app(model, config: Optional[ServerConfig] = None) -> FastAPI:
         pieces: list[list[str]] = [[prefix(i)] for i in range(total)]
         reasons: list[Optional[str]] = [None] * total
         cached = completion = 0
-        try:
-            async for item in job.items(request):
-                if item[0] == "prompt":
-                    cached += item[2]
-                    continue
-                _, i, text, reason, tokens = item
-                pieces[i].append(text)
-                if reason is not None:
-                    reasons[i] = reason
-                    completion += tokens
-        except Exception as e:
-            raise _failure(e) from None
-        finally:
-            job.cancel()
+
+        def handle(item) -> None:
+            nonlocal cached, completion
+            if item[0] == "prompt":
+                cached += item[2]
+                return
+            _, i, text, reason, tokens = item
+            pieces[i].append(text)
+            if reason is not None:
+                reasons[i] = reason
+                completion += tokens
+
+        await _drain(job, request, handle)
         if any(r is None for r in reasons):
-            return JSONResponse(OpenAIError(499, "client closed the request").body(), status_code=499)
+            return _client_gone()
         choices = [{"index": i, "text": "".join(pieces[i]), "logprobs": None, "finish_reason": reasons[i]}
                    for i in range(total)]
         return _envelope("text_completion", reply_id, created, srv.model_id, choices,
@@ -852,19 +866,18 @@ def create_app(model, config: Optional[ServerConfig] = None) -> FastAPI:
         job = srv.scheduler.submit(srv.embed_work(inputs))
         srv.count(requests=1)
         data: list[Optional[dict]] = [None] * len(inputs)
-        try:
-            async for i, vector, _ in job.items(request):
-                if body.encoding_format == "base64":
-                    value: Any = base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode("ascii")
-                else:
-                    value = [float(x) for x in vector]
-                data[i] = {"object": "embedding", "index": i, "embedding": value}
-        except Exception as e:
-            raise _failure(e) from None
-        finally:
-            job.cancel()
+
+        def handle(item) -> None:
+            i, vector, _ = item
+            if body.encoding_format == "base64":
+                value: Any = base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode("ascii")
+            else:
+                value = [float(x) for x in vector]
+            data[i] = {"object": "embedding", "index": i, "embedding": value}
+
+        await _drain(job, request, handle)
         if any(d is None for d in data):
-            return JSONResponse(OpenAIError(499, "client closed the request").body(), status_code=499)
+            return _client_gone()
         tokens = sum(len(x) for x in inputs)
         return {"object": "list", "data": data, "model": srv.model_id,
                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
