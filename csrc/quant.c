@@ -151,110 +151,80 @@ void rwkv_quantize_row_q8_act(const float *x, void *dst, int64_t n) {
     }
 }
 
-/* ---- dequantize ----------------------------------------------------------------------------- */
+/* ---- reading blocks: dequantize and dot products ------------------------------------------- */
 
-void rwkv_q4_0_to_float(const void *src, float *y, int64_t n) {
-    const block_q4_0 *x = src;
+/* Each format's block as 32 integer values v (all fit in a signed byte), a scale d and (for "q*d + m" formats) a minimum m:
+ * element i is v[i] * d (+ m). The loops below are the same for every format. */
+typedef void (*read_block_fn)(const void *block, int8_t v[RWKV_QK], float *d, float *m);
+
+static void read_q4_0(const void *p, int8_t v[RWKV_QK], float *d, float *m) {
+    const block_q4_0 *x = p;
+    for (int i = 0; i < RWKV_QK; i++) v[i] = (int8_t)(q4_at(x->qs, i) - 8);
+    *d = FP32(x->d), *m = 0.0f;
+}
+
+static void read_q4_1(const void *p, int8_t v[RWKV_QK], float *d, float *m) {
+    const block_q4_1 *x = p;
+    for (int i = 0; i < RWKV_QK; i++) v[i] = (int8_t)q4_at(x->qs, i);
+    *d = FP32(x->d), *m = FP32(x->m);
+}
+
+static void read_q5_0(const void *p, int8_t v[RWKV_QK], float *d, float *m) {
+    const block_q5_0 *x = p;
+    const uint32_t qh = load_qh(x->qh);
+    for (int i = 0; i < RWKV_QK; i++) v[i] = (int8_t)(q5_at(x->qs, qh, i) - 16);
+    *d = FP32(x->d), *m = 0.0f;
+}
+
+static void read_q5_1(const void *p, int8_t v[RWKV_QK], float *d, float *m) {
+    const block_q5_1 *x = p;
+    const uint32_t qh = load_qh(x->qh);
+    for (int i = 0; i < RWKV_QK; i++) v[i] = (int8_t)q5_at(x->qs, qh, i);
+    *d = FP32(x->d), *m = FP32(x->m);
+}
+
+static void read_q8_0(const void *p, int8_t v[RWKV_QK], float *d, float *m) {
+    const block_q8_0 *x = p;
+    for (int i = 0; i < RWKV_QK; i++) v[i] = x->qs[i];
+    *d = FP32(x->d), *m = 0.0f;
+}
+
+/* has_min: the format adds m (the others skip the term, so results are exactly v * d). */
+static inline void blocks_to_float(const uint8_t *src, size_t block_bytes, read_block_fn read, int has_min, float *y,
+                                   int64_t n) {
+    int8_t v[RWKV_QK];
+    float d, m;
     for (int64_t b = 0; b < n / RWKV_QK; b++, y += RWKV_QK) {
-        const float d = FP32(x[b].d);
-        for (int i = 0; i < RWKV_QK; i++) y[i] = (q4_at(x[b].qs, i) - 8) * d;
+        read(src + (size_t)b * block_bytes, v, &d, &m);
+        for (int i = 0; i < RWKV_QK; i++) y[i] = has_min ? v[i] * d + m : v[i] * d;
     }
 }
 
-void rwkv_q4_1_to_float(const void *src, float *y, int64_t n) {
-    const block_q4_1 *x = src;
-    for (int64_t b = 0; b < n / RWKV_QK; b++, y += RWKV_QK) {
-        const float d = FP32(x[b].d), m = FP32(x[b].m);
-        for (int i = 0; i < RWKV_QK; i++) y[i] = q4_at(x[b].qs, i) * d + m;
-    }
-}
-
-void rwkv_q5_0_to_float(const void *src, float *y, int64_t n) {
-    const block_q5_0 *x = src;
-    for (int64_t b = 0; b < n / RWKV_QK; b++, y += RWKV_QK) {
-        const float d = FP32(x[b].d);
-        const uint32_t qh = load_qh(x[b].qh);
-        for (int i = 0; i < RWKV_QK; i++) y[i] = (q5_at(x[b].qs, qh, i) - 16) * d;
-    }
-}
-
-void rwkv_q5_1_to_float(const void *src, float *y, int64_t n) {
-    const block_q5_1 *x = src;
-    for (int64_t b = 0; b < n / RWKV_QK; b++, y += RWKV_QK) {
-        const float d = FP32(x[b].d), m = FP32(x[b].m);
-        const uint32_t qh = load_qh(x[b].qh);
-        for (int i = 0; i < RWKV_QK; i++) y[i] = q5_at(x[b].qs, qh, i) * d + m;
-    }
-}
-
-void rwkv_q8_0_to_float(const void *src, float *y, int64_t n) {
-    const block_q8_0 *x = src;
-    for (int64_t b = 0; b < n / RWKV_QK; b++, y += RWKV_QK) {
-        const float d = FP32(x[b].d);
-        for (int j = 0; j < RWKV_QK; j++) y[j] = x[b].qs[j] * d;
-    }
-}
-
-/* ---- dot products with 8-bit activations ----------------------------------------------------- */
-
-float rwkv_q4_0_dot(const void *row, const void *act, int64_t n) {
-    const block_q4_0 *x = row;
+/* With 8-bit activations: d_w * d_x * sum(v * q) per block, plus m * s where the format has m. */
+static inline float blocks_dot(const uint8_t *row, size_t block_bytes, read_block_fn read, int has_min,
+                               const void *act, int64_t n) {
     const rwkv_q8_row y = rwkv_q8_row_at(act, n);
-    float sum = 0.0f;
+    int8_t v[RWKV_QK];
+    float d, m, sum = 0.0f;
     for (int64_t b = 0; b < n / RWKV_QK; b++) {
+        read(row + (size_t)b * block_bytes, v, &d, &m);
         int acc = 0;
-        for (int i = 0; i < RWKV_QK; i++) acc += (q4_at(x[b].qs, i) - 8) * y.q[b][i];
-        sum += FP32(x[b].d) * y.d[b] * (float)acc;
+        for (int i = 0; i < RWKV_QK; i++) acc += v[i] * y.q[b][i];
+        sum += has_min ? d * y.d[b] * (float)acc + m * y.s[b] : d * y.d[b] * (float)acc;
     }
     return sum;
 }
 
-float rwkv_q4_1_dot(const void *row, const void *act, int64_t n) {
-    const block_q4_1 *x = row;
-    const rwkv_q8_row y = rwkv_q8_row_at(act, n);
-    float sum = 0.0f;
-    for (int64_t b = 0; b < n / RWKV_QK; b++) {
-        int acc = 0;
-        for (int i = 0; i < RWKV_QK; i++) acc += q4_at(x[b].qs, i) * y.q[b][i];
-        sum += FP32(x[b].d) * y.d[b] * (float)acc + FP32(x[b].m) * y.s[b];
+#define BLOCK_CODECS(fmt, has_min)                                                                   \
+    void rwkv_##fmt##_to_float(const void *src, float *y, int64_t n) {                               \
+        blocks_to_float(src, sizeof(block_##fmt), read_##fmt, has_min, y, n);                         \
+    }                                                                                                \
+    float rwkv_##fmt##_dot(const void *row, const void *act, int64_t n) {                            \
+        return blocks_dot(row, sizeof(block_##fmt), read_##fmt, has_min, act, n);                     \
     }
-    return sum;
-}
 
-float rwkv_q5_0_dot(const void *row, const void *act, int64_t n) {
-    const block_q5_0 *x = row;
-    const rwkv_q8_row y = rwkv_q8_row_at(act, n);
-    float sum = 0.0f;
-    for (int64_t b = 0; b < n / RWKV_QK; b++) {
-        const uint32_t qh = load_qh(x[b].qh);
-        int acc = 0;
-        for (int i = 0; i < RWKV_QK; i++) acc += (q5_at(x[b].qs, qh, i) - 16) * y.q[b][i];
-        sum += FP32(x[b].d) * y.d[b] * (float)acc;
-    }
-    return sum;
-}
-
-float rwkv_q5_1_dot(const void *row, const void *act, int64_t n) {
-    const block_q5_1 *x = row;
-    const rwkv_q8_row y = rwkv_q8_row_at(act, n);
-    float sum = 0.0f;
-    for (int64_t b = 0; b < n / RWKV_QK; b++) {
-        const uint32_t qh = load_qh(x[b].qh);
-        int acc = 0;
-        for (int i = 0; i < RWKV_QK; i++) acc += q5_at(x[b].qs, qh, i) * y.q[b][i];
-        sum += FP32(x[b].d) * y.d[b] * (float)acc + FP32(x[b].m) * y.s[b];
-    }
-    return sum;
-}
-
-float rwkv_q8_0_dot(const void *row, const void *act, int64_t n) {
-    const block_q8_0 *x = row;
-    const rwkv_q8_row y = rwkv_q8_row_at(act, n);
-    float sum = 0.0f;
-    for (int64_t b = 0; b < n / RWKV_QK; b++) {
-        int acc = 0;
-        for (int j = 0; j < RWKV_QK; j++) acc += x[b].qs[j] * y.q[b][j];
-        sum += FP32(x[b].d) * y.d[b] * (float)acc;
-    }
-    return sum;
-}
+BLOCK_CODECS(q4_0, 0)
+BLOCK_CODECS(q4_1, 1)
+BLOCK_CODECS(q5_0, 0)
+BLOCK_CODECS(q5_1, 1)
+BLOCK_CODECS(q8_0, 0)
