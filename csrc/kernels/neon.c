@@ -84,62 +84,54 @@ static inline int32x4_t dot_block(block_values w, const int8_t *q) {
     return vaddq_s32(vpaddlq_s16(lo), vpaddlq_s16(hi));
 }
 
-static inline float32x4_t scaled(int32x4_t sums, uint16_t d, float act_d, float32x4_t acc) {
-    return vfmaq_n_f32(acc, vcvtq_f32_s32(sums), half_to_float(d) * act_d);
+/* A block's values as signed bytes; every block format starts with its FP16 scale d. */
+typedef block_values (*block_values_fn)(const void *block);
+
+static inline block_values q4_0_values(const void *p) { return minus(unpack_nibbles(((const block_q4_0 *)p)->qs), 8); }
+static inline block_values q4_1_values(const void *p) { return unpack_nibbles(((const block_q4_1 *)p)->qs); }
+static inline block_values q5_0_values(const void *p) {
+    const block_q5_0 *x = p;
+    return minus(add_fifth_bits(unpack_nibbles(x->qs), x->qh), 16);
+}
+static inline block_values q5_1_values(const void *p) {
+    const block_q5_1 *x = p;
+    return add_fifth_bits(unpack_nibbles(x->qs), x->qh);
+}
+static inline block_values q8_0_values(const void *p) {
+    const block_q8_0 *x = p;
+    return (block_values){vld1q_s8(x->qs), vld1q_s8(x->qs + 16)};
+}
+
+/* sum over blocks of d_w * d_x * (integer dot product), plus m * s for the "q*d + m" formats, whose
+ * m (FP16) sits right after d. */
+static inline __attribute__((always_inline)) float sum_blocks(const uint8_t *row, size_t block_bytes, const void *act,
+                                                              int64_t n, block_values_fn values, int has_min) {
+    const rwkv_q8_row y = rwkv_q8_row_at(act, n);
+    float32x4_t acc = vdupq_n_f32(0.0f);
+    float offsets = 0.0f;
+    for (int64_t b = 0; b < n / RWKV_QK; b++) {
+        const uint8_t *block = row + (size_t)b * block_bytes;
+        const uint16_t *dm = (const uint16_t *)block;
+        acc = vfmaq_n_f32(acc, vcvtq_f32_s32(dot_block(values(block), y.q[b])), half_to_float(dm[0]) * y.d[b]);
+        if (has_min) offsets += half_to_float(dm[1]) * y.s[b];
+    }
+    return has_min ? vaddvq_f32(acc) + offsets : vaddvq_f32(acc);
 }
 
 static float q4_0_dot(const void *row, const void *act, int64_t n) {
-    const block_q4_0 *x = row;
-    const rwkv_q8_row y = rwkv_q8_row_at(act, n);
-    float32x4_t acc = vdupq_n_f32(0.0f);
-    for (int64_t b = 0; b < n / RWKV_QK; b++) acc = scaled(dot_block(minus(unpack_nibbles(x[b].qs), 8), y.q[b]), x[b].d, y.d[b], acc);
-    return vaddvq_f32(acc);
+    return sum_blocks(row, sizeof(block_q4_0), act, n, q4_0_values, 0);
 }
-
 static float q4_1_dot(const void *row, const void *act, int64_t n) {
-    const block_q4_1 *x = row;
-    const rwkv_q8_row y = rwkv_q8_row_at(act, n);
-    float32x4_t acc = vdupq_n_f32(0.0f);
-    float offsets = 0.0f;
-    for (int64_t b = 0; b < n / RWKV_QK; b++) {
-        acc = scaled(dot_block(unpack_nibbles(x[b].qs), y.q[b]), x[b].d, y.d[b], acc);
-        offsets += half_to_float(x[b].m) * y.s[b];
-    }
-    return vaddvq_f32(acc) + offsets;
+    return sum_blocks(row, sizeof(block_q4_1), act, n, q4_1_values, 1);
 }
-
 static float q5_0_dot(const void *row, const void *act, int64_t n) {
-    const block_q5_0 *x = row;
-    const rwkv_q8_row y = rwkv_q8_row_at(act, n);
-    float32x4_t acc = vdupq_n_f32(0.0f);
-    for (int64_t b = 0; b < n / RWKV_QK; b++) {
-        const block_values v = minus(add_fifth_bits(unpack_nibbles(x[b].qs), x[b].qh), 16);
-        acc = scaled(dot_block(v, y.q[b]), x[b].d, y.d[b], acc);
-    }
-    return vaddvq_f32(acc);
+    return sum_blocks(row, sizeof(block_q5_0), act, n, q5_0_values, 0);
 }
-
 static float q5_1_dot(const void *row, const void *act, int64_t n) {
-    const block_q5_1 *x = row;
-    const rwkv_q8_row y = rwkv_q8_row_at(act, n);
-    float32x4_t acc = vdupq_n_f32(0.0f);
-    float offsets = 0.0f;
-    for (int64_t b = 0; b < n / RWKV_QK; b++) {
-        acc = scaled(dot_block(add_fifth_bits(unpack_nibbles(x[b].qs), x[b].qh), y.q[b]), x[b].d, y.d[b], acc);
-        offsets += half_to_float(x[b].m) * y.s[b];
-    }
-    return vaddvq_f32(acc) + offsets;
+    return sum_blocks(row, sizeof(block_q5_1), act, n, q5_1_values, 1);
 }
-
 static float q8_0_dot(const void *row, const void *act, int64_t n) {
-    const block_q8_0 *x = row;
-    const rwkv_q8_row y = rwkv_q8_row_at(act, n);
-    float32x4_t acc = vdupq_n_f32(0.0f);
-    for (int64_t b = 0; b < n / RWKV_QK; b++) {
-        const block_values v = {vld1q_s8(x[b].qs), vld1q_s8(x[b].qs + 16)};
-        acc = scaled(dot_block(v, y.q[b]), x[b].d, y.d[b], acc);
-    }
-    return vaddvq_f32(acc);
+    return sum_blocks(row, sizeof(block_q8_0), act, n, q8_0_values, 0);
 }
 
 /* 8-bit activation blocks; vcvtaq rounds half away from zero, as the portable roundf. */
