@@ -53,7 +53,7 @@ static void install(int level) {
         rwkv_type_traits *t = rwkv_traits_mut(id);
         if (t) *t = generic_table[id];
     }
-    rwkv_gemm_f32 = rwkv_gemm_f32_generic;
+    rwkv_gemm = (rwkv_gemm_kernel){rwkv_gemm_f32_generic, NULL, 0};
     rwkv_q8_act_from_float = rwkv_quantize_row_q8_act;
     for (int i = 1; i <= level; i++) levels[i].install();
     current = level;

@@ -21,7 +21,8 @@ int rwkv_scratch_reserve(rwkv_model *m, int64_t T) {
     const size_t n_vectors = 3 + 6 + 10; /* x, xx, prev; mix[6]; r k v w a g kk v_first y wkv_out */
     size_t floats = (size_t)T * ((size_t)C * n_vectors + (size_t)F + 2 * (size_t)W);
     const size_t tile_floats = (size_t)rwkv_pool_size(m->pool) * RWKV_TILE_ROWS * RWKV_TILE_K;
-    floats += tile_floats;
+    const size_t panel_floats = (size_t)(T + RWKV_MAX_PANEL) * (size_t)widest;
+    floats += tile_floats + panel_floats;
     size_t bytes = floats * sizeof(float) + (size_t)T * act_bytes + 64;
     float *base = malloc(bytes);
     if (!base) return 0;
@@ -48,6 +49,8 @@ int rwkv_scratch_reserve(rwkv_model *m, int64_t T) {
 #undef CARVE
     s->tiles = p;
     p += tile_floats;
+    s->panels = p;
+    p += panel_floats;
     s->act = p;
     s->capacity = T;
     return 1;

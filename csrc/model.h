@@ -66,6 +66,7 @@ typedef struct {
     void *act;      /* activations converted for the weight type: T x act row */
     float *wkv_out; /* T x C */
     float *tiles;   /* per thread: a dequantized weight tile of sequence mode (not per token) */
+    float *panels;  /* sequence mode: a product's input tokens packed for the kernel (rwkv_gemm.pack) */
 } rwkv_scratch;
 
 struct rwkv_model {

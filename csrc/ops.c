@@ -116,6 +116,7 @@ typedef struct {
     float *y;
     float *tiles;      /* TILE_ROWS x TILE_K floats per thread */
     int64_t chunk_rows; /* rows per chunk of work */
+    int64_t xs, x_k_step; /* how the sequence-mode kernel steps through x: per token (or panel), per k */
 } matmul_task;
 
 static void matvec_chunk(void *p, long chunk, int ith) {
@@ -153,14 +154,34 @@ static void gemm_chunk(void *p, long chunk, int ith) {
             for (int64_t r = 0; r < nr; r++)
                 traits->to_float((const uint8_t *)w->data + (size_t)(r0 + r) * w->row_bytes + offset, tile + r * nk, nk);
         }
-        rwkv_gemm_f32(wt, ws, nr, task->x + k0, w->cols, task->T, nk, task->y + r0, w->rows, k0 > 0);
+        rwkv_gemm.run(wt, ws, nr, task->x + k0 * task->x_k_step, task->xs, task->T, nk, task->y + r0, w->rows, k0 > 0);
     }
+}
+
+typedef struct {
+    const float *x;
+    int64_t T, n;
+    float *packed;
+} pack_task;
+
+static void pack_chunk(void *p, int64_t panel) {
+    const pack_task *task = p;
+    rwkv_gemm.pack(task->x, task->T, task->n, panel, task->packed);
 }
 
 void rwkv_matmul(rwkv_model *m, const rwkv_matrix *w, const float *x, int64_t T, float *y) {
     const rwkv_type_traits *traits = rwkv_traits(w->type);
-    matmul_task task = {w, traits, (const uint8_t *)x, (size_t)w->cols * sizeof(float), x, T, y, m->scratch.tiles, 0};
+    matmul_task task = {w, traits, (const uint8_t *)x, (size_t)w->cols * sizeof(float), x, T, y, m->scratch.tiles, 0,
+                        w->cols, 1};
     if (T > DECODE_MAX_TOKENS) {
+        const int panel = rwkv_gemm.panel;
+        if (panel > 0) { /* packed once here, read by every row tile */
+            pack_task pack = {x, T, w->cols, m->scratch.panels};
+            rwkv_parallel_for(m, (T + panel - 1) / panel, pack_chunk, &pack);
+            task.x = m->scratch.panels;
+            task.xs = w->cols * panel;
+            task.x_k_step = panel;
+        }
         rwkv_pool_run(m->pool, (long)((w->rows + TILE_ROWS - 1) / TILE_ROWS), gemm_chunk, &task);
         return;
     }

@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include "file.h"
+#include "ops.h"
 #include "rwkv.h"
 #include "types.h"
 
@@ -181,5 +182,25 @@ rwkv_status rwkv_matvec(int type_id, const void *w, int64_t rows, int64_t cols, 
     size_t row_bytes = rwkv_row_bytes(type_id, cols);
     for (int64_t r = 0; r < rows; r++) y[r] = t->vec_dot((const uint8_t *)w + (size_t)r * row_bytes, act, cols);
     free(act);
+    return RWKV_OK;
+}
+
+rwkv_status rwkv_matmul_f32(const float *w, int64_t rows, int64_t cols, const float *x, int64_t T, float *y) {
+    rwkv_dispatch_init();
+    if (rows <= 0 || cols <= 0 || T <= 0) return RWKV_ERR_ARGS;
+    const int panel = rwkv_gemm.panel;
+    float *packed = NULL;
+    if (panel > 0) {
+        packed = malloc((size_t)(T + panel) * (size_t)cols * sizeof(float));
+        if (!packed) return RWKV_ERR_ALLOC;
+        for (int64_t p = 0; p * panel < T; p++) rwkv_gemm.pack(x, T, cols, p, packed);
+    }
+    const int64_t xs = panel > 0 ? cols * panel : cols, k_step = panel > 0 ? panel : 1;
+    /* k in blocks of the engine's tile length: the kernels' accumulating calls are tested too */
+    for (int64_t k0 = 0; k0 < cols; k0 += RWKV_TILE_K) {
+        const int64_t nk = cols - k0 < RWKV_TILE_K ? cols - k0 : RWKV_TILE_K;
+        rwkv_gemm.run(w + k0, cols, rows, (packed ? packed : x) + k0 * k_step, xs, T, nk, y, rows, k0 > 0);
+    }
+    free(packed);
     return RWKV_OK;
 }

@@ -100,6 +100,10 @@ rwkv_status rwkv_dequantize_row(int type_id, const void *src, float *dst, int64_
 /* y[rows] = W[rows x cols] x[cols] through the kernels in use (for tests of the kernels). */
 rwkv_status rwkv_matvec(int type_id, const void *w, int64_t rows, int64_t cols, const float *x,
                         float *y);
+/* y[T x rows] = x[T x cols] W^T for FP32 W through sequence mode's micro-GEMM in use, k in blocks
+ * of the engine's tile length (for tests of the kernels). */
+rwkv_status rwkv_matmul_f32(const float *w, int64_t rows, int64_t cols, const float *x, int64_t T,
+                            float *y);
 
 /* Kernel levels: "generic", "avx2", "avx512"... The level in use is the best the CPU supports,
  * unless the environment variable RWKV_KERNELS names a lower one. */

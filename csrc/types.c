@@ -114,7 +114,7 @@ void rwkv_gemm_tiled(rwkv_gemm_tile_fn tile, int rows, int tokens, int k_step, r
     if (nt_tiled < nt) rest(w, ws, nr, x + nt_tiled * xs, xs, nt - nt_tiled, n, y + nt_tiled * ys, ys, accumulate);
 }
 
-rwkv_gemm_f32_fn rwkv_gemm_f32 = rwkv_gemm_f32_generic;
+rwkv_gemm_kernel rwkv_gemm = {rwkv_gemm_f32_generic, NULL, 0};
 rwkv_from_float_fn rwkv_q8_act_from_float = rwkv_quantize_row_q8_act;
 
 /* ---- the table ---------------------------------------------------------------------------- */

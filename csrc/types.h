@@ -52,10 +52,25 @@ typedef void (*rwkv_from_float_fn)(const float *src, void *dst, int64_t n);
 /* Dot product of one weight row of n elements with an activation row in act_type format. */
 typedef float (*rwkv_vec_dot_fn)(const void *row, const void *act, int64_t n);
 /* Sequence mode's micro-GEMM, the same for every weight type (weights are dequantized to FP32 tiles
- * first): y[t * ys + r] (+)= dot(w + r * ws, x + t * xs) over n floats, for nr rows and nt tokens.
- * `accumulate` adds to y instead of overwriting it (the k dimension is processed in blocks). */
+ * first): y[t * ys + r] (+)= sum over k < n of w[r * ws + k] * x_t[k], for nr rows and nt tokens.
+ * `accumulate` adds to y instead of overwriting it (the k dimension is processed in blocks).
+ * Token t's values x_t[k] are x[t * xs + k], or, for a kernel that reads the tokens packed
+ * (rwkv_gemm.panel > 0), x[(t / panel) * xs + k * panel + t % panel]: see rwkv_pack_panel_fn. */
 typedef void (*rwkv_gemm_f32_fn)(const float *w, int64_t ws, int64_t nr, const float *x, int64_t xs, int64_t nt,
                                  int64_t n, float *y, int64_t ys, int accumulate);
+
+/* Lays out panel p of T tokens of n values (rows of x) for a packed-token kernel: tokens
+ * p * panel onwards, k-major, token j of the panel at xp[p * n * panel + k * panel + j], zeros
+ * after the last token. A broadcast-style kernel then reads all the panel's tokens at one k with
+ * contiguous loads. */
+typedef void (*rwkv_pack_panel_fn)(const float *x, int64_t T, int64_t n, int64_t p, float *xp);
+
+typedef struct {
+    rwkv_gemm_f32_fn run;
+    rwkv_pack_panel_fn pack; /* NULL when the kernel reads tokens as rows */
+    int panel;               /* tokens per packed panel; 0 when not packed */
+} rwkv_gemm_kernel;
+#define RWKV_MAX_PANEL 64
 
 typedef struct {
     const char *name;
@@ -78,7 +93,7 @@ void rwkv_gemm_tiled(rwkv_gemm_tile_fn tile, int rows, int tokens, int k_step, r
                      float *y, int64_t ys, int accumulate);
 
 /* The micro-GEMM and the activation quantizer in use (dispatch.c installs the best ones). */
-extern rwkv_gemm_f32_fn rwkv_gemm_f32;
+extern rwkv_gemm_kernel rwkv_gemm;
 extern rwkv_from_float_fn rwkv_q8_act_from_float;
 void rwkv_gemm_f32_generic(const float *w, int64_t ws, int64_t nr, const float *x, int64_t xs, int64_t nt,
                            int64_t n, float *y, int64_t ys, int accumulate);

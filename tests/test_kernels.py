@@ -146,3 +146,19 @@ def test_activation_rounding_is_half_away_from_zero_on_every_level(level, level_
     _core.dequantize_row(TYPE_IDS["Q8_0"], encoded[:size], one)
     expected = one[0] * np.sign(x) * np.floor(np.abs(x.astype(np.float64)) + 0.5)
     assert np.allclose(y, expected, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize("rows,cols,tokens", [(48, 1024, 128), (7, 96, 13), (50, 2080, 25), (1, 40, 4),
+                                              (9, 8, 47), (64, 3000, 130)])
+def test_sequence_gemm_matches_float_math(level, rows, cols, tokens, level_guard):
+    """Sequence mode's micro-GEMM on odd row, token and k counts (edges of its register tiles, of
+    its token panels and of the engine's k-blocks), against numpy in float64."""
+    rng = np.random.default_rng(rows * 7 + cols * 3 + tokens)
+    w = rng.standard_normal((rows, cols)).astype(np.float32)
+    x = rng.standard_normal((tokens, cols)).astype(np.float32)
+    _core.set_kernel_level(level)
+    y = np.full((tokens, rows), np.nan, np.float32)
+    _core.matmul_f32(w, x, y)
+    expected = x.astype(np.float64) @ w.astype(np.float64).T
+    assert np.allclose(y, expected, rtol=1e-4, atol=1e-4 * np.sqrt(cols))

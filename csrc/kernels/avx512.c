@@ -130,16 +130,13 @@ static void gemm_tile(const float *w, int64_t ws, const float *x, int64_t xs, in
         }
 }
 
-static rwkv_gemm_f32_fn gemm_f32_avx2; /* the level below, for sizes the tile does not cover */
-
 static void gemm_f32(const float *w, int64_t ws, int64_t nr, const float *x, int64_t xs, int64_t nt, int64_t n,
                      float *y, int64_t ys, int accumulate) {
-    rwkv_gemm_tiled(gemm_tile, GEMM_ROWS, GEMM_TOKENS, 16, gemm_f32_avx2, w, ws, nr, x, xs, nt, n, y, ys, accumulate);
+    rwkv_gemm_tiled(gemm_tile, GEMM_ROWS, GEMM_TOKENS, 16, rwkv_gemm_f32_generic, w, ws, nr, x, xs, nt, n, y, ys, accumulate);
 }
 
 void rwkv_install_avx512(void) {
-    gemm_f32_avx2 = rwkv_gemm_f32;
-    rwkv_gemm_f32 = gemm_f32;
+    rwkv_gemm = (rwkv_gemm_kernel){gemm_f32, NULL, 0};
     rwkv_traits_mut(RWKV_TYPE_FP32)->vec_dot = fp32_dot;
     rwkv_traits_mut(RWKV_TYPE_FP16)->vec_dot = fp16_dot;
     rwkv_traits_mut(RWKV_TYPE_Q4_0)->vec_dot = q4_0_dot;

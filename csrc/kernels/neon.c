@@ -188,7 +188,7 @@ static void gemm_f32(const float *w, int64_t ws, int64_t nr, const float *x, int
 }
 
 void rwkv_install_neon(void) {
-    rwkv_gemm_f32 = gemm_f32;
+    rwkv_gemm = (rwkv_gemm_kernel){gemm_f32, NULL, 0};
     rwkv_q8_act_from_float = q8_act_from_float;
     rwkv_traits_mut(RWKV_TYPE_FP32)->vec_dot = fp32_dot;
     rwkv_traits_mut(RWKV_TYPE_FP16)->vec_dot = fp16_dot;

@@ -51,6 +51,44 @@ static inline __m256 load_halfs8(const uint16_t *h, size_t stride) {
                                           (short)h[7 * stride]));
 }
 
+/* Eight rows of eight floats transposed in registers: afterwards v[i] holds element i of each row. */
+static inline void transpose8(__m256 v[8]) {
+    __m256 t[8], s[8];
+    for (int i = 0; i < 8; i += 2) {
+        t[i] = _mm256_unpacklo_ps(v[i], v[i + 1]);
+        t[i + 1] = _mm256_unpackhi_ps(v[i], v[i + 1]);
+    }
+    for (int i = 0; i < 8; i += 4) {
+        s[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+        s[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xee);
+        s[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+        s[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xee);
+    }
+    for (int i = 0; i < 4; i++) {
+        v[i] = _mm256_permute2f128_ps(s[i], s[i + 4], 0x20);
+        v[i + 4] = _mm256_permute2f128_ps(s[i], s[i + 4], 0x31);
+    }
+}
+
+/* rwkv_pack_panel_fn for a panel of `panel` tokens (a multiple of 8): eight tokens by eight values
+ * at a time through a register transpose. */
+static inline void pack_panel(const float *x, int64_t T, int64_t n, int panel, int64_t p, float *xp) {
+    xp += p * n * panel;
+    for (int g = 0; g < panel; g += 8) {
+        const int64_t t0 = p * panel + g;
+        const int tokens = T - t0 >= 8 ? 8 : T - t0 > 0 ? (int)(T - t0) : 0;
+        int64_t k = 0;
+        for (; k + 8 <= n; k += 8) {
+            __m256 v[8];
+            for (int i = 0; i < 8; i++) v[i] = i < tokens ? _mm256_loadu_ps(x + (t0 + i) * n + k) : _mm256_setzero_ps();
+            transpose8(v);
+            for (int i = 0; i < 8; i++) _mm256_storeu_ps(xp + (k + i) * panel + g, v[i]);
+        }
+        for (; k < n; k++)
+            for (int i = 0; i < 8; i++) xp[k * panel + g + i] = i < tokens ? x[(t0 + i) * n + k] : 0.0f;
+    }
+}
+
 static inline __m256 lane(__m256 v, int j) { return _mm256_permutevar8x32_ps(v, _mm256_set1_epi32(j)); }
 
 /* The integer part of one block's dot product: 8 int32 partial sums of weight values times the

@@ -34,6 +34,8 @@ cdef extern from "rwkv.h":
     const char *rwkv_type_name(int type_id)
     rwkv_status rwkv_quantize_row(int type_id, const float *src, void *dst, int64_t n) nogil
     rwkv_status rwkv_dequantize_row(int type_id, const void *src, float *dst, int64_t n) nogil
+    rwkv_status rwkv_matmul_f32(const float *w, int64_t rows, int64_t cols, const float *x, int64_t T,
+                                float *y) nogil
     rwkv_status rwkv_matvec(int type_id, const void *w, int64_t rows, int64_t cols, const float *x,
                             float *y) nogil
     const char *rwkv_kernel_level()
@@ -229,6 +231,15 @@ def matvec(int type_id, const uint8_t[::1] w not None, int64_t rows, const float
         raise ArgumentError("matvec: buffer sizes do not match")
     with nogil:
         rwkv_matvec(type_id, &w[0], rows, cols, &x[0], &y[0])
+
+
+def matmul_f32(const float[:, ::1] w not None, const float[:, ::1] x not None, float[:, ::1] y not None):
+    """y = x W^T with sequence mode's micro-GEMM in use; W is rows x cols, x is T x cols."""
+    cdef int64_t rows = w.shape[0], cols = w.shape[1], T = x.shape[0]
+    if x.shape[1] != cols or y.shape[0] != T or y.shape[1] != rows or rows * cols * T == 0:
+        raise ArgumentError("matmul_f32: shapes do not match or are empty")
+    with nogil:
+        rwkv_matmul_f32(&w[0, 0], rows, cols, &x[0, 0], T, &y[0, 0])
 
 
 def kernel_level():

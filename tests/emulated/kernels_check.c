@@ -106,7 +106,15 @@ static int check_gemm(void) {
         for (int accumulate = 0; accumulate <= 1; accumulate++) {
             for (int64_t i = 0; i < nr * nt; i++) want[i] = got[i] = (float)i;
             rwkv_gemm_f32_generic(w, n, nr, x, n, nt, n, want, nr, accumulate);
-            rwkv_gemm_f32(w, n, nr, x, n, nt, n, got, nr, accumulate);
+            if (rwkv_gemm.panel > 0) {
+                const int p = rwkv_gemm.panel;
+                float *packed = malloc((size_t)((nt + p) * n) * 4);
+                for (int64_t i = 0; i * p < nt; i++) rwkv_gemm.pack(x, nt, n, i, packed);
+                rwkv_gemm.run(w, n, nr, packed, n * p, nt, n, got, nr, accumulate);
+                free(packed);
+            } else {
+                rwkv_gemm.run(w, n, nr, x, n, nt, n, got, nr, accumulate);
+            }
             float worst = 0.0f;
             for (int64_t i = 0; i < nr * nt; i++) worst = fmaxf(worst, fabsf(got[i] - want[i]) / (1.0f + fabsf(want[i])));
             const int ok = worst <= 1e-5f;
