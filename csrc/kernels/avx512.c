@@ -104,39 +104,63 @@ static float q8_0_dot(const void *row, const void *act, int64_t n) {
            sum_offsets(&x->d, sizeof(block_q8_0) / 2, -128.0f, act, n);
 }
 
-/* ---- sequence mode: FP32 micro-GEMM ------------------------------------------------------------ */
+/* ---- sequence mode: FP32 micro-GEMM on packed tokens ------------------------------------------------ */
 
-/* 4 weight rows x 6 tokens: 24 accumulators, 4 weight registers and one for the token, of 32. */
-#define GEMM_ROWS 4
-#define GEMM_TOKENS 6
+/* The AVX2 level's scheme at 16 lanes with 32 registers: 8 weight rows x 48 tokens (3 vectors),
+ * 24 accumulators; per k 3 loads and 8 broadcasts for 24 FMAs, no horizontal sums. */
+enum { PANEL = 48, ROWS = 8 };
 
-static void gemm_tile(const float *w, int64_t ws, const float *x, int64_t xs, int64_t n, float *y, int64_t ys,
-                      int accumulate) {
-    __m512 acc[GEMM_ROWS][GEMM_TOKENS];
-    for (int r = 0; r < GEMM_ROWS; r++)
-        for (int t = 0; t < GEMM_TOKENS; t++) acc[r][t] = _mm512_setzero_ps();
-    for (int64_t k = 0; k < n; k += 16) {
-        __m512 wr[GEMM_ROWS];
-        for (int r = 0; r < GEMM_ROWS; r++) wr[r] = _mm512_loadu_ps(w + r * ws + k);
-        for (int t = 0; t < GEMM_TOKENS; t++) {
-            const __m512 xt = _mm512_loadu_ps(x + t * xs + k);
-            for (int r = 0; r < GEMM_ROWS; r++) acc[r][t] = _mm512_fmadd_ps(wr[r], xt, acc[r][t]);
+static inline __attribute__((always_inline)) void panel_tile(const float *w, int64_t ws, int rows, const float *xp,
+                                                             int vecs, int64_t n, float *y, int64_t ys, int tokens,
+                                                             int accumulate) {
+    __m512 acc[ROWS][3];
+    for (int r = 0; r < rows; r++)
+        for (int v = 0; v < vecs; v++) acc[r][v] = _mm512_setzero_ps();
+    for (int64_t k = 0; k < n; k++) {
+        __m512 xv[3];
+        for (int v = 0; v < vecs; v++) xv[v] = _mm512_loadu_ps(xp + k * PANEL + 16 * v);
+        for (int r = 0; r < rows; r++) {
+            const __m512 wr = _mm512_set1_ps(w[r * ws + k]);
+            for (int v = 0; v < vecs; v++) acc[r][v] = _mm512_fmadd_ps(wr, xv[v], acc[r][v]);
         }
     }
-    for (int t = 0; t < GEMM_TOKENS; t++)
-        for (int r = 0; r < GEMM_ROWS; r++) {
-            const float d = _mm512_reduce_add_ps(acc[r][t]);
-            y[t * ys + r] = accumulate ? y[t * ys + r] + d : d;
-        }
+    float out[ROWS][PANEL];
+    for (int r = 0; r < rows; r++)
+        for (int v = 0; v < vecs; v++) _mm512_storeu_ps(out[r] + 16 * v, acc[r][v]);
+    for (int t = 0; t < tokens; t++)
+        for (int r = 0; r < rows; r++) y[t * ys + r] = accumulate ? y[t * ys + r] + out[r][t] : out[r][t];
 }
 
-static void gemm_f32(const float *w, int64_t ws, int64_t nr, const float *x, int64_t xs, int64_t nt, int64_t n,
-                     float *y, int64_t ys, int accumulate) {
-    rwkv_gemm_tiled(gemm_tile, GEMM_ROWS, GEMM_TOKENS, 16, rwkv_gemm_f32_generic, w, ws, nr, x, xs, nt, n, y, ys, accumulate);
+static void pack_tokens(const float *x, int64_t T, int64_t n, int64_t p, float *xp) {
+    pack_panel(x, T, n, PANEL, p, xp);
+}
+
+static void gemm_panels(const float *w, int64_t ws, int64_t nr, const float *x, int64_t xs, int64_t nt, int64_t n,
+                        float *y, int64_t ys, int accumulate) {
+    for (int64_t r = 0; r < nr;) {
+        const int rows = nr - r >= ROWS ? ROWS : 1;
+        for (int64_t t = 0; t < nt; t += PANEL) {
+            const int tokens = nt - t < PANEL ? (int)(nt - t) : PANEL;
+            const float *xp = x + t / PANEL * xs;
+            float *yt = y + t * ys + r;
+#define TILE(R, V) panel_tile(w + r * ws, ws, R, xp, V, n, yt, ys, tokens, accumulate)
+            if (rows == ROWS) {
+                if (tokens > 32) TILE(ROWS, 3);
+                else if (tokens > 16) TILE(ROWS, 2);
+                else TILE(ROWS, 1);
+            } else {
+                if (tokens > 32) TILE(1, 3);
+                else if (tokens > 16) TILE(1, 2);
+                else TILE(1, 1);
+            }
+#undef TILE
+        }
+        r += rows;
+    }
 }
 
 void rwkv_install_avx512(void) {
-    rwkv_gemm = (rwkv_gemm_kernel){gemm_f32, NULL, 0};
+    rwkv_gemm = (rwkv_gemm_kernel){gemm_panels, pack_tokens, PANEL};
     rwkv_traits_mut(RWKV_TYPE_FP32)->vec_dot = fp32_dot;
     rwkv_traits_mut(RWKV_TYPE_FP16)->vec_dot = fp16_dot;
     rwkv_traits_mut(RWKV_TYPE_Q4_0)->vec_dot = q4_0_dot;
