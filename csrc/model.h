@@ -61,8 +61,7 @@ typedef struct {
     float *mix[6];  /* mixed inputs: r, w, k, v, a, g; T x C each */
     float *r, *k, *v, *w, *a, *g, *kk, *v_first, *y; /* T x C each */
     float *ffn;     /* T x n_ffn */
-    float *lora;    /* T x lora_width */
-    float *lora2;   /* T x lora_width */
+    float *lora[4]; /* T x lora_width each: low-rank hidden layers */
     void *act;      /* activations converted for the weight type: T x act row */
     float *wkv_out; /* T x C */
     float *tiles;   /* per thread: a dequantized weight tile of sequence mode (not per token) */

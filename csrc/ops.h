@@ -43,6 +43,17 @@ void rwkv_sub(float *a, const float *b, int64_t n);
 /* y (T x rows) = x (T x cols) W^T through the type's kernels, on the model's threads. */
 void rwkv_matmul(rwkv_model *m, const rwkv_matrix *w, const float *x, int64_t T, float *y);
 
+/* Several independent products of one step. Decoding runs them in one parallel pass, so the
+ * threads meet once instead of once per product and small products run beside large ones. */
+typedef struct {
+    const rwkv_matrix *w;
+    const float *x;
+    float *y;
+} rwkv_product;
+#define RWKV_MAX_PRODUCTS 8
+#define RWKV_DECODE_MAX_TOKENS 3 /* up to this many tokens a product is matrix-vector, row by row */
+void rwkv_matmuls(rwkv_model *m, const rwkv_product *products, int n, int64_t T);
+
 /* Runs fn(ctx, item) for items [0, n) split across the model's threads. */
 typedef void (*rwkv_item_fn)(void *ctx, int64_t item);
 void rwkv_parallel_for(rwkv_model *m, int64_t n, rwkv_item_fn fn, void *ctx);

@@ -19,7 +19,9 @@ void rwkv_channel_mix(rwkv_model *m, const rwkv_layer *L, float *state_x, int64_
         rwkv_lerp(xr, s->xx, s->prev, L->ffn_mix_r, T, C);
     }
 
-    rwkv_matmul(m, &L->ffn_key, xk, T, s->ffn);
+    /* before v7 the gate's product is independent of the key's: one pass for both */
+    const rwkv_product products[2] = {{&L->ffn_key, xk, s->ffn}, {&L->ffn_receptance, xr, s->r}};
+    rwkv_matmuls(m, products, arch == RWKV_ARCH_V7 ? 1 : 2, T);
     float *ffn = s->ffn; /* a local pointer: through s, every store might move s->ffn */
     for (int64_t i = 0; i < T * F; i++) ffn[i] = ffn[i] > 0.0f ? ffn[i] * ffn[i] : 0.0f;
     rwkv_matmul(m, &L->ffn_value, s->ffn, T, s->y);
@@ -27,6 +29,5 @@ void rwkv_channel_mix(rwkv_model *m, const rwkv_layer *L, float *state_x, int64_
         rwkv_add(s->x, s->y, T * C);
         return;
     }
-    rwkv_matmul(m, &L->ffn_receptance, xr, T, s->r);
     for (int64_t i = 0; i < T * C; i++) s->x[i] += rwkv_sigmoid(s->r[i]) * s->y[i];
 }

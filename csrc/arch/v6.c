@@ -17,25 +17,25 @@ void rwkv_time_mix_v6(rwkv_model *m, const rwkv_layer *L, float *state, int64_t 
 
     /* five data-dependent mixes from one shared projection: w, k, v, r, g in that order */
     rwkv_maa(s->mix[4], s->xx, sx, L->maa_x, NULL, T, C);
-    rwkv_matmul(m, &L->maa_w1, s->mix[4], T, s->lora);
-    for (int64_t i = 0; i < T * 5 * D; i++) s->lora[i] = tanhf(s->lora[i]);
+    rwkv_matmul(m, &L->maa_w1, s->mix[4], T, s->lora[0]);
+    for (int64_t i = 0; i < T * 5 * D; i++) s->lora[0][i] = tanhf(s->lora[0][i]);
     const float *base[5] = {L->maa_w, L->maa_k, L->maa_v, L->maa_r, L->maa_g};
     float *target[5] = {s->mix[1], s->mix[2], s->mix[3], s->mix[0], s->mix[5]};
     for (int j = 0; j < 5; j++) {
         for (int64_t t = 0; t < T; t++)
-            memcpy(s->lora2 + t * D, s->lora + t * 5 * D + j * D, (size_t)D * sizeof(float));
-        rwkv_matmul(m, &L->maa_w2[j], s->lora2, T, s->wkv_out);
+            memcpy(s->lora[1] + t * D, s->lora[0] + t * 5 * D + j * D, (size_t)D * sizeof(float));
+        rwkv_matmul(m, &L->maa_w2[j], s->lora[1], T, s->wkv_out);
         rwkv_maa(target[j], s->xx, sx, base[j], s->wkv_out, T, C);
     }
 
-    rwkv_matmul(m, &L->receptance, s->mix[0], T, s->r);
-    rwkv_matmul(m, &L->key, s->mix[2], T, s->k);
-    rwkv_matmul(m, &L->value, s->mix[3], T, s->v);
-    rwkv_matmul(m, &L->gate, s->mix[5], T, s->g);
-
-    rwkv_matmul(m, &L->decay_w1, s->mix[1], T, s->lora);
-    for (int64_t i = 0; i < T * L->decay_w1.rows; i++) s->lora[i] = tanhf(s->lora[i]);
-    rwkv_matmul(m, &L->decay_w2, s->lora, T, s->w);
+    const rwkv_product products[5] = {{&L->receptance, s->mix[0], s->r},
+                                      {&L->key, s->mix[2], s->k},
+                                      {&L->value, s->mix[3], s->v},
+                                      {&L->gate, s->mix[5], s->g},
+                                      {&L->decay_w1, s->mix[1], s->lora[0]}};
+    rwkv_matmuls(m, products, 5, T);
+    for (int64_t i = 0; i < T * L->decay_w1.rows; i++) s->lora[0][i] = tanhf(s->lora[0][i]);
+    rwkv_matmul(m, &L->decay_w2, s->lora[0], T, s->w);
     for (int64_t t = 0; t < T; t++)
         for (int64_t i = 0; i < C; i++) s->w[t * C + i] = expf(-expf(L->decay[i] + s->w[t * C + i]));
 

@@ -36,18 +36,6 @@ RWKV_SIMD_CLONES static void wkv7_head(void *p, int64_t h) {
     }
 }
 
-/* y = up(act(down(x))): a low-rank projection through the lora scratch */
-static void lora(rwkv_model *m, const rwkv_matrix *down, const rwkv_matrix *up, const float *x, int64_t T,
-                 float (*act)(float), float *y) {
-    float *h = m->scratch.lora;
-    rwkv_matmul(m, down, x, T, h);
-    if (act)
-        for (int64_t i = 0; i < T * down->rows; i++) h[i] = act(h[i]);
-    rwkv_matmul(m, up, h, T, y);
-}
-
-static float tanh_act(float x) { return tanhf(x); }
-
 /* state: att previous-x (C), then the H x N x N wkv matrices */
 void rwkv_time_mix_v7(rwkv_model *m, const rwkv_layer *L, int layer, float *state, int64_t T) {
     rwkv_scratch *s = &m->scratch;
@@ -59,12 +47,19 @@ void rwkv_time_mix_v7(rwkv_model *m, const rwkv_layer *L, int layer, float *stat
     rwkv_sub(sx, s->xx, T * C);
     for (int j = 0; j < 6; j++) rwkv_maa(s->mix[j], s->xx, sx, L->x_rwkvag + j * C, NULL, T, C);
 
-    rwkv_matmul(m, &L->receptance, s->mix[0], T, s->r);
-    lora(m, &L->w1, &L->w2, s->mix[1], T, tanh_act, s->w);
-    rwkv_matmul(m, &L->key, s->mix[2], T, s->k);
-    rwkv_matmul(m, &L->value, s->mix[3], T, s->v);
-    lora(m, &L->a1, &L->a2, s->mix[4], T, NULL, s->a);
-    lora(m, &L->g1, &L->g2, s->mix[5], T, rwkv_sigmoid, s->g);
+    /* The projections and the low-rank networks' first halves, then their second halves: two
+     * passes. The value residual's network (every layer but the first) goes along. */
+    const int value_lora = layer > 0;
+    float **h = s->lora;
+    const rwkv_product down[7] = {{&L->receptance, s->mix[0], s->r}, {&L->key, s->mix[2], s->k},
+                                  {&L->value, s->mix[3], s->v},      {&L->w1, s->mix[1], h[0]},
+                                  {&L->a1, s->mix[4], h[1]},         {&L->g1, s->mix[5], h[2]},
+                                  {&L->v1, s->mix[3], h[3]}};
+    rwkv_matmuls(m, down, 6 + value_lora, T);
+    for (int64_t i = 0; i < T * L->w1.rows; i++) h[0][i] = tanhf(h[0][i]);
+    for (int64_t i = 0; i < T * L->g1.rows; i++) h[2][i] = rwkv_sigmoid(h[2][i]);
+    const rwkv_product up[4] = {{&L->w2, h[0], s->w}, {&L->a2, h[1], s->a}, {&L->g2, h[2], s->g}, {&L->v2, h[3], s->wkv_out}};
+    rwkv_matmuls(m, up, 3 + value_lora, T);
 
     float *a = s->a, *k = s->k, *kk = s->kk, *w = s->w; /* locals: stores through s could alias s's fields */
     for (int64_t t = 0; t < T; t++)
@@ -85,7 +80,6 @@ void rwkv_time_mix_v7(rwkv_model *m, const rwkv_layer *L, int layer, float *stat
     if (layer == 0) {
         memcpy(s->v_first, s->v, (size_t)(T * C) * sizeof(float));
     } else {
-        lora(m, &L->v1, &L->v2, s->mix[3], T, NULL, s->wkv_out);
         for (int64_t t = 0; t < T; t++)
             for (int64_t i = 0; i < C; i++) {
                 const int64_t j = t * C + i;
