@@ -135,32 +135,13 @@ static void pack_tokens(const float *x, int64_t T, int64_t n, int64_t p, float *
     pack_panel(x, T, n, PANEL, p, xp);
 }
 
-static void gemm_panels(const float *w, int64_t ws, int64_t nr, const float *x, int64_t xs, int64_t nt, int64_t n,
-                        float *y, int64_t ys, int accumulate) {
-    for (int64_t r = 0; r < nr;) {
-        const int rows = nr - r >= ROWS ? ROWS : 1;
-        for (int64_t t = 0; t < nt; t += PANEL) {
-            const int tokens = nt - t < PANEL ? (int)(nt - t) : PANEL;
-            const float *xp = x + t / PANEL * xs;
-            float *yt = y + t * ys + r;
-#define TILE(R, V) panel_tile(w + r * ws, ws, R, xp, V, n, yt, ys, tokens, accumulate)
-            if (rows == ROWS) {
-                if (tokens > 32) TILE(ROWS, 3);
-                else if (tokens > 16) TILE(ROWS, 2);
-                else TILE(ROWS, 1);
-            } else {
-                if (tokens > 32) TILE(1, 3);
-                else if (tokens > 16) TILE(1, 2);
-                else TILE(1, 1);
-            }
-#undef TILE
-        }
-        r += rows;
-    }
+static void gemm_f32(const float *w, int64_t ws, int64_t nr, const float *x, int64_t xs, int64_t nt, int64_t n,
+                     float *y, int64_t ys, int accumulate) {
+    gemm_panels(panel_tile, ROWS, PANEL, 16, w, ws, nr, x, xs, nt, n, y, ys, accumulate);
 }
 
 void rwkv_install_avx512(void) {
-    rwkv_gemm = (rwkv_gemm_kernel){gemm_panels, pack_tokens, PANEL};
+    rwkv_gemm = (rwkv_gemm_kernel){gemm_f32, pack_tokens, PANEL};
     rwkv_traits_mut(RWKV_TYPE_FP32)->vec_dot = fp32_dot;
     rwkv_traits_mut(RWKV_TYPE_FP16)->vec_dot = fp16_dot;
     rwkv_traits_mut(RWKV_TYPE_Q4_0)->vec_dot = q4_0_dot;

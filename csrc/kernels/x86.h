@@ -89,6 +89,40 @@ static inline void pack_panel(const float *x, int64_t T, int64_t n, int panel, i
     }
 }
 
+/* One register tile of a packed-token micro-GEMM: `rows` weight rows times the first `vecs` vectors
+ * of a panel's tokens, adding to or overwriting y for the panel's first `tokens` tokens. */
+typedef void (*panel_tile_fn)(const float *w, int64_t ws, int rows, const float *xp, int vecs, int64_t n, float *y,
+                              int64_t ys, int tokens, int accumulate);
+
+/* rwkv_gemm_f32_fn from tiles of up to `rows` rows x 3 vectors of `lanes` tokens (a `panel`): rows
+ * in groups (the last ones one by one), each group against every panel while its weights stay in
+ * L1. The tile is called with constant shapes so that each shape compiles into its own loop. */
+static inline __attribute__((always_inline)) void gemm_panels(panel_tile_fn tile, int rows, int panel, int lanes,
+                                                              const float *w, int64_t ws, int64_t nr, const float *x,
+                                                              int64_t xs, int64_t nt, int64_t n, float *y, int64_t ys,
+                                                              int accumulate) {
+    for (int64_t r = 0; r < nr;) {
+        const int group = nr - r >= rows ? rows : 1;
+        for (int64_t t = 0; t < nt; t += panel) {
+            const int tokens = nt - t < panel ? (int)(nt - t) : panel, vecs = (tokens + lanes - 1) / lanes;
+            const float *xp = x + t / panel * xs;
+            float *yt = y + t * ys + r;
+#define TILE(R, V) tile(w + r * ws, ws, R, xp, V, n, yt, ys, tokens, accumulate)
+            if (group == rows) {
+                if (vecs == 3) TILE(rows, 3);
+                else if (vecs == 2) TILE(rows, 2);
+                else TILE(rows, 1);
+            } else {
+                if (vecs == 3) TILE(1, 3);
+                else if (vecs == 2) TILE(1, 2);
+                else TILE(1, 1);
+            }
+#undef TILE
+        }
+        r += group;
+    }
+}
+
 static inline __m256 lane(__m256 v, int j) { return _mm256_permutevar8x32_ps(v, _mm256_set1_epi32(j)); }
 
 /* The integer part of one block's dot product: 8 int32 partial sums of weight values times the
