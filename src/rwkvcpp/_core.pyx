@@ -229,8 +229,11 @@ def matvec(int type_id, const uint8_t[::1] w not None, int64_t rows, const float
     if rwkv_type_row_size(type_id, cols) == 0 or <size_t>w.shape[0] < rwkv_type_row_size(type_id, cols) * rows \
             or y.shape[0] < rows:
         raise ArgumentError("matvec: buffer sizes do not match")
+    cdef rwkv_status status
     with nogil:
-        rwkv_matvec(type_id, &w[0], rows, cols, &x[0], &y[0])
+        status = rwkv_matvec(type_id, &w[0], rows, cols, &x[0], &y[0])
+    if status != RWKV_OK:
+        raise_status(status, b"", "matvec failed")
 
 
 def matmul_f32(const float[:, ::1] w not None, const float[:, ::1] x not None, float[:, ::1] y not None):
@@ -238,8 +241,11 @@ def matmul_f32(const float[:, ::1] w not None, const float[:, ::1] x not None, f
     cdef int64_t rows = w.shape[0], cols = w.shape[1], T = x.shape[0]
     if x.shape[1] != cols or y.shape[0] != T or y.shape[1] != rows or rows * cols * T == 0:
         raise ArgumentError("matmul_f32: shapes do not match or are empty")
+    cdef rwkv_status status
     with nogil:
-        rwkv_matmul_f32(&w[0, 0], rows, cols, &x[0, 0], T, &y[0, 0])
+        status = rwkv_matmul_f32(&w[0, 0], rows, cols, &x[0, 0], T, &y[0, 0])
+    if status != RWKV_OK:
+        raise_status(status, b"", "matmul_f32 failed")
 
 
 def kernel_level():
