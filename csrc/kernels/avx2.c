@@ -155,8 +155,7 @@ static inline __attribute__((always_inline)) void panel_tile(const float *w, int
     float out[4][PANEL];
     for (int r = 0; r < rows; r++)
         for (int v = 0; v < vecs; v++) _mm256_storeu_ps(out[r] + 8 * v, acc[r][v]);
-    for (int t = 0; t < tokens; t++)
-        for (int r = 0; r < rows; r++) y[t * ys + r] = accumulate ? y[t * ys + r] + out[r][t] : out[r][t];
+    store_tile(out[0], PANEL, rows, tokens, y, ys, accumulate);
 }
 
 static void pack_tokens(const float *x, int64_t T, int64_t n, int64_t p, float *xp) {

@@ -89,6 +89,17 @@ static inline void pack_panel(const float *x, int64_t T, int64_t n, int panel, i
     }
 }
 
+/* A micro-GEMM tile's results, out[r * out_stride + t] for `rows` rows and `tokens` tokens, into y
+ * as token-major rows (y[t * ys + r]), added to it or overwriting it. */
+static inline void store_tile(const float *out, int out_stride, int rows, int tokens, float *y, int64_t ys,
+                              int accumulate) {
+    for (int t = 0; t < tokens; t++)
+        for (int r = 0; r < rows; r++) {
+            const float d = out[r * out_stride + t];
+            y[t * ys + r] = accumulate ? y[t * ys + r] + d : d;
+        }
+}
+
 /* One register tile of a packed-token micro-GEMM: `rows` weight rows times the first `vecs` vectors
  * of a panel's tokens, adding to or overwriting y for the panel's first `tokens` tokens. */
 typedef void (*panel_tile_fn)(const float *w, int64_t ws, int rows, const float *xp, int vecs, int64_t n, float *y,
