@@ -20,7 +20,7 @@ int rwkv_scratch_reserve(rwkv_model *m, int64_t T) {
     const size_t act_bytes = (size_t)((widest + RWKV_QK - 1) / RWKV_QK) * RWKV_ACT_Q8_BLOCK_BYTES;
     const size_t n_vectors = 3 + 6 + 10; /* x, xx, prev; mix[6]; r k v w a g kk v_first y wkv_out */
     size_t floats = (size_t)T * ((size_t)C * n_vectors + (size_t)F + 4 * (size_t)W);
-    const size_t tile_floats = (size_t)rwkv_pool_size(m->pool) * RWKV_TILE_ROWS * RWKV_TILE_K;
+    const size_t tile_floats = (size_t)rwkv_pool_size(m->pool) * RWKV_TILE_ROWS * RWKV_TILE_STRIDE;
     const size_t panel_floats = (size_t)(T + RWKV_MAX_PANEL) * (size_t)widest;
     floats += tile_floats + panel_floats;
     /* decoding converts the activations of up to RWKV_MAX_PRODUCTS products at once */

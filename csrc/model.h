@@ -86,7 +86,7 @@ struct rwkv_model {
 };
 
 /* Sequence chunk: long prompts are evaluated in pieces of this many tokens to bound scratch. */
-#define RWKV_CHUNK 128
+#define RWKV_CHUNK 256
 
 int rwkv_scratch_reserve(rwkv_model *model, int64_t n_tokens);
 void rwkv_scratch_free(rwkv_scratch *s);

@@ -108,7 +108,7 @@ typedef struct {
     const float *x;
     int64_t T;
     float *y;
-    float *tiles;         /* TILE_ROWS x TILE_K floats per thread */
+    float *tiles;         /* TILE_ROWS rows of RWKV_TILE_STRIDE floats per thread */
     int64_t xs, x_k_step; /* how the sequence-mode kernel steps through x: per token (or panel), per k */
 } matmul_task;
 
@@ -168,20 +168,20 @@ static void gemm_chunk(void *p, long chunk, int ith) {
     const matmul_task *task = p;
     const rwkv_matrix *w = task->w;
     const rwkv_type_traits *traits = task->traits;
-    float *tile = task->tiles + (size_t)ith * TILE_ROWS * TILE_K;
+    float *tile = task->tiles + (size_t)ith * TILE_ROWS * RWKV_TILE_STRIDE;
     const int64_t r0 = chunk * TILE_ROWS;
     const int64_t nr = w->rows - r0 < TILE_ROWS ? w->rows - r0 : TILE_ROWS;
     for (int64_t k0 = 0; k0 < w->cols; k0 += TILE_K) {
         const int64_t nk = w->cols - k0 < TILE_K ? w->cols - k0 : TILE_K;
         const float *wt = tile;
-        int64_t ws = nk;
+        int64_t ws = RWKV_TILE_STRIDE;
         if (w->type == RWKV_TYPE_FP32) { /* already floats: use the rows in place */
             wt = (const float *)w->data + r0 * w->cols + k0;
             ws = w->cols;
         } else {
             const size_t offset = rwkv_row_bytes(w->type, k0);
             for (int64_t r = 0; r < nr; r++)
-                traits->to_float((const uint8_t *)w->data + (size_t)(r0 + r) * w->row_bytes + offset, tile + r * nk, nk);
+                traits->to_float((const uint8_t *)w->data + (size_t)(r0 + r) * w->row_bytes + offset, tile + r * ws, nk);
         }
         rwkv_gemm.run(wt, ws, nr, task->x + k0 * task->x_k_step, task->xs, task->T, nk, task->y + r0, w->rows, k0 > 0);
     }

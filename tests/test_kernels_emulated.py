@@ -44,7 +44,7 @@ def _run(cmd, timeout=300):
     return run.stdout
 
 
-KERNEL_CHECKS = 7 * 4 + 1 + 8  # every format and size, the activation quantizer, every GEMM shape
+KERNEL_CHECKS = 7 * 4 + 1 + 10  # every format and size, the activation quantizer, every GEMM shape (x2)
 
 
 @pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="AVX-512 is x86-64 code")

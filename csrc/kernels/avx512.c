@@ -107,13 +107,14 @@ static float q8_0_dot(const void *row, const void *act, int64_t n) {
 /* ---- sequence mode: FP32 micro-GEMM on packed tokens ------------------------------------------------ */
 
 /* The AVX2 level's scheme at 16 lanes with 32 registers: 8 weight rows x 48 tokens (3 vectors),
- * 24 accumulators; per k 3 loads and 8 broadcasts for 24 FMAs, no horizontal sums. */
+ * 24 accumulators; per k 3 loads and 8 broadcasts for 24 FMAs, no horizontal sums. Partial panels
+ * take 12 rows x 2 vectors or 24 rows x 1. */
 enum { PANEL = 48, ROWS = 8 };
 
 static inline __attribute__((always_inline)) void panel_tile(const float *w, int64_t ws, int rows, const float *xp,
                                                              int vecs, int64_t n, float *y, int64_t ys, int tokens,
                                                              int accumulate) {
-    __m512 acc[ROWS][3];
+    __m512 acc[3 * ROWS][3];
     for (int r = 0; r < rows; r++)
         for (int v = 0; v < vecs; v++) acc[r][v] = _mm512_setzero_ps();
     for (int64_t k = 0; k < n; k++) {
@@ -124,7 +125,7 @@ static inline __attribute__((always_inline)) void panel_tile(const float *w, int
             for (int v = 0; v < vecs; v++) acc[r][v] = _mm512_fmadd_ps(wr, xv[v], acc[r][v]);
         }
     }
-    float out[ROWS][PANEL];
+    float out[3 * ROWS][PANEL];
     for (int r = 0; r < rows; r++)
         for (int v = 0; v < vecs; v++) _mm512_storeu_ps(out[r] + 16 * v, acc[r][v]);
     store_tile(out[0], PANEL, rows, tokens, y, ys, accumulate);

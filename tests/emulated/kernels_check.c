@@ -95,7 +95,7 @@ static int check_activations(void) {
 }
 
 static int check_gemm(void) {
-    static const int64_t shapes[][3] = {{48, 128, 256}, {7, 13, 256}, {48, 6, 64}, {5, 9, 40}};
+    static const int64_t shapes[][3] = {{48, 128, 256}, {7, 13, 256}, {48, 6, 64}, {5, 9, 40}, {32, 100, 96}};
     int failures = 0;
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
         const int64_t nr = shapes[s][0], nt = shapes[s][1], n = shapes[s][2];
