@@ -55,11 +55,11 @@ uint16_t rwkv_fp32_to_fp16(float f) {
 static void fp32_to_float(const void *src, float *dst, int64_t n) { memcpy(dst, src, (size_t)n * 4); }
 static void fp32_from_float(const float *src, void *dst, int64_t n) { memcpy(dst, src, (size_t)n * 4); }
 
-static float fp16_table[65536];
+float rwkv_fp16_table[65536];
 
 static void fp16_to_float(const void *src, float *dst, int64_t n) {
     const uint16_t *h = src;
-    for (int64_t i = 0; i < n; i++) dst[i] = fp16_table[h[i]];
+    for (int64_t i = 0; i < n; i++) dst[i] = rwkv_fp16_table[h[i]];
 }
 
 static void fp16_from_float(const float *src, void *dst, int64_t n) {
@@ -85,9 +85,9 @@ static float fp16_dot(const void *row, const void *act, int64_t n) {
     float s[8] = {0};
     int64_t i = 0;
     for (; i + 8 <= n; i += 8)
-        for (int j = 0; j < 8; j++) s[j] += fp16_table[w[i + j]] * x[i + j];
+        for (int j = 0; j < 8; j++) s[j] += rwkv_fp16_table[w[i + j]] * x[i + j];
     float sum = ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
-    for (; i < n; i++) sum += fp16_table[w[i]] * x[i];
+    for (; i < n; i++) sum += rwkv_fp16_table[w[i]] * x[i];
     return sum;
 }
 
@@ -137,7 +137,7 @@ static rwkv_type_traits table[N_TYPE_IDS] = {
 };
 
 void rwkv_types_init(void) {
-    for (uint32_t i = 0; i < 65536; i++) fp16_table[i] = rwkv_fp16_to_fp32((uint16_t)i);
+    for (uint32_t i = 0; i < 65536; i++) rwkv_fp16_table[i] = rwkv_fp16_to_fp32((uint16_t)i);
 }
 
 const rwkv_type_traits *rwkv_traits(int type_id) {

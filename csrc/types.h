@@ -105,6 +105,9 @@ size_t rwkv_act_row_bytes(int act_type, int64_t n);
 /* Converts an FP32 row into the activation format of a weight type. */
 void rwkv_act_from_float(int act_type, const float *src, void *dst, int64_t n);
 
+/* Every FP16 value as a float, indexed by its bits (filled by rwkv_types_init). */
+extern float rwkv_fp16_table[65536];
+
 /* Half precision, portable (round to nearest even). */
 float rwkv_fp16_to_fp32(uint16_t h);
 uint16_t rwkv_fp32_to_fp16(float f);

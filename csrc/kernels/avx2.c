@@ -72,27 +72,23 @@ static inline __m256i q5_1_sums(const void *x, const int8_t *q) { return dot_u8_
 static inline __m256i q8_0_sums(const void *x, const int8_t *q) { return dot_i8(q8_0_values(x), load_q(q)); }
 
 static float q4_0_dot(const void *row, const void *act, int64_t n) {
-    return sum_blocks(row, sizeof(block_q4_0), act, n, q4_0_sums);
+    return sum_blocks(row, sizeof(block_q4_0), act, n, q4_0_sums, NO_TERM, 0.0f);
 }
 
 static float q4_1_dot(const void *row, const void *act, int64_t n) {
-    const block_q4_1 *x = row;
-    return sum_blocks(row, sizeof(block_q4_1), act, n, q4_1_sums) +
-           sum_offsets(&x->m, sizeof(block_q4_1) / 2, 1.0f, act, n);
+    return sum_blocks(row, sizeof(block_q4_1), act, n, q4_1_sums, 1, 1.0f);
 }
 
 static float q5_0_dot(const void *row, const void *act, int64_t n) {
-    return sum_blocks(row, sizeof(block_q5_0), act, n, q5_0_sums);
+    return sum_blocks(row, sizeof(block_q5_0), act, n, q5_0_sums, NO_TERM, 0.0f);
 }
 
 static float q5_1_dot(const void *row, const void *act, int64_t n) {
-    const block_q5_1 *x = row;
-    return sum_blocks(row, sizeof(block_q5_1), act, n, q5_1_sums) +
-           sum_offsets(&x->m, sizeof(block_q5_1) / 2, 1.0f, act, n);
+    return sum_blocks(row, sizeof(block_q5_1), act, n, q5_1_sums, 1, 1.0f);
 }
 
 static float q8_0_dot(const void *row, const void *act, int64_t n) {
-    return sum_blocks(row, sizeof(block_q8_0), act, n, q8_0_sums);
+    return sum_blocks(row, sizeof(block_q8_0), act, n, q8_0_sums, NO_TERM, 0.0f);
 }
 
 /* 8-bit activation blocks, rounding half away from zero exactly as the portable roundf: adding

@@ -75,33 +75,23 @@ static inline __m256i q8_0_sums(const void *p, const int8_t *q) {
 }
 
 static float q4_0_dot(const void *row, const void *act, int64_t n) {
-    const block_q4_0 *x = row;
-    return sum_blocks(row, sizeof(block_q4_0), act, n, q4_0_sums) +
-           sum_offsets(&x->d, sizeof(block_q4_0) / 2, -8.0f, act, n);
+    return sum_blocks(row, sizeof(block_q4_0), act, n, q4_0_sums, 0, -8.0f);
 }
 
 static float q4_1_dot(const void *row, const void *act, int64_t n) {
-    const block_q4_1 *x = row;
-    return sum_blocks(row, sizeof(block_q4_1), act, n, q4_1_sums) +
-           sum_offsets(&x->m, sizeof(block_q4_1) / 2, 1.0f, act, n);
+    return sum_blocks(row, sizeof(block_q4_1), act, n, q4_1_sums, 1, 1.0f);
 }
 
 static float q5_0_dot(const void *row, const void *act, int64_t n) {
-    const block_q5_0 *x = row;
-    return sum_blocks(row, sizeof(block_q5_0), act, n, q5_0_sums) +
-           sum_offsets(&x->d, sizeof(block_q5_0) / 2, -16.0f, act, n);
+    return sum_blocks(row, sizeof(block_q5_0), act, n, q5_0_sums, 0, -16.0f);
 }
 
 static float q5_1_dot(const void *row, const void *act, int64_t n) {
-    const block_q5_1 *x = row;
-    return sum_blocks(row, sizeof(block_q5_1), act, n, q5_1_sums) +
-           sum_offsets(&x->m, sizeof(block_q5_1) / 2, 1.0f, act, n);
+    return sum_blocks(row, sizeof(block_q5_1), act, n, q5_1_sums, 1, 1.0f);
 }
 
 static float q8_0_dot(const void *row, const void *act, int64_t n) {
-    const block_q8_0 *x = row;
-    return sum_blocks(row, sizeof(block_q8_0), act, n, q8_0_sums) +
-           sum_offsets(&x->d, sizeof(block_q8_0) / 2, -128.0f, act, n);
+    return sum_blocks(row, sizeof(block_q8_0), act, n, q8_0_sums, 0, -128.0f);
 }
 
 /* ---- sequence mode: FP32 micro-GEMM on packed tokens ------------------------------------------------ */
