@@ -36,16 +36,83 @@ RWKV_SIMD_CLONES static void wkv7_head(void *p, int64_t h) {
     }
 }
 
+/* The element-wise steps work on one token at a time and tokens do not depend on each other there,
+ * so a chunk of tokens is split across the threads (one token, when decoding, runs inline). */
+typedef struct {
+    const rwkv_layer *L;
+    rwkv_scratch *s;
+    int64_t C, H, N;
+    int layer;
+} v7_tokens;
+
+static void normalize_token(void *p, int64_t t) {
+    const v7_tokens *c = p;
+    rwkv_layer_norm(c->s->xx + t * c->C, c->s->x + t * c->C, &c->L->ln1, 1, c->C);
+}
+
+static void mix_token(void *p, int64_t t) {
+    const v7_tokens *c = p;
+    rwkv_scratch *s = c->s;
+    const int64_t C = c->C, o = t * C;
+    rwkv_sub(s->prev + o, s->xx + o, C);
+    for (int j = 0; j < 6; j++) rwkv_maa(s->mix[j] + o, s->xx + o, s->prev + o, c->L->x_rwkvag + j * C, NULL, 1, C);
+}
+
+/* Decay, in-context learning rate, the keys' two forms and the value residual. */
+static void prepare_token(void *p, int64_t t) {
+    const v7_tokens *c = p;
+    const rwkv_layer *L = c->L;
+    rwkv_scratch *s = c->s;
+    const int64_t C = c->C, N = c->N, o = t * C;
+    float *a = s->a + o, *k = s->k + o, *kk = s->kk + o, *w = s->w + o, *v = s->v + o;
+    for (int64_t i = 0; i < C; i++) {
+        a[i] = rwkv_sigmoid(L->a0[i] + a[i]);
+        kk[i] = k[i] * L->k_k[i];
+        k[i] = k[i] * (1.0f + (a[i] - 1.0f) * L->k_a[i]);
+        w[i] = expf(-0.606531f * rwkv_sigmoid(L->w0[i] + w[i]));
+    }
+    for (int64_t h = 0; h < c->H; h++) { /* kk: unit length per head */
+        float *row = kk + h * N, norm = 0.0f;
+        for (int64_t i = 0; i < N; i++) norm += row[i] * row[i];
+        norm = fmaxf(sqrtf(norm), 1e-12f);
+        for (int64_t i = 0; i < N; i++) row[i] /= norm;
+    }
+    /* value residual: every layer mixes in the first layer's values */
+    if (c->layer == 0) {
+        memcpy(s->v_first + o, v, (size_t)C * sizeof(float));
+    } else {
+        const float *v_first = s->v_first + o, *gate = s->wkv_out + o;
+        for (int64_t i = 0; i < C; i++) v[i] += (v_first[i] - v[i]) * rwkv_sigmoid(L->v0[i] + gate[i]);
+    }
+}
+
+/* The read-out's group norm, a per-head bonus for the current token, and the gate. */
+static void finish_token(void *p, int64_t t) {
+    const v7_tokens *c = p;
+    const rwkv_layer *L = c->L;
+    rwkv_scratch *s = c->s;
+    const int64_t C = c->C, N = c->N, o = t * C;
+    float *y = s->y + o;
+    const float *r = s->r + o, *k = s->k + o, *v = s->v + o, *gate = s->g + o;
+    rwkv_group_norm(y, &L->ln_x, 1, c->H, N, 64e-5f);
+    for (int64_t h = 0; h < c->H; h++) {
+        const int64_t b = h * N;
+        float rk = 0.0f;
+        for (int64_t i = 0; i < N; i++) rk += r[b + i] * k[b + i] * L->r_k[b + i];
+        for (int64_t i = 0; i < N; i++) y[b + i] += rk * v[b + i];
+    }
+    for (int64_t i = 0; i < C; i++) y[i] *= gate[i];
+}
+
 /* state: att previous-x (C), then the H x N x N wkv matrices */
 void rwkv_time_mix_v7(rwkv_model *m, const rwkv_layer *L, int layer, float *state, int64_t T) {
     rwkv_scratch *s = &m->scratch;
     const int64_t C = m->info.n_embed, H = m->info.n_head, N = m->info.head_size;
-    float *sx = s->prev;
+    v7_tokens tokens = {L, s, C, H, N, layer};
 
-    rwkv_layer_norm(s->xx, s->x, &L->ln1, T, C);
+    rwkv_parallel_for(m, T, normalize_token, &tokens);
     rwkv_token_shift(s->prev, s->xx, state, T, C);
-    rwkv_sub(sx, s->xx, T * C);
-    for (int j = 0; j < 6; j++) rwkv_maa(s->mix[j], s->xx, sx, L->x_rwkvag + j * C, NULL, T, C);
+    rwkv_parallel_for(m, T, mix_token, &tokens); /* prev becomes the shift's difference, sx */
 
     /* The projections and the low-rank networks' first halves, then their second halves: two
      * passes. The value residual's network (every layer but the first) goes along. */
@@ -61,45 +128,10 @@ void rwkv_time_mix_v7(rwkv_model *m, const rwkv_layer *L, int layer, float *stat
     const rwkv_product up[4] = {{&L->w2, h[0], s->w}, {&L->a2, h[1], s->a}, {&L->g2, h[2], s->g}, {&L->v2, h[3], s->wkv_out}};
     rwkv_matmuls(m, up, 3 + value_lora, T);
 
-    float *a = s->a, *k = s->k, *kk = s->kk, *w = s->w; /* locals: stores through s could alias s's fields */
-    for (int64_t t = 0; t < T; t++)
-        for (int64_t i = 0; i < C; i++) {
-            const int64_t j = t * C + i;
-            a[j] = rwkv_sigmoid(L->a0[i] + a[j]);
-            kk[j] = k[j] * L->k_k[i];
-            k[j] = k[j] * (1.0f + (a[j] - 1.0f) * L->k_a[i]);
-            w[j] = expf(-0.606531f * rwkv_sigmoid(L->w0[i] + w[j]));
-        }
-    for (int64_t g = 0; g < T * H; g++) { /* kk: unit length per head */
-        float *row = kk + g * N, norm = 0.0f;
-        for (int64_t i = 0; i < N; i++) norm += row[i] * row[i];
-        norm = fmaxf(sqrtf(norm), 1e-12f);
-        for (int64_t i = 0; i < N; i++) row[i] /= norm;
-    }
-    /* value residual: every layer mixes in the first layer's values */
-    if (layer == 0) {
-        memcpy(s->v_first, s->v, (size_t)(T * C) * sizeof(float));
-    } else {
-        for (int64_t t = 0; t < T; t++)
-            for (int64_t i = 0; i < C; i++) {
-                const int64_t j = t * C + i;
-                s->v[j] += (s->v_first[j] - s->v[j]) * rwkv_sigmoid(L->v0[i] + s->wkv_out[j]);
-            }
-    }
-
+    rwkv_parallel_for(m, T, prepare_token, &tokens);
     wkv7_task task = {s->r, s->w, s->k, s->v, s->kk, s->a, s->y, state + C, T, H};
     rwkv_parallel_for(m, H, wkv7_head, &task);
-    rwkv_group_norm(s->y, &L->ln_x, T, H, N, 64e-5f);
-
-    float *y = s->y;
-    const float *r = s->r, *v = s->v, *gate = s->g;
-    for (int64_t g = 0; g < T * H; g++) { /* a per-head bonus for the current token */
-        const int64_t o = g * N, h = g % H;
-        float rk = 0.0f;
-        for (int64_t i = 0; i < N; i++) rk += r[o + i] * k[o + i] * L->r_k[h * N + i];
-        for (int64_t i = 0; i < N; i++) y[o + i] += rk * v[o + i];
-    }
-    for (int64_t i = 0; i < T * C; i++) y[i] *= gate[i];
+    rwkv_parallel_for(m, T, finish_token, &tokens);
 
     rwkv_matmul(m, &L->output, s->y, T, s->wkv_out);
     rwkv_add(s->x, s->wkv_out, T * C);
