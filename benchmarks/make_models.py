@@ -16,7 +16,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 
-from checkpoints import make_checkpoint  # noqa: E402  (the tests' generator of release-shaped checkpoints)
+from support.checkpoints import make_checkpoint  # noqa: E402  (the tests' generator of release-shaped checkpoints)
 
 import rwkvcpp  # noqa: E402
 from rwkvcpp.writer import write_model  # noqa: E402
@@ -35,7 +35,7 @@ def make(out_dir: str, arch: str, size: str, formats, pth: bool = False) -> list
         checkpoint = make_checkpoint(arch, n_layer=n_layer, n_embed=n_embed, n_vocab=VOCAB[arch], seed=0)
         write_model(fp16, checkpoint, dtype="FP16")
         if pth:  # the same weights for the official package (benchmarks/run_bench.py --official)
-            from checkpoints import save_pth
+            from support.checkpoints import save_pth
 
             save_pth(checkpoint, fp16[: -len("-FP16.bin")] + ".pth", dtype="bf16")
         del checkpoint

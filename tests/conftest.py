@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from checkpoints import ARCHES, make_checkpoint
+from support.checkpoints import ARCHES, make_checkpoint
 
 N_LAYER = 2
 N_EMBED = 128
@@ -85,7 +85,7 @@ def fixed_tokens():
 @pytest.fixture(scope="session")
 def reference_runs(model_files, fixed_tokens):
     """Lazily computed float64 reference results on `fixed_tokens`: {arch: (logits (T,V), state)}."""
-    from reference import Reference
+    from support.reference import Reference
 
     cache = {}
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from checkpoints import make_checkpoint
+from support.checkpoints import make_checkpoint
 from rwkvcpp.chat import HELP, ChatSession, Preset, _join, preset_names
 from rwkvcpp.model import Model
 from rwkvcpp.sampling import SamplingParams

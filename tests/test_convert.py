@@ -20,10 +20,9 @@ import pytest
 
 import rwkvcpp
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import pth_writer as pw  # noqa: E402
-from checkpoints import ARCHES, make_checkpoint, save_pth  # noqa: E402
-from reference import Reference  # noqa: E402
+from support import pth_writer as pw  # noqa: E402
+from support.checkpoints import ARCHES, make_checkpoint, save_pth  # noqa: E402
+from support.reference import Reference  # noqa: E402
 
 from rwkvcpp import format as fmt  # noqa: E402
 from rwkvcpp.checkpoints import pth as pth_reader  # noqa: E402
@@ -530,7 +529,7 @@ def test_state_file_matches_official_package(tmp_path):
     """The official `rwkv` package starts a v5/v6 model from `blocks.N.att.time_state` tensors
     merged into its weights; our engine started from the same tensors as a state file gives the
     same logits (and would not with the matrices the other way round)."""
-    from official import require_official, run_official
+    from support.official import require_official, run_official
 
     from rwkvcpp import Model
 

@@ -14,8 +14,7 @@ from collections import OrderedDict
 import numpy as np
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import pth_writer as pw  # noqa: E402
+from support import pth_writer as pw  # noqa: E402
 
 from rwkvcpp.checkpoints import (  # noqa: E402
     CheckpointError,

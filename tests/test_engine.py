@@ -17,7 +17,7 @@ import pytest
 import rwkvcpp
 from rwkvcpp.model import ArgumentError, Model, RWKVError
 
-from checkpoints import ARCHES, ffn_width
+from support.checkpoints import ARCHES, ffn_width
 
 LOGIT_TOLERANCE = 1e-4  # engine (float32) vs reference (float64), FP32 file
 STATE_TOLERANCE = 1e-4  # relative to max(1, largest |state value|)
@@ -160,10 +160,10 @@ def test_fp16_file_close_to_fp32(arch, model_set, fixed_tokens):
 def test_fp16_file_matches_reference_with_fp16_weights(arch, tmp_path, fixed_tokens):
     """Weights that are not bf16-exact (so FP16 really rounds them): the FP16 file must follow the
     reference run on the checkpoint with those matrices rounded to FP16, as the file stores them."""
-    from reference import Reference
+    from support.reference import Reference
     from rwkvcpp.writer import write_model
 
-    from checkpoints import make_checkpoint
+    from support.checkpoints import make_checkpoint
 
     # FORMAT.md: 2-D tensors are FP16 in an FP16 file except names containing these.
     fp32_fragments = (".time_", ".k_k", ".k_a", ".r_k", ".x_rwkvag", ".x_k", ".w0", ".a0", ".v0")
@@ -342,7 +342,7 @@ def test_sizes_and_dtype(arch, model_set):
 
 
 def test_init_state_layout(arch, model_set):
-    from reference import Reference
+    from support.reference import Reference
 
     model = load(model_set.fp32)
     C = model.n_embed

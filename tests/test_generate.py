@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from checkpoints import make_checkpoint
+from support.checkpoints import make_checkpoint
 from rwkvcpp.generate import Chunk, Completion, Generation, Generator
 from rwkvcpp.model import Model
 from rwkvcpp.sampling import SamplingParams

@@ -356,7 +356,7 @@ def test_n_embed_not_a_multiple_of_64(model_files, tmp_path, arch):
 
 
 def test_v4_n_embed_need_not_be_a_multiple_of_64(tmp_path):
-    from checkpoints import make_checkpoint
+    from support.checkpoints import make_checkpoint
 
     from rwkvcpp.writer import write_model
 
@@ -420,8 +420,8 @@ def test_quantized_innermost_size_not_multiple_of_32(v7):
 def test_v6_decay_w2_is_accepted_in_either_orientation(tmp_path):
     """rwkv.cpp's converter stores v6 time_decay_w2 transposed, (C, 64); files that kept the
     PyTorch (64, C) layout must run the same model."""
-    from checkpoints import make_checkpoint
-    from reference import Reference
+    from support.checkpoints import make_checkpoint
+    from support.reference import Reference
 
     checkpoint = make_checkpoint("v6", n_layer=2, n_embed=128, n_vocab=256, seed=1)
     path = tmp_path / "w2-untransposed.bin"

@@ -1,7 +1,7 @@
 """The C engine against the official `rwkv` pip package (skipped without torch and rwkv).
 
 Each architecture's checkpoint (tests/conftest.py) is saved as a .pth with torch, run by the
-official package one token at a time over 32 tokens (tests/official_runner.py, in two child
+official package one token at a time over 32 tokens (tests/support/official_runner.py, in two child
 interpreters for all the runs, see BATCH_SCRIPT), and compared with the engine on the FP32 .bin
 file written from the same checkpoint.
 
@@ -29,8 +29,8 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("rwkv")
 
-from checkpoints import ARCHES, save_pth
-from official import RUNNER
+from support.checkpoints import ARCHES, save_pth
+from support.official import RUNNER
 
 from rwkvcpp.model import Model
 
@@ -41,7 +41,7 @@ BF16_TOLERANCE = {"v4": 0.2, "v5.1": 0.2, "v5.2": 0.2, "v6": 0.2, "v7": 1e-4}
 STATE_TOLERANCE = 1e-4  # relative to the largest state value (at least 1), fp32 .pth only
 DTYPES = ("fp32", "bf16")
 
-# tests/official.py starts one interpreter (and one torch import, ~4 s) per .pth; ten of them
+# tests/support/official.py starts one interpreter (and one torch import, ~4 s) per .pth; ten of them
 # would take a minute on two cores. This script runs official_runner.main -- the same code, with
 # the same arguments -- for several .pth files of one group in one interpreter: v4-v6 share
 # one (the official package reads RWKV_V7_ON at import time, so v7 needs its own).

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from checkpoints import ARCHES, make_checkpoint
+from support.checkpoints import ARCHES, make_checkpoint
 from rwkvcpp import _core
 from rwkvcpp import format as fmt
 from rwkvcpp.quantization import QUANTIZED_TYPES, format_size, quantize

@@ -17,9 +17,9 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("rwkv")
 
-from checkpoints import ARCHES, make_checkpoint, save_pth  # noqa: E402
-from official import official_logits, run_official  # noqa: E402
-from reference import Reference  # noqa: E402
+from support.checkpoints import ARCHES, make_checkpoint, save_pth  # noqa: E402
+from support.official import official_logits, run_official  # noqa: E402
+from support.reference import Reference  # noqa: E402
 
 N_TOKENS = 32
 LOGIT_TOLERANCE = 1e-4

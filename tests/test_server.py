@@ -33,7 +33,7 @@ uvicorn = pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 openai = pytest.importorskip("openai")
 
-from checkpoints import make_checkpoint  # noqa: E402
+from support.checkpoints import make_checkpoint  # noqa: E402
 
 from rwkvcpp import Model  # noqa: E402
 from rwkvcpp.generate import Chunk  # noqa: E402

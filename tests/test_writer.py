@@ -10,7 +10,7 @@ import struct
 import numpy as np
 import pytest
 
-from checkpoints import ARCHES, HEAD_SIZE, make_checkpoint, v7_lora_dims
+from support.checkpoints import ARCHES, HEAD_SIZE, make_checkpoint, v7_lora_dims
 from rwkvcpp import format as fmt
 from rwkvcpp.writer import BinWriter, detect_arch, transform_checkpoint, write_model
 

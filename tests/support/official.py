@@ -1,6 +1,6 @@
 """Logits from the official `rwkv` pip package, for comparing our engines against it.
 
-Each call runs tests/official_runner.py in a fresh interpreter (the package configures itself
+Each call runs tests/support/official_runner.py in a fresh interpreter (the package configures itself
 from environment variables at import time, differently for v7). Callers should first skip when
 torch or rwkv are missing, e.g. with ``pytest.importorskip("rwkv.model")`` -- or use
 ``require_official()``.

@@ -1,4 +1,4 @@
-"""Runs the official `rwkv` pip package on a .pth checkpoint; used through tests/official.py.
+"""Runs the official `rwkv` pip package on a .pth checkpoint; used through tests/support/official.py.
 
 Run as a separate process because the official package reads RWKV_V7_ON, RWKV_JIT_ON and
 RWKV_CUDA_ON when it is imported, so v7 and v4-v6 models cannot share one interpreter.
