@@ -4,6 +4,7 @@ The native engine (``rwkvcpp._core``) is imported lazily so that the pure-Python
 parts (writer, tokenizers, converters) work and import quickly on their own.
 """
 
+# The one place the version is written: pyproject.toml reads it from here.
 __version__ = "0.1.0"
 
 _LAZY = {
