@@ -242,9 +242,9 @@ class Generator:
             ids = [int(t) for t in prompt]
         except (TypeError, ValueError):
             raise TypeError(f"prompt must be text or a sequence of token ids, not {type(prompt).__name__}") from None
-        bad = [t for t in ids if not 0 <= t < self.model.n_vocab]
-        if bad:
-            raise ValueError(f"prompt token id(s) {bad[:5]} outside this model's vocabulary 0..{self.model.n_vocab - 1}")
+        from .model import check_token_range  # not at the top: that would load the engine on import
+
+        check_token_range(ids, self.model.n_vocab)
         return ids
 
     def stream(self, prompt: Prompt, params: Optional[SamplingParams] = None, state: Optional[np.ndarray] = None,

@@ -10,11 +10,28 @@ import numpy as np
 from . import _core
 from ._core import ArgumentError, ModelFileError, ModelIOError, RWKVError
 
-__all__ = ["Model", "RWKVError", "ModelFileError", "ModelIOError", "ArgumentError", "system_info"]
+__all__ = [
+    "Model", "RWKVError", "ModelFileError", "ModelIOError", "ArgumentError", "check_token_range", "system_info",
+]
 
 TYPE_NAMES = {0: "FP32", 1: "FP16", 2: "Q4_0", 3: "Q4_1", 7: "Q5_0", 8: "Q5_1", 9: "Q8_0"}
 
 Tokens = Union[Sequence[int], np.ndarray]
+
+
+def check_token_range(tokens: Tokens, n_vocab: int) -> None:
+    """Raises ArgumentError for the first token id outside ``0..n_vocab - 1``, naming it and its
+    position. Model and Generator both check with this, so their messages are the same; the C
+    engine checks again for its own callers, but only after the ids are narrowed to int32, where
+    an id such as 2**32 + 1 would already have wrapped to a valid one."""
+    ids = np.asarray(tokens)
+    bad = np.flatnonzero((ids < 0) | (ids >= n_vocab))
+    if bad.size:
+        i = int(bad[0])
+        raise ArgumentError(
+            f"token {int(ids[i])} at position {i} is out of range: this model's vocabulary is "
+            f"0..{n_vocab - 1} (n_vocab {n_vocab})"
+        )
 
 
 class Model:
@@ -118,12 +135,7 @@ class Model:
             # floats holding whole numbers are accepted; strings, objects, bools are not
             if arr.dtype.kind != "f" or not np.all(np.equal(np.mod(arr, 1), 0)):
                 raise ArgumentError(f"tokens must be integers, got {arr.dtype} values such as {arr[0]!r}")
-        bad = np.flatnonzero((arr < 0) | (arr >= self.n_vocab))
-        if bad.size:
-            i = int(bad[0])
-            raise ArgumentError(
-                f"token {int(arr[i])} at position {i} is out of range: this model has n_vocab {self.n_vocab}"
-            )
+        check_token_range(arr, self.n_vocab)
         return np.ascontiguousarray(arr, dtype=np.int32)
 
     def eval(self, token: int, state: Optional[np.ndarray] = None, *, state_out: Optional[np.ndarray] = None,
