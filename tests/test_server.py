@@ -54,7 +54,8 @@ ASCII_ONLY = {str(b): -100 for b in range(256) if not 32 <= b < 127}
 class RunningServer:
     def __init__(self, model, config: ServerConfig):
         self.app = create_app(model, config)
-        self.state = self.app.state.server
+        self.engine = self.app.state.engine
+        self.scheduler = self.app.state.scheduler
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", 0))
@@ -79,13 +80,13 @@ class RunningServer:
         return httpx.Client(base_url=self.url, **kw)
 
     def stats(self) -> dict:
-        return self.state.stats()
+        return self.engine.stats()
 
     def wait_idle(self, seconds: float = 5.0) -> float:
         """Seconds until no request is admitted or running (fails after ``seconds``)."""
         start = time.monotonic()
         while True:
-            s = self.state.scheduler.stats()
+            s = self.scheduler.stats()
             if s["admitted"] == 0 and s["running"] == 0:
                 return time.monotonic() - start
             if time.monotonic() - start > seconds:
@@ -164,15 +165,15 @@ class ScriptedGenerator:
 @pytest.fixture
 def scripted(ctl):
     """Installs a ScriptedGenerator on the ctl server: ``scripted(replies, delay)``."""
-    original = ctl.state.generator
+    original = ctl.engine.generator
 
     def install(replies, delay=0.0):
-        fake = ScriptedGenerator(ctl.state.tokenizer, replies, delay)
-        ctl.state.generator = fake
+        fake = ScriptedGenerator(ctl.engine.tokenizer, replies, delay)
+        ctl.engine.generator = fake
         return fake
 
     yield install
-    ctl.state.generator = original
+    ctl.engine.generator = original
     ctl.wait_idle()
 
 
@@ -488,7 +489,7 @@ def test_full_queue_gives_503(ctl, scripted):
         with a.stream("POST", "/v1/chat/completions", json=body) as running:
             assert running.status_code == 200
             lines = running.iter_lines()
-            while ctl.state.scheduler.stats()["running"] < 1:  # it has reached the worker
+            while ctl.scheduler.stats()["running"] < 1:  # it has reached the worker
                 next(lines)
             with b.stream("POST", "/v1/chat/completions", json=body) as waiting:
                 assert waiting.status_code == 200  # admitted, waiting for the one worker
@@ -555,7 +556,7 @@ def test_second_turn_reuses_the_cached_prefix(server):
     assert two.usage.prompt_tokens_details.cached_tokens == len(prompt) + 16
     assert evaluated() - before == len(" and then")
     # and the result is the same as without the cache
-    server.state.cache.clear()
+    server.engine.cache.clear()
     three = client.completions.create(model="tiny", prompt=prompt + one.choices[0].text + " and then", max_tokens=4,
                                       temperature=0, logit_bias=ASCII_ONLY)
     assert three.usage.prompt_tokens_details.cached_tokens == 0

@@ -8,6 +8,7 @@ Listens on the loopback address only unless --host says otherwise.
 from __future__ import annotations
 
 import os
+import re
 import sys
 
 from . import CommandError, _common
@@ -51,25 +52,19 @@ def run(args) -> int:
         require_server_dependencies(uvicorn=True)
     except ImportError as e:
         raise CommandError(str(e)) from None
-    if not 0 <= args.port <= 65535:
-        raise CommandError(f"--port must be in 0..65535, not {args.port}")
-    for flag in ("max_queue", "max_concurrent", "max_tokens", "max_prompt_tokens", "cache_mb", "default_max_tokens"):
-        value = getattr(args, flag)
-        low = 0 if flag in ("max_queue", "cache_mb", "default_max_tokens") else 1
-        if value is not None and value < low:
-            raise CommandError(f"--{flag.replace('_', '-')} must be at least {low}, not {value}")
     api_key = args.api_key if args.api_key is not None else os.environ.get("RWKVCPP_API_KEY") or None
     default_max = args.default_max_tokens
     if default_max is None:
         default_max = min(ServerConfig.default_max_tokens, args.max_tokens)
-    if default_max > args.max_tokens:
-        raise CommandError(f"--default-max-tokens ({default_max}) is above --max-tokens ({args.max_tokens})")
-    config = ServerConfig(
-        host=args.host, port=args.port, api_key=api_key, model_name=args.model_name,
-        max_queue=args.max_queue, max_concurrent=args.max_concurrent, max_tokens_cap=args.max_tokens,
-        default_max_tokens=default_max, max_prompt_tokens=args.max_prompt_tokens,
-        cache_bytes=args.cache_mb << 20, cache_entries=ServerConfig.cache_entries if args.cache_mb else 0,
-    )
+    try:  # ServerConfig checks every setting
+        config = ServerConfig(
+            host=args.host, port=args.port, api_key=api_key, model_name=args.model_name,
+            max_queue=args.max_queue, max_concurrent=args.max_concurrent, max_tokens_cap=args.max_tokens,
+            default_max_tokens=default_max, max_prompt_tokens=args.max_prompt_tokens,
+            cache_bytes=args.cache_mb << 20, cache_entries=ServerConfig.cache_entries if args.cache_mb else 0,
+        )
+    except ValueError as e:
+        raise CommandError(_as_flags(str(e))) from None
     model = _common.load_model(args)  # says so on stderr when it falls back to the built-in model
 
     import uvicorn
@@ -78,7 +73,7 @@ def run(args) -> int:
 
     app = create_app(model, config)
     shown = f"[{config.host}]" if ":" in config.host else config.host
-    print(f"serving {app.state.server.model_id} ({model.arch}, {model.n_layer} layers, n_vocab {model.n_vocab}) "
+    print(f"serving {app.state.engine.model_id} ({model.arch}, {model.n_layer} layers, n_vocab {model.n_vocab}) "
           f"at http://{shown}:{config.port}/  (API: /v1, docs: /docs){'; API key required' if api_key else ''}",
           file=sys.stderr, flush=True)
     if config.host not in ("127.0.0.1", "localhost", "::1") and not api_key:
@@ -89,3 +84,15 @@ def run(args) -> int:
         if e.code:
             raise CommandError(f"could not serve on {config.host}:{config.port} (see the message above)") from None
     return 0
+
+
+# ServerConfig's fields as this command's flags, for its error messages.
+FLAGS = {
+    "port": "--port", "api_key": "--api-key", "max_queue": "--max-queue", "max_concurrent": "--max-concurrent",
+    "max_tokens_cap": "--max-tokens", "default_max_tokens": "--default-max-tokens",
+    "max_prompt_tokens": "--max-prompt-tokens", "cache_bytes": "--cache-mb (in bytes)",
+}
+
+
+def _as_flags(message: str) -> str:
+    return re.sub(r"ServerConfig\.(\w+)", lambda m: FLAGS.get(m.group(1), m.group(0)), message)

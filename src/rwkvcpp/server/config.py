@@ -1,7 +1,8 @@
 """The server's settings: limits, defaults and sampling defaults, in one dataclass.
 
 Nothing here needs FastAPI, so ``ServerConfig`` can be built (and checked) before the optional
-server dependencies are imported.
+server dependencies are imported. It is the one place the settings are checked: its errors name
+each setting as ``ServerConfig.<field>``, which ``rwkvcpp serve`` turns into its flags.
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ class ServerConfig:
             raise ValueError(f"ServerConfig.port must be in 0..65535, not {self.port}")
         if self.default_max_tokens > self.max_tokens_cap:
             raise ValueError(
-                f"ServerConfig.default_max_tokens ({self.default_max_tokens}) is above max_tokens_cap "
+                f"ServerConfig.default_max_tokens ({self.default_max_tokens}) is above ServerConfig.max_tokens_cap "
                 f"({self.max_tokens_cap})"
             )
         if self.api_key is not None and (not isinstance(self.api_key, str) or not self.api_key):

@@ -1,0 +1,97 @@
+"""The engine's side of the server: the loaded model, its generator and tokenizer, the state
+cache, the settings and the counters /health reports. One :class:`Engine` per app, on
+``app.state.engine``.
+
+The state cache (:mod:`.state_cache`) keeps the state after each prompt minus its last token and
+after each prompt plus its reply, so the next turn of a chat starts from the longest cached
+prefix of its tokens.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from ..generate import Generator
+from .config import ServerConfig
+from .state_cache import StateCache
+
+__all__ = ["Engine"]
+
+
+class Engine:
+    """What every request reads and the scheduler runs. ``generator`` may be replaced (tests
+    put in a scripted one); a job keeps the one it started with."""
+
+    def __init__(self, model, config: ServerConfig):
+        self.model = model
+        self.config = config
+        self.generator = Generator(model)
+        self.tokenizer = self.generator.tokenizer
+        self.model_id = config.model_name or Path(getattr(model, "path", "rwkv")).stem or "rwkv"
+        self.created = int(time.time())
+        # Token 0 ends a document in the World and 20B vocabularies; in a byte vocabulary it is a byte.
+        self.end_tokens: tuple[int, ...] = () if self.tokenizer.name == "bytes" else (0,)
+        self.cache = StateCache(config.cache_entries, config.cache_bytes)
+        self._counters_lock = threading.Lock()
+        self.counters = {
+            "requests": 0,
+            "prompt_tokens": 0,  # prompt tokens of all requests
+            "prompt_tokens_evaluated": 0,  # of those, the ones run through the model (not cached)
+            "completion_tokens": 0,
+            "embedding_tokens": 0,
+        }
+
+    def count(self, **amounts: int) -> None:
+        with self._counters_lock:
+            for name, amount in amounts.items():
+                self.counters[name] += amount
+
+    def stats(self) -> dict:
+        """The counters and the state cache's figures."""
+        with self._counters_lock:
+            counters = dict(self.counters)
+        return {**counters, "cache": self.cache.stats()}
+
+    # -- the state cache around a generation -------------------------------------------------
+
+    def read_prompt(self, ids: list[int], count_prompt: bool) -> tuple[int, Optional[np.ndarray], list[int]]:
+        """``(cached, state, todo)``: a prompt read up to its last token through the state cache;
+        generation goes on from ``state`` by reading ``todo``. ``cached`` tokens came from the cache.
+
+        With ``count_prompt`` (global_penalty) the sampler must see the whole prompt, so nothing
+        is read here and the cache is left alone.
+        """
+        cache = self.cache
+        use_cache = cache.max_entries > 0 and not count_prompt
+        cached, state = cache.lookup(ids) if use_cache else (0, None)
+        todo = ids[cached:]
+        if use_cache and len(todo) > 1:
+            # The prompt minus its last token: computed once for all n choices, and cached so that
+            # a retry (or a prompt that goes on differently) starts here.
+            state = self._ingest(todo[:-1], state)
+            cache.put(ids[:-1], state)
+            self.count(prompt_tokens_evaluated=len(todo) - 1)
+            todo = todo[-1:]
+        elif not use_cache:
+            todo, state = ids, None
+        self.count(prompt_tokens=len(ids))
+        return cached, state, todo
+
+    def remember_reply(self, ids: list[int], result) -> None:
+        """Caches the state after a prompt and its finished reply (``result`` of the generator's
+        last chunk): the next turn of a chat starts there."""
+        if self.cache.max_entries > 0:
+            final = getattr(result, "state", None)
+            if isinstance(final, np.ndarray):
+                self.cache.put(list(ids) + list(result.tokens), final)
+
+    def _ingest(self, tokens: list[int], state):
+        ingest = getattr(self.model, "ingest", None)
+        if ingest is not None:
+            return ingest(tokens, state)
+        return self.model.eval_sequence(tokens, state)[1]

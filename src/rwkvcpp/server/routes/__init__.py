@@ -1,0 +1,10 @@
+"""The endpoints, one APIRouter per family. Each reads ``request.app.state.engine`` (the model,
+tokenizer, state cache, settings) and ``request.app.state.scheduler`` (which runs the jobs)."""
+
+from __future__ import annotations
+
+from . import chat, completions, embeddings, health, models, web
+
+ROUTERS = [web.router, health.router, models.router, chat.router, completions.router, embeddings.router]
+
+__all__ = ["ROUTERS"]

@@ -1,0 +1,35 @@
+"""``POST /v1/chat/completions``: OpenAI's chat completions, with tool calls and streaming."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from starlette.concurrency import run_in_threadpool
+
+from ..chat_format import render_chat
+from ..errors import bad_request
+from ..jobs import Generate
+from ..schemas import ChatCompletionRequest
+from .choices import ChatChoices, respond
+from .params import encode, sampling_params
+
+router = APIRouter(tags=["OpenAI"])
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(body: ChatCompletionRequest, request: Request):
+    """Chat (OpenAI's chat completions), with tool calls and streaming."""
+    engine, scheduler = request.app.state.engine, request.app.state.scheduler
+    if body.logprobs:
+        raise bad_request("logprobs are not supported by this server", "logprobs")
+    try:
+        prompt = render_chat(body.messages, body.tools, body.tool_choice)
+    except ValueError as e:
+        param = "tool_choice" if "tool_choice" in str(e) else "messages"
+        raise bad_request(str(e), param) from None
+    params = sampling_params(engine, body, prompt.stop)
+    ids = await run_in_threadpool(encode, engine, prompt.text, "messages")
+    job = scheduler.submit(Generate([ids], params))
+    engine.count(requests=1)
+    choices = ChatChoices(len(params), prompt.tools, prompt.prefill, single_call=body.parallel_tool_calls is False)
+    return await respond(request, job, choices, model_id=engine.model_id, prompt_tokens=len(ids), stream=body.stream,
+                         include_usage=bool(body.stream_options and body.stream_options.include_usage))
