@@ -23,10 +23,10 @@ import numpy as np
 import pytest
 
 from support.checkpoints import make_checkpoint
+from support.fakes import Recording, ScriptedModel
 from rwkvcpp.chat import HELP, ChatSession, Preset, _join, preset_names
 from rwkvcpp.model import Model
 from rwkvcpp.sampling import SamplingParams
-from rwkvcpp.tokenizer import Tokenizer
 
 REPO = Path(__file__).resolve().parent.parent
 # Printable ASCII only (no newline either), so greedy replies never hit a stop string.
@@ -65,57 +65,16 @@ def replies(out: io.StringIO) -> list[str]:
     return re.findall(r"Assistant:(.*?)\n\n", out.getvalue(), flags=re.S)
 
 
-class Recording:
-    """A model wrapper that records the token sequences sent to eval_sequence."""
+class ScriptedReplies(ScriptedModel):
+    """After reading a prompt (more than one token at once) it writes ``script`` from the start,
+    one byte per token, then its last byte for ever. ``reads``: the prompts it was given."""
 
-    def __init__(self, model):
-        self._model = model
-        self.calls: list[list[int]] = []
+    def advance(self, tokens, at):
+        return 0 if len(tokens) > 1 else min(at + 1, len(self.script) - 1)
 
-    def __getattr__(self, name):
-        return getattr(self._model, name)
-
-    def eval_sequence(self, tokens, *args, **kw):
-        self.calls.append([int(t) for t in tokens])
-        return self._model.eval_sequence(tokens, *args, **kw)
-
-
-class ScriptedReplies:
-    """Stands in for a model: after reading a prompt (more than one token at once) it writes
-    ``script`` from the start, one byte per token. Records what it was given to read."""
-
-    n_vocab = 256
-    tokenizer = Tokenizer.from_name("bytes")
-
-    def __init__(self, script: bytes):
-        self.script = script
-        self.reads: list[bytes] = []
-
-    def init_state(self):
-        return np.zeros(1, dtype=np.float32)
-
-    def _check_state(self, state, name):
-        return state
-
-    def eval_sequence(self, tokens, state=None, all_logits=False, *, state_out=None, logits_out=None):
-        tokens = [int(t) for t in tokens]
-        if len(tokens) > 1:
-            self.reads.append(bytes(tokens))
-        pos = 0 if len(tokens) > 1 else int(state[0]) + 1
-        new = state_out if state_out is not None else self.init_state()
-        new[0] = pos
-        logits = np.zeros(self.n_vocab, dtype=np.float32)
-        logits[self.script[min(pos, len(self.script) - 1)]] = 10.0
-        if logits_out is not None:
-            logits_out[:] = logits
-            logits = logits_out
-        return logits, new
-
-    def eval(self, token, state=None, *, state_out=None, logits_out=None):
-        return self.eval_sequence([token], state, state_out=state_out, logits_out=logits_out)
-
-    def ingest(self, tokens, state=None):
-        return self.eval_sequence(tokens, state)[1]
+    @property
+    def reads(self) -> list[bytes]:
+        return [bytes(c) for c in self.calls if len(c) > 1]
 
 
 # -- presets -----------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Generator and Model.generate: sampling loop, stop handling, streaming, state, usage.
 
 Most tests run a tiny random byte-level v7 model (2 layers, 128 wide, 256 tokens). Those that
-need exact control over the generated text use ScriptedModel, a stand-in whose logits always
+need exact control over the generated text use LoopingScript, a stand-in whose logits always
 pick the next byte of a fixed script.
 """
 
@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from support.checkpoints import make_checkpoint
+from support.fakes import ScriptedModel
 from rwkvcpp.generate import Chunk, Completion, Generation, Generator
 from rwkvcpp.model import Model
 from rwkvcpp.sampling import SamplingParams
@@ -52,50 +53,16 @@ def manual_greedy(model, prompt_tokens, n, banned=NOT_ASCII):
     return tokens, state
 
 
-class ScriptedModel:
-    """Acts like a Model whose logits always choose the next byte of ``script``.
+class LoopingScript(ScriptedModel):
+    """After reading n tokens the logits point at script[n - 1] (round and round), so a
+    one-token prompt starts the script from the beginning."""
 
-    The state counts the tokens read; after reading n tokens the logits point at script[n - 1],
-    so a one-token prompt starts the script from the beginning.
-    """
-
-    n_vocab = 256
-
-    def __init__(self, script: bytes):
-        self.script = script
-        self.calls = []
-
-    def init_state(self):
-        return np.zeros(1, dtype=np.float32)
-
-    def _check_state(self, state, name):
-        return state
-
-    def _logits(self, n_read):
-        logits = np.zeros(self.n_vocab, dtype=np.float32)
-        logits[self.script[(n_read - 1) % len(self.script)]] = 10.0
-        return logits
-
-    def eval_sequence(self, tokens, state=None, all_logits=False, *, state_out=None, logits_out=None):
-        self.calls.append(("eval_sequence", len(tokens)))
-        start = 0.0 if state is None else float(state[0])
-        new = state_out if state_out is not None else self.init_state()
-        new[0] = start + len(tokens)
-        logits = self._logits(int(new[0]))
-        if logits_out is not None:
-            logits_out[:] = logits
-            logits = logits_out
-        return logits, new
-
-    def eval(self, token, state=None, *, state_out=None, logits_out=None):
-        return self.eval_sequence([token], state, state_out=state_out, logits_out=logits_out)
-
-    def ingest(self, tokens, state=None):
-        return self.eval_sequence(tokens, state)[1]
+    def advance(self, tokens, at):
+        return ((-1 if at is None else at) + len(tokens)) % len(self.script)
 
 
 def scripted(script: str) -> Generator:
-    return Generator(ScriptedModel(script.encode("utf-8")), Tokenizer.from_name("bytes"))
+    return Generator(LoopingScript(script.encode("utf-8")), Tokenizer.from_name("bytes"))
 
 
 def run_pieces(generator, prompt, params, state=None):
@@ -136,10 +103,9 @@ def test_temperature_zero_is_the_argmax_continuation(model, gen):
 def test_prompt_is_read_in_one_call_then_token_by_token():
     g = scripted("abcdef")
     g.complete([0, 1, 2, 3], greedy(max_tokens=4, banned_tokens=()))
-    calls = g.model.calls
-    assert calls[0] == ("eval_sequence", 4)
-    # three more evaluations: the fourth token is never fed back (the state was not asked for)
-    assert calls[1:] == [("eval_sequence", 1)] * 3
+    # the prompt, then three more evaluations: the fourth token is never fed back (the state
+    # was not asked for)
+    assert [len(tokens) for tokens in g.model.calls] == [4, 1, 1, 1]
 
 
 # -- stop strings ---------------------------------------------------------------------------------
