@@ -34,6 +34,7 @@ import sys
 import numpy as np
 
 from rwkvcpp import format as F
+from rwkvcpp.arch import detect
 from rwkvcpp.tokenizer import world
 
 try:
@@ -124,11 +125,12 @@ def world_vocab(n_vocab: int) -> tuple[list[bytes], list[int]]:
 def convert(src: str, dst: str, quiet: bool = False) -> None:
     header = F.read_header(src)
     records = {r.name: r for r in F.load_records(src)}
-    arch = F.detect_arch_from_names(records)
-    if arch != "v7":
+    arch = detect(records)
+    if arch is None or arch.name != "v7":
         raise ValueError(
-            f"{src}: RWKV {arch} model; only RWKV v7 files can be converted to GGUF: llama.cpp has no v4/v5 "
-            "architecture, and its rwkv6 wants another layout (fused, reordered mixes) not written here")
+            f"{src}: RWKV {arch.name if arch else '(unknown)'} model; only RWKV v7 files can be converted to GGUF: "
+            "llama.cpp has no v4/v5 architecture, and its rwkv6 wants another layout (fused, reordered mixes) "
+            "not written here")
     C, L = header.n_embed, header.n_layer
     if "blocks.0.att.g1" not in records or records["blocks.0.att.x_rwkvag"].shape[0] != 6:
         raise ValueError(f"{src}: v7 model without the output gate (g1/g2); llama.cpp's rwkv7 needs it")
@@ -147,7 +149,7 @@ def convert(src: str, dst: str, quiet: bool = False) -> None:
     writer.add_block_count(L)
     writer.add_feed_forward_length(records["blocks.0.ffn.key.weight"].shape[0])
     writer.add_head_count(0)  # a key llama.cpp requires; rwkv7 uses wkv_head_size instead
-    writer.add_wkv_head_size(F.HEAD_SIZE)
+    writer.add_wkv_head_size(arch.head_size)
     writer.add_layer_norm_eps(1e-5)  # RWKV's LayerNorm eps (ln_x uses 64e-5, built into llama.cpp)
     writer.add_decay_lora_rank(rank("w"))
     writer.add_iclr_lora_rank(rank("a"))

@@ -25,12 +25,13 @@ from support.checkpoints import ARCHES, make_checkpoint, save_pth  # noqa: E402
 from support.reference import Reference  # noqa: E402
 
 from rwkvcpp import format as fmt  # noqa: E402
-from rwkvcpp.checkpoints import pth as pth_reader  # noqa: E402
+from rwkvcpp.arch import get as get_arch  # noqa: E402
 from rwkvcpp.cli import main as cli_main  # noqa: E402
-from rwkvcpp.checkpoints.state_file import load_state_file, save_state_file  # noqa: E402
-from rwkvcpp.conversion import convert  # noqa: E402
-from rwkvcpp.conversion import model_order  # noqa: E402
-from rwkvcpp.checkpoints.pth_write import save_safetensors  # noqa: E402
+from rwkvcpp.conversion import lazy  # noqa: E402
+from rwkvcpp.conversion.pipeline import convert  # noqa: E402
+from rwkvcpp.conversion.pth_write import save_safetensors  # noqa: E402
+from rwkvcpp.conversion.schema import model_order  # noqa: E402
+from rwkvcpp.conversion.state_file import load_state_file, save_state_file  # noqa: E402
 from rwkvcpp.writer import write_model  # noqa: E402
 
 try:
@@ -72,7 +73,7 @@ def write_free_pth(path, checkpoint, dtype="bfloat16"):
 
 
 def to_hf_names(checkpoint):
-    """The forward renaming Hugging Face's RWKV ports applied (the inverse of checkpoints/hf.py)."""
+    """The forward renaming Hugging Face's RWKV ports applied (the inverse of rwkvcpp/conversion/hf.py)."""
     params = {"time_mix_k": "time_mix_key", "time_mix_v": "time_mix_value",
               "time_mix_r": "time_mix_receptance", "time_mix_g": "time_mix_gate"}
     parts_map = {"ln0": "pre_ln", "ln1": "ln1", "ln2": "ln2", "att": "attention", "ffn": "feed_forward"}
@@ -188,7 +189,7 @@ def test_safetensors_and_hf_layouts(arch, checkpoints, expected_bins, tmp_path):
     checkpoint = checkpoints[arch]
     expected = expected_bins[arch, "FP16"]
     # The canonical order is the order of the released .pth files (which make_checkpoint follows).
-    assert model_order(list(checkpoint), arch) == list(checkpoint)
+    assert model_order(list(checkpoint), get_arch(arch)) == list(checkpoint)
 
     save_safetensors(tmp_path / "model.safetensors", checkpoint)  # sorted by name on reading
     convert(tmp_path / "model.safetensors", tmp_path / "st.bin")
@@ -391,7 +392,7 @@ def no_tensor_data(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("tensor data was read")
 
-    monkeypatch.setattr(pth_reader.LazyTensor, "numpy", refuse)
+    monkeypatch.setattr(lazy.LazyTensor, "numpy", refuse)
     monkeypatch.setattr(fmt, "read_tensor", refuse)
 
 

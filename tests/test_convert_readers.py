@@ -16,18 +16,11 @@ import pytest
 
 from support import pth_writer as pw  # noqa: E402
 
-from rwkvcpp.checkpoints import (  # noqa: E402
-    CheckpointError,
-    LazyCheckpoint,
-    LazyTensor,
-    UnsafeCheckpointError,
-    is_hf_layout,
-    load_checkpoint,
-    read_safetensors,
-    rwkv_order_key,
-    to_native_names,
-)
-from rwkvcpp.checkpoints.hf import hf_to_native_name  # noqa: E402
+from rwkvcpp.conversion.hf import hf_to_native_name, is_hf_layout, to_native_names  # noqa: E402
+from rwkvcpp.conversion.lazy import CheckpointError, LazyCheckpoint, LazyTensor, UnsafeCheckpointError  # noqa: E402
+from rwkvcpp.conversion.load import load_checkpoint  # noqa: E402
+from rwkvcpp.conversion.safetensors import read_safetensors  # noqa: E402
+from rwkvcpp.conversion.schema import model_order  # noqa: E402
 
 try:
     import torch
@@ -182,9 +175,9 @@ def test_items_give_float32_arrays(tmp_path):
 def test_chunked_conversion(tmp_path, monkeypatch, chunk):
     # Contiguous tensors are converted chunk by chunk, releasing source pages as they go; make
     # the chunks small (and not page-sized) so a few-KB tensor takes many of them.
-    from rwkvcpp.checkpoints import pth
+    from rwkvcpp.conversion import lazy
 
-    monkeypatch.setattr(pth, "_CHUNK_BYTES", chunk)
+    monkeypatch.setattr(lazy, "_CHUNK_BYTES", chunk)
     expected, tensors = writer_tensors("bfloat16")
     expected["big"] = sample((64, 100), 9, "bfloat16")
     tensors["big"] = pw.tensor(expected["big"], "bfloat16", offset=3)
@@ -724,7 +717,7 @@ def test_sharded_safetensors(tmp_path):
     by_index = load_checkpoint(index)
     by_folder = load_checkpoint(tmp_path)
     # Shard by shard, each in model order (safetensors files have no order of their own).
-    assert list(by_index) == list(by_folder) == sorted(values, key=rwkv_order_key)
+    assert list(by_index) == list(by_folder) == model_order(values)
     assert_same(by_folder, {n: values[n] for n in by_folder}, "bfloat16")
 
 

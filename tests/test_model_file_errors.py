@@ -16,12 +16,13 @@ import pytest
 
 from rwkvcpp import format as fmt
 from rwkvcpp.model import Model, ModelFileError, ModelIOError, RWKVError
-from rwkvcpp.writer import BinWriter, transform_checkpoint
+from rwkvcpp.conversion.transform import transform_checkpoint
+from rwkvcpp.writer import BinWriter
 
 # Header field offsets (six little-endian int32).
 MAGIC, VERSION, N_VOCAB, N_EMBED, N_LAYER, DATA_TYPE = (4 * i for i in range(6))
 
-# FORMAT.md: 2-D tensors become FP16 in an FP16 file, except these.
+# docs/FORMAT.md: 2-D tensors become FP16 in an FP16 file, except these.
 FP32_FRAGMENTS = (".time_", ".k_k", ".k_a", ".r_k", ".x_rwkvag", ".x_k", ".w0", ".a0", ".v0")
 
 
@@ -165,7 +166,7 @@ def test_unsupported_version(v7, version):
 
 
 def test_version_100_fp16_file_loads(v7, model_files):
-    """FP32/FP16 tensors of version 100 files are read as in 101 (FORMAT.md)."""
+    """FP32/FP16 tensors of version 100 files are read as in 101 (docs/FORMAT.md)."""
     model = Model(v7.i32(VERSION, 100).write("v100.bin"), threads=1)
     assert model.file_version == 100
     expected = Model(model_files["v7"].fp16, threads=1).eval(5)[0]

@@ -1,6 +1,6 @@
-"""rwkvcpp.writer builds .bin files that rwkvcpp.format reads back as FORMAT.md describes.
+"""rwkvcpp.writer builds .bin files that rwkvcpp.format reads back as docs/FORMAT.md describes.
 
-Expected names, shapes and types are derived here from FORMAT.md directly (not from the writer's
+Expected names, shapes and types are derived here from docs/FORMAT.md directly (not from the writer's
 own transform code), and values are checked against the raw checkpoint.
 """
 
@@ -12,7 +12,9 @@ import pytest
 
 from support.checkpoints import ARCHES, HEAD_SIZE, make_checkpoint, v7_lora_dims
 from rwkvcpp import format as fmt
-from rwkvcpp.writer import BinWriter, detect_arch, transform_checkpoint, write_model
+from rwkvcpp.arch import detect
+from rwkvcpp.conversion.transform import transform_checkpoint
+from rwkvcpp.writer import BinWriter, write_model
 
 C, V, L = 128, 256, 2
 H = C // HEAD_SIZE
@@ -28,7 +30,7 @@ def checkpoints():
 
 
 def expected_records(arch, checkpoint):
-    """(name, shape) of every record, in file order, per FORMAT.md."""
+    """(name, shape) of every record, in file order, per docs/FORMAT.md."""
     records = []
     for name, value in checkpoint.items():
         shape = tuple(value.shape)
@@ -42,7 +44,7 @@ def expected_records(arch, checkpoint):
         elif arch == "v6":
             if leaf in ("time_decay", "time_faaaa"):
                 shape = (H, 64, 1)
-            elif leaf in ("time_maa_w1", "time_decay_w1", "time_decay_w2"):  # w2: see writer.py
+            elif leaf in ("time_maa_w1", "time_decay_w1", "time_decay_w2"):  # w2: see arch/v6.py
                 shape = shape[::-1]
             elif leaf == "time_maa_w2":
                 shape = (shape[0], shape[2], shape[1])
@@ -98,7 +100,7 @@ def test_write_model_round_trip(arch, dtype, checkpoints, tmp_path):
 
 @pytest.mark.parametrize("arch", ARCHES)
 def test_transform_values(arch, checkpoints):
-    """The value transforms of FORMAT.md, checked against the raw checkpoint."""
+    """The value transforms of docs/FORMAT.md, checked against the raw checkpoint."""
     raw = checkpoints[arch]
     out = dict(transform_checkpoint(raw))
     assert all(a.dtype == np.float32 for a in out.values())
@@ -139,7 +141,7 @@ def test_transform_values(arch, checkpoints):
 
 def test_detect_arch(checkpoints):
     for arch, checkpoint in checkpoints.items():
-        assert detect_arch(checkpoint) == arch
+        assert detect(checkpoint).name == arch
 
 
 def test_input_dtypes_are_widened(tmp_path, checkpoints):

@@ -12,7 +12,7 @@ _LAZY = {
     "RWKVError": ("rwkvcpp.model", "RWKVError"),
     "system_info": ("rwkvcpp.model", "system_info"),
     "quantize": ("rwkvcpp.quantization", "quantize"),
-    "convert": ("rwkvcpp.conversion", "convert"),
+    "convert": ("rwkvcpp.conversion.pipeline", "convert"),
     "Generator": ("rwkvcpp.generate", "Generator"),
     "Tokenizer": ("rwkvcpp.tokenizer", "Tokenizer"),
     "SamplingParams": ("rwkvcpp.sampling", "SamplingParams"),

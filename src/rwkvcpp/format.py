@@ -1,7 +1,8 @@
 """Facts of the rwkv.cpp model file format (``.bin``) and a validating reader.
 
-The authoritative description is FORMAT.md; this module is its executable form. Everything is
-pure Python plus numpy, so it works without the native engine.
+The authoritative description is docs/FORMAT.md; this module is its executable form (what each
+RWKV version's tensors are is in :mod:`rwkvcpp.arch`, writing is :mod:`rwkvcpp.writer`).
+Everything is pure Python plus numpy, so it works without the native engine.
 
 Layout: a header of six little-endian int32 (magic, version, n_vocab, n_embed, n_layer,
 data_type) followed by tensor records up to EOF. Each record is ``n_dims, name_len, type``, then
@@ -31,11 +32,6 @@ HEADER_SIZE = struct.calcsize(HEADER_FORMAT)  # 24 bytes
 #: corrupt length field into a clear error instead of a huge read.
 MAX_NAME_BYTES = 1024
 MAX_DIMS = 3
-
-#: Head size of v5, v6 and v7 models (n_head = n_embed // HEAD_SIZE).
-HEAD_SIZE = 64
-
-ARCHITECTURES = ("v4", "v5.1", "v5.2", "v6", "v7")
 
 
 class TensorType(NamedTuple):
@@ -289,25 +285,3 @@ def open_mmap(path) -> mmap.mmap:
     """A read-only mmap of a whole file, for repeated read_tensor calls without reopening."""
     with open(path, "rb") as f:
         return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-
-
-def state_size(arch: str, n_embed: int, n_layer: int) -> int:
-    """Number of floats in the flat state vector (FORMAT.md "State")."""
-    if arch == "v4":
-        per_layer = 5 * n_embed  # ffn x, att x, aa, bb, pp
-    else:
-        per_layer = 2 * n_embed + n_embed * HEAD_SIZE  # ffn x, att x, H x 64 x 64
-    return per_layer * n_layer
-
-
-
-def detect_arch_from_names(names) -> str:
-    """The architecture of a model from its tensor names (FORMAT.md "Which architecture ...")."""
-    names = set(names)
-    if "blocks.0.att.r_k" in names:
-        return "v7"
-    if "blocks.0.att.time_maa_x" in names:
-        return "v6"
-    if "blocks.0.att.ln_x.weight" in names:
-        return "v5.2" if "blocks.0.att.gate.weight" in names else "v5.1"
-    return "v4"

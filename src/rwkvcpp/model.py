@@ -9,12 +9,13 @@ import numpy as np
 
 from . import _core
 from ._core import ArgumentError, ModelFileError, ModelIOError, RWKVError
+from .format import TYPES
 
 __all__ = [
     "Model", "RWKVError", "ModelFileError", "ModelIOError", "ArgumentError", "check_token_range", "system_info",
 ]
 
-TYPE_NAMES = {0: "FP32", 1: "FP16", 2: "Q4_0", 3: "Q4_1", 7: "Q5_0", 8: "Q5_1", 9: "Q8_0"}
+TYPE_NAMES = {t.id: t.name for t in TYPES.values()}
 
 Tokens = Union[Sequence[int], np.ndarray]
 
@@ -80,15 +81,15 @@ class Model:
 
     def load_state_file(self, path: Union[str, os.PathLike]) -> np.ndarray:
         """A state whose wkv matrices come from a state-tuning file (``.pth``/``.safetensors``
-        with ``blocks.N.att.time_state``); see :func:`rwkvcpp.checkpoints.state_file.load_state_file`."""
-        from .checkpoints.state_file import load_state_file
+        with ``blocks.N.att.time_state``); see :func:`rwkvcpp.conversion.state_file.load_state_file`."""
+        from .conversion.state_file import load_state_file
 
         return load_state_file(path, self)
 
     def save_state_file(self, path: Union[str, os.PathLike], state: np.ndarray) -> None:
         """Writes the wkv matrices of ``state`` as a state file (``.pth``, or ``.safetensors`` by
-        suffix); see :func:`rwkvcpp.checkpoints.state_file.save_state_file`."""
-        from .checkpoints.state_file import save_state_file
+        suffix); see :func:`rwkvcpp.conversion.state_file.save_state_file`."""
+        from .conversion.state_file import save_state_file
 
         save_state_file(path, self._check_state(state, "state"), self)
 

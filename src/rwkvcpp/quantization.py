@@ -1,7 +1,7 @@
 """Quantizing an FP32/FP16 rwkv.cpp model file to Q4_0, Q4_1, Q5_0, Q5_1 or Q8_0.
 
 The work is done by the C engine (``_core.quantize_file``), which streams the source tensor by
-tensor and follows FORMAT.md's reference rounding, so the output is byte-identical to rwkv.cpp's.
+tensor and follows docs/FORMAT.md's reference rounding, so the output is byte-identical to rwkv.cpp's.
 This module adds what a user-facing entry point needs around it: type names, refusing to
 overwrite the source, an atomic result that is never left half-written (also on Ctrl-C), and a
 summary of what was done.
@@ -95,7 +95,7 @@ def quantize(
 ) -> QuantizeSummary:
     """Quantizes the FP32/FP16 model ``src`` into a new file ``dst``.
 
-    ``type`` is one of Q4_0, Q4_1, Q5_0, Q5_1 (the default) and Q8_0, in any case. As FORMAT.md
+    ``type`` is one of Q4_0, Q4_1, Q5_0, Q5_1 (the default) and Q8_0, in any case. As docs/FORMAT.md
     says, only 2-D matrices are quantized, never ``emb.weight``, the v7 LoRA matrices or
     ``att.r_k``; ``head.weight`` only with ``quantize_head`` (faster, but files stay compatible
     with more readers without it). Everything else is copied unchanged.

@@ -5,7 +5,7 @@ The pickle is emitted opcode by opcode (protocol 2, the one torch uses), because
 module can only name globals that exist in the writing process, and torch's do not here. A pickle
 is described as a tree of plain values (None, bool, int, str, tuple, list, dict) and node
 types (:class:`Global`, :class:`Call`, :class:`PersId`, :class:`Build`, imported from
-rwkvcpp.checkpoints.pth_write). The same tree language builds malicious pickles.
+rwkvcpp.conversion.pth_write). The same tree language builds malicious pickles.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import numpy as np
 
 # The pickle emitter lives in the package (state files are written with it at run time); it is
 # re-exported here so tests keep using pw.Global, pw.Call, pw.dumps, ...
-from rwkvcpp.checkpoints.pth_write import Build, Call, Global, PersId, dumps, write_zip  # noqa: F401
+from rwkvcpp.conversion.pth_write import Build, Call, Global, PersId, dumps, write_zip  # noqa: F401
 
 # ---------------------------------------------------------------------------- tensors
 

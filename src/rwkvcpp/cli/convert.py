@@ -3,7 +3,7 @@ PyTorch / safetensors / Hugging Face checkpoint into an rwkv.cpp model file."""
 
 from __future__ import annotations
 
-from ..conversion import convert
+from ..conversion.pipeline import convert
 from ..quantization import QUANTIZED_TYPES
 from . import CommandError
 from ._progress import Progress, step_callback

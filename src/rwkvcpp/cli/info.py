@@ -15,6 +15,7 @@ import os
 from collections import Counter
 
 from .. import format as fmt
+from ..arch import detect
 from ..quantization import format_size
 
 _FILE_KINDS = {b"PK\x03\x04": "PyTorch zip (torch.save)", b"\x80": "legacy PyTorch pickle"}
@@ -33,18 +34,11 @@ def _is_model_file(path: str) -> bool:
         return f.read(4) == fmt.MAGIC.to_bytes(4, "little")
 
 
-def _sizes(arch: str, n_embed: int, ffn_key_shape) -> dict:
-    return {
-        "n_head": None if arch == "v4" else n_embed // fmt.HEAD_SIZE,
-        "n_ffn": int(ffn_key_shape[0]) if ffn_key_shape else None,
-    }
-
-
 def describe_model_file(path: str) -> dict:
     """Header and tensor records of a ``.bin`` (validated as the engine would, data unread)."""
     header = fmt.read_header(path)
     records = fmt.load_records(path)
-    arch = fmt.detect_arch_from_names(r.name for r in records)
+    arch = detect(r.name for r in records)
     by_name = {r.name: r for r in records}
     ffn_key = by_name.get("blocks.0.ffn.key.weight")
     return {
@@ -53,11 +47,12 @@ def describe_model_file(path: str) -> dict:
         "magic": f"0x{fmt.MAGIC:08x}",
         "version": header.version,
         "data_type": fmt.type_name(header.data_type),
-        "arch": arch,
+        "arch": arch.name if arch else None,
         "n_vocab": header.n_vocab,
         "n_embed": header.n_embed,
         "n_layer": header.n_layer,
-        **_sizes(arch, header.n_embed, ffn_key.shape if ffn_key else None),
+        "n_head": (arch.n_head(header.n_embed) if arch else 0) or None,
+        "n_ffn": int(ffn_key.shape[0]) if ffn_key else None,
         "n_params": sum(math.prod(r.shape) for r in records),
         "file_size": os.path.getsize(path),
         "type_counts": dict(Counter(r.type_name for r in records).most_common()),
@@ -90,8 +85,9 @@ def _file_kind(source: str) -> str:
 def describe_checkpoint(path: str) -> dict:
     """Architecture, sizes and tensors of a checkpoint; ``problem`` says why it could not be
     converted, when it could not."""
-    from ..checkpoints import is_hf_layout, load_checkpoint, to_native_names
-    from ..conversion import inspect_checkpoint
+    from ..conversion.hf import is_hf_layout, to_native_names
+    from ..conversion.load import load_checkpoint
+    from ..conversion.schema import inspect_checkpoint
 
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such file or directory")
@@ -143,7 +139,7 @@ def _table(rows: list, type_key: str) -> list:
 
 
 def _text(info: dict) -> str:
-    from ..conversion import format_count
+    from ..conversion.schema import format_count
 
     lines = [f"{info['path']}: {info['kind']}"]
     if info["kind"] == "rwkv.cpp model":

@@ -26,7 +26,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 
-from .pth import CheckpointError, LazyCheckpoint
+from .lazy import CheckpointError, LazyCheckpoint
 
 __all__ = ["is_hf_layout", "to_native_names", "hf_to_native_name"]
 

@@ -1,7 +1,7 @@
 """Write ``torch.save``-compatible ``.pth`` files and ``.safetensors`` files without torch.
 
-Used to save state files (:mod:`rwkvcpp.checkpoints.state_file`) where torch is not installed; the
-tests build their checkpoints with the same pickle emitter (tests/pth_writer.py).
+Used to save state files (:mod:`rwkvcpp.conversion.state_file`) where torch is not installed; the
+tests build their checkpoints with the same pickle emitter (tests/support/pth_writer.py).
 
 A ``torch.save`` file (zip format, torch >= 1.6) is a zip archive with every record under one
 top-level folder: ``data.pkl`` (the pickled object, whose tensors refer to storages by key through
@@ -12,7 +12,7 @@ and torch's do not here. A pickle is described as a tree of plain values (None, 
 tuple, list, dict) and the node types :class:`Global` (a GLOBAL opcode), :class:`Call`
 (callable, args, REDUCE), :class:`PersId` (a persistent id, BINPERSID) and :class:`Build`.
 
-What is written only uses the names :mod:`rwkvcpp.checkpoints.pth`'s restricted reader accepts and
+What is written only uses the names :mod:`rwkvcpp.conversion.pth`'s restricted reader accepts and
 ``torch.load(weights_only=True)`` allows, so both read the files back.
 """
 

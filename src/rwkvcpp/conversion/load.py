@@ -1,153 +1,32 @@
-"""Checkpoint readers: PyTorch ``.pth``/``.bin``, safetensors and Hugging Face folders, read
-without torch and without running code from the file, one tensor at a time.
+"""Open a checkpoint by what it holds: ``load_checkpoint(path)``.
 
-``load_checkpoint(path)`` returns a :class:`LazyCheckpoint`: an ordered ``Mapping[str,
+Returns a :class:`~rwkvcpp.conversion.lazy.LazyCheckpoint`: an ordered ``Mapping[str,
 np.ndarray]`` whose ``checkpoint[name]`` reads just that tensor as float32, with ``shape_of``/
 ``dtype_of`` to look at tensors without reading them. What a path holds is decided from its
 content, not its name:
 
 * a zip (``torch.save`` >= 1.6: ``.pth``, ``.pt``, HF ``pytorch_model.bin``) or a legacy torch
-  pickle -> :mod:`rwkvcpp.checkpoints.pth` (restricted unpickler);
-* a safetensors file -> read here from its JSON header (numpy has no bf16, and this way
-  safetensors is not a dependency);
+  pickle -> :mod:`rwkvcpp.conversion.pth` (restricted unpickler);
+* a safetensors file -> :mod:`rwkvcpp.conversion.safetensors`;
 * a ``*.index.json`` (HF sharded checkpoint) or a folder -> the union of the shards.
 
-Names are returned as the file has them; :func:`rwkvcpp.checkpoints.hf.to_native_names` maps Hugging
-Face RWKV names back to the BlinkDL names the writer expects.
+A new container format is one more reader module and one more case in :func:`_sniff`. Names are
+returned as the file has them; :func:`rwkvcpp.conversion.hf.to_native_names` maps Hugging Face
+RWKV names back to BlinkDL's.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
-import re
 
-from .hf import is_hf_layout, to_native_names
-from .pth import (
-    DTYPE_NAMES,
-    CheckpointError,
-    LazyCheckpoint,
-    LazyTensor,
-    UnsafeCheckpointError,
-    _RAW_DTYPES,
-    _Storage,
-    read_torch_legacy,
-    read_torch_zip,
-)
+from .lazy import CheckpointError, LazyCheckpoint, LazyTensor
+from .pth import read_torch_legacy, read_torch_zip
+from .safetensors import read_safetensors
+from .schema import natural_key
 
-__all__ = [
-    "load_checkpoint",
-    "read_safetensors",
-    "LazyCheckpoint",
-    "LazyTensor",
-    "CheckpointError",
-    "UnsafeCheckpointError",
-    "is_hf_layout",
-    "to_native_names",
-    "rwkv_order_key",
-    "DTYPE_NAMES",
-]
+__all__ = ["load_checkpoint"]
 
-
-# --------------------------------------------------------------------------------------------
-# Tensor order
-# --------------------------------------------------------------------------------------------
-
-_NUMBER = re.compile(r"(\d+)")
-# RWKV's top-level parts in model order; HF names are ranked after stripping "rwkv.".
-_SECTIONS = {"emb": 0, "embeddings": 0, "blocks": 1, "ln_out": 2, "head": 3}
-# A block's parts in the order they run (native and HF names).
-_BLOCK_PARTS = {"ln0": 0, "pre_ln": 0, "ln1": 1, "ln2": 2, "att": 3, "attention": 3,
-                "ffn": 4, "feed_forward": 4}
-
-
-def _natural_key(text: str):
-    """'blocks.10' sorts after 'blocks.9'. Pairs keep ints and strings from being compared."""
-    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part)
-                 for part in _NUMBER.split(text) if part)
-
-
-def rwkv_order_key(name: str):
-    """Sort key putting tensors in model order: embedding, blocks by number (each: ln0, ln1, ln2,
-    att, ffn), ln_out, head, then anything else. Used where the file itself has no meaningful
-    order (safetensors writers sort names alphabetically, which puts blocks.10 before blocks.2)."""
-    bare = name.removeprefix("rwkv.")
-    parts = bare.split(".")
-    section = _SECTIONS.get(parts[0], 4)
-    if section == 1 and len(parts) > 2 and parts[1].isdigit():
-        return (section, int(parts[1]), _BLOCK_PARTS.get(parts[2], 5), _natural_key(bare))
-    return (section, 0, 0, _natural_key(bare))
-
-
-# --------------------------------------------------------------------------------------------
-# safetensors
-# --------------------------------------------------------------------------------------------
-
-_SAFETENSORS_DTYPES = {
-    "F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
-    "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool",
-}
-# The safetensors library refuses headers over 100 MB; a larger one is corrupt or hostile.
-_MAX_SAFETENSORS_HEADER = 100_000_000
-
-
-def _is_int_list(value) -> bool:
-    return isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
-
-
-def read_safetensors(path) -> LazyCheckpoint:
-    """Read a ``.safetensors`` file: 8-byte little-endian header length, a JSON header mapping
-    names to dtype, shape and [begin, end) data offsets, then the data. Tensors are ordered by
-    :func:`rwkv_order_key`."""
-    path = os.fspath(path)
-    filename = os.path.basename(path)
-    file_size = os.path.getsize(path)
-    with open(path, "rb") as f:
-        length_bytes = f.read(8)
-        if len(length_bytes) != 8:
-            raise CheckpointError(f"{filename}: truncated safetensors file")
-        header_len = int.from_bytes(length_bytes, "little")
-        if header_len > _MAX_SAFETENSORS_HEADER or 8 + header_len > file_size:
-            raise CheckpointError(f"{filename}: corrupt or truncated safetensors header "
-                                  f"(claims {header_len} bytes)")
-        header_bytes = f.read(header_len)
-    try:
-        header = json.loads(header_bytes)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{filename}: corrupt safetensors header ({exc})") from exc
-    if not isinstance(header, dict):
-        raise CheckpointError(f"{filename}: corrupt safetensors header (not a JSON object)")
-
-    data_start = 8 + header_len
-    data_size = file_size - data_start
-    tensors: dict[str, LazyTensor] = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        if not isinstance(info, dict):
-            raise CheckpointError(f"{filename}: malformed header entry for {name!r}")
-        dtype = _SAFETENSORS_DTYPES.get(info.get("dtype"))
-        if dtype is None:
-            raise CheckpointError(f"{filename}: tensor {name!r} has unsupported dtype {info.get('dtype')!r}")
-        shape, offsets = info.get("shape"), info.get("data_offsets")
-        if not (_is_int_list(shape) and all(n >= 0 for n in shape) and _is_int_list(offsets)
-                and len(offsets) == 2 and 0 <= offsets[0] <= offsets[1]):
-            raise CheckpointError(f"{filename}: malformed header entry for {name!r}")
-        begin, end = offsets
-        if end > data_size:
-            raise CheckpointError(f"{filename}: truncated: tensor {name!r} ends past the end of the file")
-        if end - begin != math.prod(shape) * _RAW_DTYPES[dtype].itemsize:
-            raise CheckpointError(f"{filename}: tensor {name!r}: {end - begin} bytes for shape {shape}")
-        storage = _Storage(name, dtype, math.prod(shape)).bind(path, data_start + begin, end - begin)
-        tensors[name] = LazyTensor(storage, 0, shape)
-    ordered = sorted(tensors, key=rwkv_order_key)
-    return LazyCheckpoint(((n, tensors[n]) for n in ordered), source=path)
-
-
-# --------------------------------------------------------------------------------------------
-# Sharded checkpoints and folders
-# --------------------------------------------------------------------------------------------
 
 
 def _read_index(path: str) -> LazyCheckpoint:
@@ -168,7 +47,7 @@ def _read_index(path: str) -> LazyCheckpoint:
 
     folder = os.path.dirname(os.path.abspath(path))
     tensors: dict[str, LazyTensor] = {}
-    for shard in sorted(set(weight_map.values()), key=_natural_key):
+    for shard in sorted(set(weight_map.values()), key=natural_key):
         # Shards live beside the index; refuse names that would lead elsewhere.
         if os.path.isabs(shard) or os.path.normpath(shard).split(os.sep)[0] == os.pardir:
             raise CheckpointError(f"{filename}: shard {shard!r} lies outside the checkpoint folder")

@@ -8,9 +8,10 @@ Orientation. The files store each head's matrix as [value][key], the layout of t
 kernels that learn them (thread i of RWKV-PEFT's state-tuning CUDA kernels owns value channel i and
 keeps its row over the key channels). The official ``rwkv`` package therefore loads v5/v6 states
 with ``.transpose(1, 2)`` into its [key][value] matrices, and v7 states as they are, since its v7
-state is [value][key] already (``S = S*w + S@ab + v k^T``). This package's flat state (FORMAT.md
+state is [value][key] already (``S = S*w + S@ab + v k^T``). This package's flat state (docs/FORMAT.md
 "State", the same as rwkv.cpp's) uses exactly those two layouts: [head][key][value] for v5/v6,
-[head][value][key] for v7. So v5/v6 matrices are transposed on the way in and out, v7 ones are not.
+[head][value][key] for v7. So v5/v6 matrices are transposed on the way in and out, v7 ones are not
+(each version's ``state_value_major`` and ``wkv_views`` in :mod:`rwkvcpp.arch`).
 
 Neither the official package nor rwkv.cpp has state files for v4 (its state is three vectors per
 layer, not a matrix), so v4 models are refused.
@@ -24,12 +25,13 @@ from typing import Union
 
 import numpy as np
 
-from . import is_hf_layout, load_checkpoint, to_native_names
+from ..arch import get as get_arch
+from .hf import is_hf_layout, to_native_names
+from .load import load_checkpoint
 from .pth_write import save_pth, save_safetensors
 
 __all__ = ["load_state_file", "save_state_file", "STATE_TENSOR"]
 
-HEAD_SIZE = 64
 #: The name of layer N's tensor in a state file.
 STATE_TENSOR = "blocks.{}.att.time_state"
 _STATE_NAME = re.compile(r"^blocks\.(\d+)\.att\.time_state$")
@@ -39,31 +41,13 @@ PathLike = Union[str, os.PathLike]
 
 
 def _layout(model, where: str):
-    """(n_layer, n_embed, n_head, per-layer state length) of a v5/v6/v7 model; ValueError for v4."""
-    arch = model.arch
-    if arch == "v4":
-        raise ValueError(f"{where}: state files hold wkv matrices of RWKV v5, v6 and v7; "
-                         "a v4 model's state has none")
+    """(version, n_layer, n_embed, n_head, head size) of a model whose state has wkv matrices;
+    ValueError for one without (v4)."""
+    arch = get_arch(model.arch)
+    if not arch.head_size:
+        raise ValueError(f"{where}: state files hold wkv matrices; a {arch.name} model's state has none")
     n_embed, n_layer = int(model.n_embed), int(model.n_layer)
-    n_head = n_embed // HEAD_SIZE
-    return n_layer, n_embed, n_head, 2 * n_embed + n_head * HEAD_SIZE * HEAD_SIZE
-
-
-def _wkv_views(state: np.ndarray, model, where: str) -> list:
-    """Views of each layer's (n_head, 64, 64) wkv matrices inside the flat state, in the file's
-    [head][value][key] orientation (writing to a view writes the state)."""
-    n_layer, n_embed, n_head, per_layer = _layout(model, where)
-    views = []
-    for i in range(n_layer):
-        start = i * per_layer + 2 * n_embed  # after the ffn and att token-shift vectors
-        wkv = state[start:start + n_head * HEAD_SIZE * HEAD_SIZE].reshape(n_head, HEAD_SIZE, HEAD_SIZE)
-        views.append(wkv if model.arch == "v7" else wkv.transpose(0, 2, 1))
-    return views
-
-
-def _state_len(model) -> int:
-    n_layer, _, _, per_layer = _layout(model, "model")
-    return n_layer * per_layer
+    return arch, n_layer, n_embed, arch.n_head(n_embed), arch.head_size
 
 
 def load_state_file(path: PathLike, model) -> np.ndarray:
@@ -76,7 +60,7 @@ def load_state_file(path: PathLike, model) -> np.ndarray:
     another width (heads), a v4 model.
     """
     path = os.fspath(path)
-    n_layer, n_embed, n_head, _ = _layout(model, path)
+    arch, n_layer, n_embed, n_head, head_size = _layout(model, path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such file or directory")
     checkpoint = load_checkpoint(path)
@@ -98,19 +82,19 @@ def load_state_file(path: PathLike, model) -> np.ndarray:
                          f"(blocks {layers[0]}..{layers[-1]}); this model has {n_layer} layers")
 
     # Check every shape and dtype before reading any data.
-    wanted = (n_head, HEAD_SIZE, HEAD_SIZE)
+    wanted = (n_head, head_size, head_size)
     for i in layers:
         shape = tuple(checkpoint.shape_of(names[i]))
         if shape != wanted:
-            file_heads = f" ({shape[0]} heads, n_embed {shape[0] * HEAD_SIZE})" if shape[1:] == wanted[1:] else ""
+            file_heads = f" ({shape[0]} heads, n_embed {shape[0] * head_size})" if shape[1:] == wanted[1:] else ""
             raise ValueError(f"{path}: {names[i]} has shape {shape}{file_heads}; this model "
-                             f"(n_embed {n_embed}, {n_head} heads of {HEAD_SIZE}) needs {wanted}")
+                             f"(n_embed {n_embed}, {n_head} heads of {head_size}) needs {wanted}")
         dtype = checkpoint.dtype_of(names[i])
         if dtype not in _FLOAT_DTYPES:
             raise ValueError(f"{path}: {names[i]} has dtype {dtype}; expected floating point")
 
     state = np.array(model.init_state(), dtype=np.float32, copy=True)
-    for i, view in enumerate(_wkv_views(state, model, path)):
+    for i, view in enumerate(arch.wkv_views(state, n_embed, n_layer)):
         values = checkpoint[names[i]]
         if not np.all(np.isfinite(values)):
             raise ValueError(f"{path}: {names[i]} holds NaN or infinite values")
@@ -131,12 +115,13 @@ def save_state_file(path: PathLike, state: np.ndarray, model) -> None:
     state = np.asarray(state)
     if state.dtype.kind != "f":
         raise ValueError(f"{path}: state must be a float array, not {state.dtype}")
-    expected = _state_len(model)
+    arch, n_layer, n_embed, _, _ = _layout(model, path)
+    expected = n_layer * arch.layer_state_len(n_embed)
     if state.ndim != 1 or state.shape[0] != expected:
         raise ValueError(f"{path}: state has shape {state.shape}; this {model.arch} model's state is ({expected},)")
     tensors = {
         STATE_TENSOR.format(i): np.ascontiguousarray(view, dtype=np.float32)
-        for i, view in enumerate(_wkv_views(state, model, path))
+        for i, view in enumerate(arch.wkv_views(state, n_embed, n_layer))
     }
     if path.lower().endswith(".safetensors"):
         save_safetensors(path, tensors)

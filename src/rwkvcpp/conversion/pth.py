@@ -5,12 +5,10 @@ module lets the file call any Python function it names, so a downloaded ``.pth``
 arbitrary code. This reader uses an unpickler that only resolves the handful of names a tensor
 checkpoint is made of (``collections.OrderedDict``, torch's tensor rebuild functions, typed storage
 classes, dtype objects) and maps each of them to a harmless stand-in defined here. Anything else
-is refused with :class:`UnsafeCheckpointError` before it can be called.
+is refused with :class:`~rwkvcpp.conversion.lazy.UnsafeCheckpointError` before it can be called.
 
-Tensors are not read while the pickle is: each becomes a :class:`LazyTensor` that remembers where
-its bytes lie in the file and reads just those (through a short-lived mmap) when asked, widening
-bf16/fp16 to float32. Converting a 7B checkpoint therefore needs the memory of one tensor, not of
-the model.
+Tensors are not read while the pickle is: each becomes a
+:class:`~rwkvcpp.conversion.lazy.LazyTensor` that reads its bytes when asked.
 
 Two container formats are read:
 
@@ -19,322 +17,19 @@ Two container formats are read:
 * the legacy format (torch < 1.6, or ``_use_new_zipfile_serialization=False``): a row of pickles
   (magic number, protocol version, system info, the object, the storage keys), then for each
   storage key an int64 element count followed by the raw elements.
-
-This module also holds the types shared by every reader: :class:`LazyTensor`,
-:class:`LazyCheckpoint` and the error classes.
 """
 
 from __future__ import annotations
 
 import collections
 import io
-import math
-import mmap
 import os
 import pickle
 import zipfile
-from collections.abc import Callable, Iterable, Iterator, Mapping
 
-import numpy as np
+from .lazy import RAW_DTYPES, CheckpointError, LazyCheckpoint, LazyTensor, Storage, UnsafeCheckpointError
 
-__all__ = [
-    "CheckpointError",
-    "UnsafeCheckpointError",
-    "LazyTensor",
-    "LazyCheckpoint",
-    "read_torch_zip",
-    "read_torch_legacy",
-    "DTYPE_NAMES",
-]
-
-
-class CheckpointError(ValueError):
-    """The file is not a checkpoint this package can read: unknown format, truncated, corrupt."""
-
-
-class UnsafeCheckpointError(CheckpointError):
-    """The checkpoint's pickle names something a plain tensor checkpoint never needs.
-
-    ``forbidden`` holds the dotted name that was refused (e.g. ``"os.system"``).
-    """
-
-    def __init__(self, message: str, forbidden: str = ""):
-        super().__init__(message)
-        self.forbidden = forbidden
-
-
-# Raw element types, by the dtype names this package uses (torch's names without "torch.").
-# numpy has no bfloat16, so bf16 elements are read as their uint16 bit patterns and widened by
-# hand in _convert_into().
-_RAW_DTYPES = {
-    "float64": np.dtype("<f8"),
-    "float32": np.dtype("<f4"),
-    "float16": np.dtype("<f2"),
-    "bfloat16": np.dtype("<u2"),
-    "int64": np.dtype("<i8"),
-    "int32": np.dtype("<i4"),
-    "int16": np.dtype("<i2"),
-    "int8": np.dtype("i1"),
-    "uint8": np.dtype("u1"),
-    "bool": np.dtype("?"),
-}
-_FLOAT_DTYPES = frozenset({"float64", "float32", "float16", "bfloat16"})
-DTYPE_NAMES = frozenset(_RAW_DTYPES)
-# Contiguous tensors are converted this many source bytes at a time (see LazyTensor.numpy).
-_CHUNK_BYTES = 16 << 20
-
-
-# --------------------------------------------------------------------------------------------
-# Where a tensor's bytes are
-# --------------------------------------------------------------------------------------------
-
-
-class _Storage:
-    """A run of raw bytes in a file that one or more tensors view (a torch storage, a safetensors
-    slice). Created unbound while a pickle is read, bound to a file position afterwards, because
-    the legacy format only says where storages lie after the pickle has been read."""
-
-    __slots__ = ("key", "dtype", "numel", "path", "offset", "nbytes", "member", "big_endian")
-
-    def __init__(self, key: str, dtype: str, numel: int):
-        self.key = key
-        self.dtype = dtype
-        self.numel = numel  # as declared by the file; bounds are checked against nbytes
-        self.path: str | None = None
-        self.offset = 0  # absolute file offset of the first byte
-        self.nbytes = 0
-        self.member: str | None = None  # set when the bytes sit in a *compressed* zip member
-        self.big_endian = False
-
-    def bind(self, path: str, offset: int, nbytes: int, *, member=None, big_endian=False):
-        self.path, self.offset, self.nbytes = path, offset, nbytes
-        self.member, self.big_endian = member, big_endian
-        return self
-
-    def __setstate__(self, state):  # a pickle BUILD opcode aimed at one of our objects
-        raise UnsafeCheckpointError("refusing to load: the pickle tries to modify a storage")
-
-    def with_bytes(self, start: int, length: int, fn: Callable):
-        """Call ``fn(buffer, offset)`` with bytes [start, start+length) of this storage available
-        at ``buffer[offset:]``; the buffer is only valid during the call (``fn`` must copy)."""
-        if self.path is None:
-            raise CheckpointError(f"storage {self.key!r} has no data in the file")
-        if start < 0 or length < 0 or start + length > self.nbytes:
-            raise CheckpointError(f"read outside storage {self.key!r}")
-        if self.member is not None:
-            # Compressed member (a re-zipped checkpoint; torch itself never compresses): it cannot
-            # be mapped, so decompress up to the bytes we need.
-            with zipfile.ZipFile(self.path) as zf, zf.open(self.member) as f:
-                f.seek(start)
-                data = f.read(length)
-            if len(data) != length:
-                raise CheckpointError(f"{os.path.basename(self.path)}: truncated member {self.member}")
-            return fn(data, 0)
-        # Map just this range: mmap offsets must be multiples of the allocation granularity.
-        # Mapping per read (instead of once per file) means pages are unmapped as soon as the
-        # tensor has been converted, so resident memory stays at one tensor.
-        absolute = self.offset + start
-        aligned = absolute - absolute % mmap.ALLOCATIONGRANULARITY
-        try:
-            with open(self.path, "rb") as f:
-                mm = mmap.mmap(f.fileno(), absolute + length - aligned, offset=aligned,
-                               access=mmap.ACCESS_READ)
-        except (OSError, ValueError) as exc:  # ValueError: the file shrank since it was opened
-            raise CheckpointError(f"{os.path.basename(self.path)}: cannot read tensor data ({exc})") from exc
-        try:
-            return fn(mm, absolute - aligned)
-        finally:
-            try:
-                mm.close()
-            except BufferError:  # a view survived in a traceback; the GC will unmap it later
-                pass
-
-
-# --------------------------------------------------------------------------------------------
-# Lazy tensors and checkpoints
-# --------------------------------------------------------------------------------------------
-
-
-class LazyTensor:
-    """A tensor whose data stays in the file until :meth:`numpy` is called.
-
-    ``shape`` and ``strides`` are in elements (like torch's), ``dtype`` is a name from
-    :data:`DTYPE_NAMES` describing the data *in the file* (``"bfloat16"``, ...).
-    """
-
-    __slots__ = ("shape", "dtype", "strides", "storage_offset", "_storage")
-
-    def __init__(self, storage: _Storage, storage_offset: int, shape, strides=None):
-        self._storage = storage
-        self.dtype: str = storage.dtype
-        self.shape: tuple[int, ...] = tuple(shape)
-        self.strides: tuple[int, ...] = (
-            tuple(strides) if strides is not None else _contiguous_strides(self.shape)
-        )
-        self.storage_offset: int = storage_offset
-
-    def __setstate__(self, state):  # see _Storage.__setstate__
-        raise UnsafeCheckpointError("refusing to load: the pickle tries to modify a tensor")
-
-    @property
-    def ndim(self) -> int:
-        return len(self.shape)
-
-    @property
-    def numel(self) -> int:
-        return math.prod(self.shape)
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes of the data in the file (not of the float32 result)."""
-        return self.numel * _RAW_DTYPES[self.dtype].itemsize
-
-    def _span(self) -> int:
-        """Elements of storage covered, from storage_offset to the last element reached."""
-        return 1 + sum((n - 1) * s for n, s in zip(self.shape, self.strides))
-
-    def check_bounds(self) -> str | None:
-        """Why this tensor cannot be read safely, or None. Readers call this once all storages
-        are bound: the strides come from the file, and numpy's as_strided trusts them blindly."""
-        if len(self.shape) != len(self.strides):
-            return f"shape {self.shape} and strides {self.strides} differ in length"
-        if any(n < 0 for n in self.shape) or any(s < 0 for s in self.strides) or self.storage_offset < 0:
-            return f"negative size, stride or offset (shape {self.shape}, strides {self.strides})"
-        if self.numel == 0:
-            return None
-        if self._storage.path is None:
-            return f"has no data in the file (storage {self._storage.key!r} is missing)"
-        itemsize = _RAW_DTYPES[self.dtype].itemsize
-        end = (self.storage_offset + self._span()) * itemsize
-        if end > self._storage.nbytes:
-            return (f"reaches byte {end} of a storage of {self._storage.nbytes} bytes "
-                    f"(shape {self.shape}, strides {self.strides}, offset {self.storage_offset})")
-        return None
-
-    def numpy(self) -> np.ndarray:
-        """Read this tensor's bytes and return a new C-contiguous array: float32 for every float
-        dtype (bf16 and fp16 are widened exactly), the file's own type for integer/bool data."""
-        raw = _RAW_DTYPES[self.dtype]
-        if self._storage.big_endian:
-            raw = raw.newbyteorder(">")
-        out = np.empty(self.shape, _output_dtype(self.dtype))
-        if self.numel == 0:
-            return out
-        span = self._span()
-        itemsize = raw.itemsize
-        contiguous = self.strides == _contiguous_strides(self.shape)
-
-        def convert(buffer, offset):
-            flat = np.frombuffer(buffer, dtype=raw, count=span, offset=offset)
-            if not contiguous:  # e.g. a transposed tensor: let numpy walk the strides
-                view = np.lib.stride_tricks.as_strided(
-                    flat, shape=self.shape, strides=[s * itemsize for s in self.strides],
-                    writeable=False)
-                _convert_into(out, view, self.dtype)
-                return out
-            # Contiguous (the usual case): convert in chunks and hand each chunk's source pages
-            # back as we go, so resident memory peaks at the result plus one chunk instead of
-            # the result plus the whole source tensor.
-            out_flat = out.reshape(-1)
-            release = isinstance(buffer, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED")
-            released = 0  # the mapping starts on a page boundary
-            step = max(1, _CHUNK_BYTES // itemsize)
-            for start in range(0, span, step):
-                stop = min(start + step, span)
-                _convert_into(out_flat[start:stop], flat[start:stop], self.dtype)
-                done = (offset + stop * itemsize) // mmap.PAGESIZE * mmap.PAGESIZE
-                if release and done > released:
-                    buffer.madvise(mmap.MADV_DONTNEED, released, done - released)
-                    released = done
-            return out
-
-        return self._storage.with_bytes(self.storage_offset * itemsize, span * itemsize, convert)
-
-    def __array__(self, dtype=None, copy=None):
-        array = self.numpy()
-        return array if dtype is None else array.astype(dtype, copy=False)
-
-    def __repr__(self) -> str:
-        return f"LazyTensor(shape={self.shape}, dtype={self.dtype})"
-
-
-def _contiguous_strides(shape) -> tuple[int, ...]:
-    strides, step = [], 1
-    for n in reversed(tuple(shape)):
-        strides.append(step)
-        step *= max(n, 1)
-    return tuple(reversed(strides))
-
-
-def _output_dtype(dtype: str) -> np.dtype:
-    return np.dtype(np.float32) if dtype in _FLOAT_DTYPES else _RAW_DTYPES[dtype].newbyteorder("=")
-
-
-def _convert_into(out: np.ndarray, view: np.ndarray, dtype: str) -> None:
-    """Copy a (possibly strided, possibly big-endian) view of raw elements into ``out``."""
-    if dtype == "bfloat16":
-        # bf16 is the top half of a float32: widen the bits in place in the result's own
-        # memory, shift them up, and the float32 result is there without a temporary.
-        bits = out.view(np.uint32)
-        np.copyto(bits, view)
-        np.left_shift(bits, 16, out=bits)
-    else:
-        np.copyto(out, view, casting="same_kind")  # float64 -> float32 is "same_kind"
-
-
-class LazyCheckpoint(Mapping):
-    """An ordered, read-only ``Mapping[str, np.ndarray]`` over a checkpoint's tensors.
-
-    ``checkpoint[name]`` reads that one tensor from the file and returns it as float32 (integer
-    tensors keep their type), so iterating over ``.items()`` holds one tensor at a time. Use
-    :meth:`shape_of`, :meth:`dtype_of` and :meth:`tensor` to look at tensors without reading them;
-    ``name in checkpoint``, ``len`` and iteration never read data either. Nothing is cached:
-    reading a name twice reads the file twice.
-    """
-
-    def __init__(self, tensors: Mapping[str, LazyTensor] | Iterable[tuple[str, LazyTensor]],
-                 source: str = ""):
-        self._tensors: dict[str, LazyTensor] = dict(tensors)
-        self.source = source  # the file or directory this came from, for messages
-
-    def __getitem__(self, name: str) -> np.ndarray:
-        return self._tensors[name].numpy()
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._tensors)
-
-    def __len__(self) -> int:
-        return len(self._tensors)
-
-    def __contains__(self, name) -> bool:  # Mapping's default would read the tensor
-        return name in self._tensors
-
-    def tensor(self, name: str) -> LazyTensor:
-        return self._tensors[name]
-
-    def shape_of(self, name: str) -> tuple[int, ...]:
-        return self._tensors[name].shape
-
-    def dtype_of(self, name: str) -> str:
-        """The dtype of the data in the file ("bfloat16", "float16", "float32", ...)."""
-        return self._tensors[name].dtype
-
-    def lazy_items(self) -> Iterator[tuple[str, LazyTensor]]:
-        return iter(self._tensors.items())
-
-    def renamed(self, new_names: Mapping[str, str]) -> LazyCheckpoint:
-        """A checkpoint over the same lazy tensors with names mapped through ``new_names`` (names
-        not in it are kept), order preserved. Two tensors landing on one name is an error."""
-        out: dict[str, LazyTensor] = {}
-        for old, tensor in self._tensors.items():
-            new = new_names.get(old, old)
-            if new in out:
-                raise CheckpointError(f"{self.source}: two tensors would both be named {new!r}")
-            out[new] = tensor
-        return LazyCheckpoint(out, self.source)
-
-    def __repr__(self) -> str:
-        return f"<LazyCheckpoint {self.source!r}: {len(self)} tensors>"
+__all__ = ["read_torch_zip", "read_torch_legacy"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -342,7 +37,7 @@ class LazyCheckpoint(Mapping):
 # --------------------------------------------------------------------------------------------
 
 
-class _StorageType:
+class StorageType:
     """Stand-in for ``torch.FloatStorage`` and friends: only carries the element type. Not
     callable, so a pickle cannot use it as a function."""
 
@@ -397,7 +92,7 @@ def _rebuild_tensor(storage, storage_offset, size, stride, *_ignored):
     """Replaces torch._utils._rebuild_tensor(_v2): (storage, offset, size, stride,
     requires_grad, backward_hooks[, metadata]) -> LazyTensor. The extra arguments only matter to
     autograd and are ignored."""
-    if not isinstance(storage, _Storage):
+    if not isinstance(storage, Storage):
         raise CheckpointError("tensor rebuilt from something that is not a storage")
     if not isinstance(storage_offset, int):
         raise CheckpointError(f"tensor storage offset is not an integer: {storage_offset!r}")
@@ -432,17 +127,17 @@ class _RestrictedUnpickler(pickle.Unpickler):
     def __init__(self, file, filename: str, storages: dict | None):
         super().__init__(file, encoding="utf-8")
         self._filename = filename
-        # key -> _Storage, shared by all tensors viewing the same storage; None where the pickle
+        # key -> Storage, shared by all tensors viewing the same storage; None where the pickle
         # must not reference storages at all (the legacy format's small header pickles).
         self._storages = storages
-        self.views: list[tuple[_Storage, str, int]] = []  # legacy storage views, bound later
+        self.views: list[tuple[Storage, str, int]] = []  # legacy storage views, bound later
 
     def find_class(self, module: str, name: str):
         found = _SAFE_GLOBALS.get((module, name))
         if found is not None:
             return found
         if module == "torch" and name in _STORAGE_CLASSES:
-            return _StorageType(_STORAGE_CLASSES[name])
+            return StorageType(_STORAGE_CLASSES[name])
         if module == "torch" and name in _TORCH_DTYPES:
             return TorchDType(_TORCH_DTYPES[name])
         dotted = f"{module}.{name}"
@@ -464,12 +159,12 @@ class _RestrictedUnpickler(pickle.Unpickler):
                 or pid[0] != "storage":
             raise CheckpointError(f"{self._filename}: unexpected persistent id in pickle: {pid!r:.200}")
         storage_type, key, _location, numel = pid[1:5]
-        if not isinstance(storage_type, _StorageType) or not isinstance(key, str) \
+        if not isinstance(storage_type, StorageType) or not isinstance(key, str) \
                 or not isinstance(numel, int) or numel < 0:
             raise CheckpointError(f"{self._filename}: malformed storage reference: {pid!r:.200}")
         storage = self._storages.get(key)
         if storage is None:
-            storage = self._storages[key] = _Storage(key, storage_type.dtype, numel)
+            storage = self._storages[key] = Storage(key, storage_type.dtype, numel)
         elif storage.dtype != storage_type.dtype:
             raise CheckpointError(f"{self._filename}: storage {key} is used with two element types")
         view = pid[5] if len(pid) == 6 else None
@@ -483,7 +178,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
             raise CheckpointError(f"{self._filename}: malformed storage view: {view!r:.200}")
         view_storage = self._storages.get("view:" + view[0])
         if view_storage is None:
-            view_storage = self._storages["view:" + view[0]] = _Storage(view[0], storage.dtype, view[2])
+            view_storage = self._storages["view:" + view[0]] = Storage(view[0], storage.dtype, view[2])
             self.views.append((view_storage, key, view[1]))
         return view_storage
 
@@ -594,7 +289,7 @@ def read_torch_zip(path) -> LazyCheckpoint:
             pickle_bytes = zf.read(pickles[0])
         except (zipfile.BadZipFile, OSError, EOFError) as exc:  # e.g. CRC mismatch
             raise CheckpointError(f"{filename}: corrupt zip member {pickles[0]} ({exc})") from exc
-        storages: dict[str, _Storage] = {}
+        storages: dict[str, Storage] = {}
         obj = _unpickle(pickle_bytes, filename, storages)
         tensors = _collect_tensors(obj, filename)
 
@@ -605,7 +300,7 @@ def read_torch_zip(path) -> LazyCheckpoint:
                 info = infos.get(member)
                 if info is None:
                     raise CheckpointError(f"{filename}: storage {member} is missing from the archive")
-                declared = storage.numel * _RAW_DTYPES[storage.dtype].itemsize
+                declared = storage.numel * RAW_DTYPES[storage.dtype].itemsize
                 if info.file_size < declared:
                     raise CheckpointError(f"{filename}: storage {member} holds {info.file_size} "
                                           f"bytes, {declared} expected")
@@ -646,7 +341,7 @@ def read_torch_legacy(path) -> LazyCheckpoint:
         if isinstance(sys_info, dict) and not sys_info.get("little_endian", True):
             raise CheckpointError(f"{filename}: big-endian legacy torch checkpoints are not "
                                   "supported; re-save it with a recent torch")
-        storages: dict[str, _Storage] = {}
+        storages: dict[str, Storage] = {}
         unpicklers: list = []
         obj = _unpickle(f, filename, storages, unpicklers)
         keys = _unpickle(f, filename, None)
@@ -667,14 +362,14 @@ def read_torch_legacy(path) -> LazyCheckpoint:
             if len(count) != 8:
                 raise CheckpointError(f"{filename}: truncated: storage {key} is missing")
             numel = int.from_bytes(count, "little", signed=True)
-            nbytes = numel * _RAW_DTYPES[storage.dtype].itemsize
+            nbytes = numel * RAW_DTYPES[storage.dtype].itemsize
             if numel < 0 or position + 8 + nbytes > file_size:
                 raise CheckpointError(f"{filename}: truncated: storage {key} ends past the end of the file")
             storage.bind(path, position + 8, nbytes)
             position += 8 + nbytes
         for view, root_key, offset in unpicklers[0].views:
             root = storages.get(root_key)
-            itemsize = _RAW_DTYPES[view.dtype].itemsize
+            itemsize = RAW_DTYPES[view.dtype].itemsize
             if root is None or root.path is None or (offset + view.numel) * itemsize > root.nbytes:
                 raise CheckpointError(f"{filename}: storage view {view.key} lies outside its storage")
             view.bind(path, root.offset + offset * itemsize, view.numel * itemsize)

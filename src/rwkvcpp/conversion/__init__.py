@@ -1,0 +1,21 @@
+"""Turning checkpoints into rwkv.cpp models. Import the modules themselves; this package adds no
+names of its own (``rwkvcpp.convert`` is :func:`rwkvcpp.conversion.pipeline.convert`).
+
+Reading checkpoints, without torch and one tensor at a time:
+
+* ``lazy``: LazyTensor / LazyCheckpoint, what every reader returns, and the error classes;
+* ``pth``: ``torch.save`` files through a restricted unpickler; ``safetensors``: safetensors files;
+* ``load``: ``load_checkpoint(path)``, which picks the reader from the content (and reads HF
+  shard indexes and folders). A new container (GGUF) is a reader module beside these;
+* ``hf``: Hugging Face RWKV names back to BlinkDL's. Another source layout (fla-hub RWKV-7)
+  is a module beside it;
+* ``state_file`` and ``pth_write``: state-tuning files, read and written.
+
+Converting, with what each RWKV version does in :mod:`rwkvcpp.arch`:
+
+* ``schema``: the check of a whole checkpoint against its version, and the one tensor order;
+* ``transform``: checkpoint tensors to file records (a LoRA merge would run before it);
+* ``pipeline``: ``convert(src, dst)`` and ``open_checkpoint``.
+
+The ``.bin`` itself is written by :mod:`rwkvcpp.writer` and read by :mod:`rwkvcpp.format`.
+"""
