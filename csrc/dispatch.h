@@ -30,12 +30,12 @@ typedef struct {
 /* The kernels of a level, by type id where they are per type. */
 typedef struct {
     rwkv_vec_dot_fn vec_dot[RWKV_N_TYPE_IDS];   /* decoding: a weight row times activations */
-    rwkv_to_float_fn to_float[RWKV_N_TYPE_IDS]; /* sequence mode: weight rows into FP32 tiles */
+    rwkv_to_float_fn to_float[RWKV_N_TYPE_IDS]; /* rows into floats: sequence mode's weight tiles */
     rwkv_gemm_kernel gemm;
     rwkv_from_float_fn q8_act_from_float; /* FP32 rows into RWKV_ACT_Q8 activations */
 } rwkv_kernel_table;
 
-/* The kernels in use. Written only by rwkv_dispatch_init and rwkv_set_kernel_level. */
+/* The kernels in use: written at start-up and by rwkv_set_kernel_level, read everywhere else. */
 extern rwkv_kernel_table rwkv_kernels;
 
 /* Idempotent, thread-safe: fills the FP16 table and installs the best kernel level. */

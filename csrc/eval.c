@@ -1,5 +1,4 @@
 /* Evaluation: embed the tokens, run every layer over the whole chunk, then the head. */
-#include <stdlib.h>
 #include <string.h>
 
 #include "arch/arch.h"

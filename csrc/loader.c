@@ -143,8 +143,9 @@ int rwkv_want_matrices(rwkv_loader *ld, int layer, const char *suffix, int count
     if (r->n_dims != 3 || r->ne[0] != cols || r->ne[1] != rows || r->ne[2] != count) {
         char shape[96];
         shape_str(r, shape, sizeof shape);
-        return rwkv_fail(ld->err, ld->err_len, RWKV_ERR_FORMAT, "%s: tensor '%s' has shape %s; expected (%d, %lld, %lld)",
-                         ld->model->path, r->name, shape, count, (long long)rows, (long long)cols);
+        return rwkv_fail(ld->err, ld->err_len, RWKV_ERR_FORMAT,
+                         "%s: tensor '%s' has shape %s; expected (%d, %lld, %lld)", ld->model->path, r->name, shape,
+                         count, (long long)rows, (long long)cols);
     }
     const size_t matrix_bytes = rwkv_row_bytes(r->type, cols) * (size_t)rows;
     for (int j = 0; j < count; j++)

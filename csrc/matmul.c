@@ -22,7 +22,9 @@
 
 /* ---- scratch -------------------------------------------------------------------------------- */
 
-static size_t tile_floats(const rwkv_pool *pool) { return (size_t)rwkv_pool_size(pool) * TILE_ROWS * TILE_STRIDE; }
+static size_t tile_floats(const rwkv_pool *pool) {
+    return (size_t)rwkv_pool_size(pool) * TILE_ROWS * TILE_STRIDE;
+}
 
 static size_t panel_floats(int64_t T, int64_t widest) { return (size_t)(T + RWKV_MAX_PANEL) * (size_t)widest; }
 

@@ -81,6 +81,8 @@ static float fp16_dot(const void *row, const void *act, int64_t n) {
 
 /* ---- the table ---------------------------------------------------------------------------- */
 
+/* A quantized format: 32-value blocks of its block struct, its reference codecs in quant.c, and
+ * 8-bit activations. */
 #define QUANTIZED(NAME, fmt)                                                                                \
     {.name = #NAME, .block_len = RWKV_QK, .block_bytes = sizeof(block_##fmt), .quantized = 1,               \
      .to_float = rwkv_##fmt##_to_float, .from_float = rwkv_##fmt##_from_float, .act_type = RWKV_ACT_Q8,      \

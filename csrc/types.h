@@ -4,7 +4,7 @@
  * converted once into the format the row kernel wants (`act_type`): FP32 for float weights, 8-bit
  * blocks for quantized ones, so the inner loop is an integer dot product. Adding a format is one
  * entry in the table plus its reference codecs in quant.c and, optionally, faster kernels in
- * kernels/<isa>.c that its level installs into the kernel table (dispatch.h).
+ * kernels/<isa>.c, entered in that level's kernel table (dispatch.h).
  */
 #ifndef RWKV_TYPES_H
 #define RWKV_TYPES_H
@@ -16,7 +16,8 @@
 
 #define RWKV_QK 32 /* elements per quantized block */
 
-/* Type ids are below this; the table of facts and the kernel table have one entry per id. */
+/* Type ids are below this (the largest, Q8_0's, plus one): the table of formats and the kernel
+ * table have an entry per id. */
 #define RWKV_N_TYPE_IDS (RWKV_TYPE_Q8_0 + 1)
 
 /* The file's block formats (docs/FORMAT.md): FP16 scale d (and minimum m), then the values; 5-bit

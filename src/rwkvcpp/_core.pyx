@@ -240,7 +240,7 @@ def matvec(int type_id, const uint8_t[::1] w not None, int64_t rows, const float
 
 
 def matmul_f32(const float[:, ::1] w not None, const float[:, ::1] x not None, float[:, ::1] y not None):
-    """y = x W^T with sequence mode's micro-GEMM in use; W is rows x cols, x is T x cols."""
+    """y = x W^T through sequence mode's product and the micro-GEMM in use; W is rows x cols, x is T x cols."""
     cdef int64_t rows = w.shape[0], cols = w.shape[1], T = x.shape[0]
     if x.shape[1] != cols or y.shape[0] != T or y.shape[1] != rows or rows * cols * T == 0:
         raise ArgumentError("matmul_f32: shapes do not match or are empty")
