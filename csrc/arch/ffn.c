@@ -1,6 +1,7 @@
 /* Channel mixing (the feed-forward block), the same idea in every version:
  * k = relu(W_k mix(x))^2, out = W_v k, gated by sigmoid(W_r mix(x)) before v7. */
-#include "shared.h"
+#include "../ops.h"
+#include "arch.h"
 
 int rwkv_load_channel_mix(rwkv_loader *ld, int i, rwkv_channel_mix_weights *ffn) {
     rwkv_model *m = ld->model;
