@@ -5,21 +5,41 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "rwkv.h"
-#include "types.h"
+#include "dispatch.h"
+#include "matmul.h"
+#include "rwkv_testing.h"
 
 typedef struct {
     const char *name;
     int (*supported)(void);
-    void (*install)(void); /* overrides entries of the type table */
+    const rwkv_kernel_table *kernels; /* NULL for the portable level */
 } kernel_level;
 
+rwkv_kernel_table rwkv_kernels;
+
 static int always(void) { return 1; }
-static void install_generic(void) {}
+
+/* The portable level: every type's reference codecs (types.c), the portable micro-GEMM. */
+static void install_generic(void) {
+    for (int id = 0; id < RWKV_N_TYPE_IDS; id++) {
+        const rwkv_type_traits *t = rwkv_traits(id);
+        rwkv_kernels.vec_dot[id] = t ? t->vec_dot : NULL;
+        rwkv_kernels.to_float[id] = t ? t->to_float : NULL;
+    }
+    rwkv_kernels.gemm = (rwkv_gemm_kernel){rwkv_gemm_f32_generic, NULL, 0};
+    rwkv_kernels.q8_act_from_float = rwkv_quantize_row_q8_act;
+}
+
+void rwkv_install_kernels(const rwkv_kernel_table *level) {
+    for (int id = 0; id < RWKV_N_TYPE_IDS; id++) {
+        if (level->vec_dot[id]) rwkv_kernels.vec_dot[id] = level->vec_dot[id];
+        if (level->to_float[id]) rwkv_kernels.to_float[id] = level->to_float[id];
+    }
+    if (level->gemm.run) rwkv_kernels.gemm = level->gemm;
+    if (level->q8_act_from_float) rwkv_kernels.q8_act_from_float = level->q8_act_from_float;
+}
 
 #if defined(__x86_64__) || defined(__i386__)
-void rwkv_install_avx2(void);
-void rwkv_install_avx512(void);
 static int has_avx2(void) {
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
 }
@@ -29,33 +49,25 @@ static int has_avx512(void) {
     return has_avx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
            __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
 }
-#elif defined(__aarch64__)
-void rwkv_install_neon(void);
 #endif
 
 static const kernel_level levels[] = {
-    {"generic", always, install_generic},
+    {"generic", always, NULL},
 #if defined(__x86_64__) || defined(__i386__)
-    {"avx2", has_avx2, rwkv_install_avx2},
-    {"avx512", has_avx512, rwkv_install_avx512},
+    {"avx2", has_avx2, &rwkv_avx2_kernels},
+    {"avx512", has_avx512, &rwkv_avx512_kernels},
 #elif defined(__aarch64__)
-    {"neon", always, rwkv_install_neon}, /* NEON is part of AArch64 */
+    {"neon", always, &rwkv_neon_kernels}, /* NEON is part of AArch64 */
 #endif
 };
 #define N_LEVELS ((int)(sizeof levels / sizeof levels[0]))
 
-static rwkv_type_traits generic_table[10];
 static int current = 0;
 static pthread_once_t once = PTHREAD_ONCE_INIT;
 
 static void install(int level) {
-    for (int id = 0; id < 10; id++) {
-        rwkv_type_traits *t = rwkv_traits_mut(id);
-        if (t) *t = generic_table[id];
-    }
-    rwkv_gemm = (rwkv_gemm_kernel){rwkv_gemm_f32_generic, NULL, 0};
-    rwkv_q8_act_from_float = rwkv_quantize_row_q8_act;
-    for (int i = 1; i <= level; i++) levels[i].install();
+    install_generic();
+    for (int i = 1; i <= level; i++) rwkv_install_kernels(levels[i].kernels);
     current = level;
 }
 
@@ -74,10 +86,6 @@ static int find_level(const char *name) {
 
 static void init_once(void) {
     rwkv_types_init();
-    for (int id = 0; id < 10; id++) {
-        const rwkv_type_traits *t = rwkv_traits(id);
-        if (t) generic_table[id] = *t;
-    }
     int level = best_level();
     const char *forced = getenv("RWKV_KERNELS");
     if (forced && *forced) {
@@ -95,7 +103,6 @@ const char *rwkv_kernel_level(void) {
     return levels[current].name;
 }
 
-/* Only for tests and benchmarks: not safe while a model is evaluating. */
 rwkv_status rwkv_set_kernel_level(const char *name) {
     rwkv_dispatch_init();
     int level = find_level(name);

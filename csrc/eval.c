@@ -1,78 +1,26 @@
 /* Evaluation: embed the tokens, run every layer over the whole chunk, then the head. */
-#include <stdlib.h>
 #include <string.h>
 
+#include "arch/arch.h"
+#include "dispatch.h"
 #include "ops.h"
-#include "types.h"
-
-void rwkv_scratch_free(rwkv_scratch *s) {
-    free(s->x);
-    memset(s, 0, sizeof *s);
-}
-
-/* One allocation carved into named buffers; grows to the largest chunk seen, never shrinks. */
-int rwkv_scratch_reserve(rwkv_model *m, int64_t T) {
-    rwkv_scratch *s = &m->scratch;
-    if (T <= s->capacity) return 1;
-    const int64_t C = m->info.n_embed, F = m->info.n_ffn, W = m->lora_width > 0 ? m->lora_width : 1;
-    int64_t widest = C > F ? C : F;
-    if (W > widest) widest = W;
-    const size_t act_bytes = (size_t)((widest + RWKV_QK - 1) / RWKV_QK) * RWKV_ACT_Q8_BLOCK_BYTES;
-    const size_t n_vectors = 3 + 6 + 10; /* x, xx, prev; mix[6]; r k v w a g kk v_first y wkv_out */
-    size_t floats = (size_t)T * ((size_t)C * n_vectors + (size_t)F + 4 * (size_t)W);
-    const size_t tile_floats = (size_t)rwkv_pool_size(m->pool) * RWKV_TILE_ROWS * RWKV_TILE_STRIDE;
-    const size_t panel_floats = (size_t)(T + RWKV_MAX_PANEL) * (size_t)widest;
-    floats += tile_floats + panel_floats;
-    /* decoding converts the activations of up to RWKV_MAX_PRODUCTS products at once */
-    const int64_t act_rows = T > RWKV_MAX_PRODUCTS * RWKV_DECODE_MAX_TOKENS ? T : RWKV_MAX_PRODUCTS * RWKV_DECODE_MAX_TOKENS;
-    size_t bytes = floats * sizeof(float) + (size_t)act_rows * act_bytes + 64;
-    float *base = malloc(bytes);
-    if (!base) return 0;
-    rwkv_scratch_free(s);
-    float *p = base;
-#define CARVE(field, n) (s->field = p, p += (size_t)T * (size_t)(n))
-    CARVE(x, C);
-    CARVE(xx, C);
-    CARVE(prev, C);
-    for (int j = 0; j < 6; j++) CARVE(mix[j], C);
-    CARVE(r, C);
-    CARVE(k, C);
-    CARVE(v, C);
-    CARVE(w, C);
-    CARVE(a, C);
-    CARVE(g, C);
-    CARVE(kk, C);
-    CARVE(v_first, C);
-    CARVE(y, C);
-    CARVE(wkv_out, C);
-    CARVE(ffn, F);
-    for (int j = 0; j < 4; j++) CARVE(lora[j], W);
-#undef CARVE
-    s->tiles = p;
-    p += tile_floats;
-    s->panels = p;
-    p += panel_floats;
-    s->act = p;
-    s->capacity = T;
-    return 1;
-}
 
 static size_t layer_state_len(const rwkv_model_info *info) { return info->state_len / (size_t)info->n_layer; }
 
+/* Per layer: the channel mix's previous x (C), then the time mix's state. */
 void rwkv_init_state(const rwkv_model *m, float *state) {
     const rwkv_model_info *info = &m->info;
     memset(state, 0, info->state_len * sizeof(float));
-    if (info->arch != RWKV_ARCH_V4) return;
+    if (!m->arch->init_att_state) return;
     const size_t C = (size_t)info->n_embed, per_layer = layer_state_len(info);
-    for (int i = 0; i < info->n_layer; i++)
-        for (size_t c = 0; c < C; c++) state[(size_t)i * per_layer + 4 * C + c] = -1e30f; /* pp */
+    for (int i = 0; i < info->n_layer; i++) m->arch->init_att_state(info, state + (size_t)i * per_layer + C);
 }
 
 static void embed(rwkv_model *m, const int32_t *tokens, int64_t T) {
     const int64_t C = m->info.n_embed;
-    const rwkv_type_traits *traits = rwkv_traits(m->emb.type);
+    const rwkv_to_float_fn to_float = rwkv_kernels.to_float[m->emb.type];
     for (int64_t t = 0; t < T; t++)
-        traits->to_float((const uint8_t *)m->emb.data + (size_t)tokens[t] * m->emb.row_bytes, m->scratch.x + t * C, C);
+        to_float((const uint8_t *)m->emb.data + (size_t)tokens[t] * m->emb.row_bytes, m->scratch.x + t * C, C);
     rwkv_layer_norm(m->scratch.x, m->scratch.x, &m->ln0, T, C);
 }
 
@@ -82,13 +30,7 @@ static void run_layers(rwkv_model *m, float *state, int64_t T) {
     for (int i = 0; i < m->info.n_layer; i++) {
         const rwkv_layer *L = &m->layers[i];
         float *ffn_x = state + (size_t)i * per_layer, *att = ffn_x + C;
-        switch (m->info.arch) {
-        case RWKV_ARCH_V4: rwkv_time_mix_v4(m, L, att, T); break;
-        case RWKV_ARCH_V5_1:
-        case RWKV_ARCH_V5_2: rwkv_time_mix_v5(m, L, att, T); break;
-        case RWKV_ARCH_V6: rwkv_time_mix_v6(m, L, att, T); break;
-        case RWKV_ARCH_V7: rwkv_time_mix_v7(m, L, i, att, T); break;
-        }
+        m->arch->time_mix(m, L, i, att, T);
         rwkv_channel_mix(m, L, ffn_x, T);
     }
 }

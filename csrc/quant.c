@@ -1,8 +1,8 @@
 /* The reference block codecs: the truth that every SIMD kernel is tested against.
  *
- * Rounding follows FORMAT.md exactly, so files quantized here are byte-identical to rwkv.cpp's.
- * Dot products take the weight row in its block format and the activations as an 8-bit row
- * (rwkv_q8_row). */
+ * Rounding follows docs/FORMAT.md exactly, so files quantized here are byte-identical to
+ * rwkv.cpp's. Dot products take the weight row in its block format and the activations as an
+ * 8-bit row (rwkv_q8_row). */
 #include <float.h>
 #include <math.h>
 #include <stdint.h>

@@ -1,4 +1,4 @@
-/* The reference block codecs (quant.c), referenced by the type-traits table in types.c. */
+/* The reference block codecs (quant.c), referenced by the table of formats in types.c. */
 #ifndef RWKV_QUANT_H
 #define RWKV_QUANT_H
 

@@ -1,4 +1,4 @@
-/* Quantizing a model file, tensor by tensor, and the codec entry points of the public API. */
+/* Quantizing a model file, tensor by tensor, and the codecs of single rows for tests. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -6,25 +6,24 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "arch/arch.h"
+#include "dispatch.h"
 #include "file.h"
-#include "ops.h"
-#include "rwkv.h"
-#include "types.h"
+#include "rwkv_testing.h"
 
 static int ends_with(const char *s, const char *suffix) {
     size_t n = strlen(s), k = strlen(suffix);
     return n >= k && strcmp(s + n - k, suffix) == 0;
 }
 
-/* The rule rwkv.cpp applies, so that quantized files are byte-identical to its own. */
-static int should_quantize(const rwkv_record *r, int quantize_head) {
-    static const char *kept[] = {".att.w1", ".att.w2", ".att.a1", ".att.a2", ".att.v1",
-                                 ".att.v2", ".att.g1", ".att.g2", ".att.r_k"};
+/* The rule rwkv.cpp applies, so that quantized files are byte-identical to its own: float 2-D
+ * tensors but the embedding, the head (unless asked) and those the version keeps in float. */
+static int should_quantize(const rwkv_record *r, const rwkv_arch_ops *arch, int quantize_head) {
     if (r->n_dims != 2 || (r->type != RWKV_TYPE_FP32 && r->type != RWKV_TYPE_FP16)) return 0;
     if (strcmp(r->name, "emb.weight") == 0) return 0;
     if (strcmp(r->name, "head.weight") == 0) return quantize_head;
-    for (size_t i = 0; i < sizeof kept / sizeof kept[0]; i++)
-        if (ends_with(r->name, kept[i])) return 0;
+    for (const char *const *kept = arch->float_tensors; kept && *kept; kept++)
+        if (ends_with(r->name, *kept)) return 0;
     return 1;
 }
 
@@ -49,11 +48,12 @@ typedef struct {
 } quant_buffers;
 
 static int quantize_tensor(const rwkv_record *r, int type_id, quant_buffers *b) {
-    const rwkv_type_traits *src = rwkv_traits(r->type), *dst = rwkv_traits(type_id);
+    const rwkv_to_float_fn to_float = rwkv_kernels.to_float[r->type];
+    const rwkv_type_traits *dst = rwkv_traits(type_id);
     const int64_t n = r->ne[0], rows = r->ne[1] * r->ne[2];
     const size_t in_row = rwkv_row_bytes(r->type, n), out_row = rwkv_row_bytes(type_id, n);
     for (int64_t i = 0; i < rows; i++) {
-        src->to_float((const uint8_t *)r->data + (size_t)i * in_row, b->row, n);
+        to_float((const uint8_t *)r->data + (size_t)i * in_row, b->row, n);
         dst->from_float(b->row, b->block_row, n);
         if (fwrite(b->block_row, 1, out_row, b->out) != out_row) return 0;
     }
@@ -68,6 +68,7 @@ static int write_record(const rwkv_record *r, int type, FILE *out) {
 
 static int quantize_records(const rwkv_file *in, int fd, const char *tmp_path, int type_id, int quantize_head,
                             rwkv_progress_fn progress, void *user, char *err, size_t err_len) {
+    const rwkv_arch_ops *arch = rwkv_arch_ops_of(rwkv_arch_detect(in));
     int64_t widest = 1;
     for (int i = 0; i < in->n_records; i++) {
         const rwkv_record *r = &in->records[i];
@@ -75,7 +76,7 @@ static int quantize_records(const rwkv_file *in, int fd, const char *tmp_path, i
             return rwkv_fail(err, err_len, RWKV_ERR_ARGS,
                              "%s: tensor '%s' is already %s; quantize from an FP32 or FP16 model", in->path,
                              r->name, rwkv_type_name(r->type));
-        if (should_quantize(r, quantize_head) && r->ne[0] % RWKV_QK != 0)
+        if (should_quantize(r, arch, quantize_head) && r->ne[0] % RWKV_QK != 0)
             return rwkv_fail(err, err_len, RWKV_ERR_FORMAT,
                              "%s: tensor '%s' cannot be quantized: its innermost size %lld is not a multiple of %d",
                              in->path, r->name, (long long)r->ne[0], RWKV_QK);
@@ -92,7 +93,7 @@ static int quantize_records(const rwkv_file *in, int fd, const char *tmp_path, i
         if (!write_i32s(b.out, header, 6)) status = RWKV_ERR_IO;
         for (int i = 0; i < in->n_records && status == RWKV_OK; i++) {
             const rwkv_record *r = &in->records[i];
-            int q = should_quantize(r, quantize_head);
+            int q = should_quantize(r, arch, quantize_head);
             if (!write_record(r, q ? type_id : r->type, b.out)) status = RWKV_ERR_IO;
             else if (q ? !quantize_tensor(r, type_id, &b) : fwrite(r->data, 1, r->nbytes, b.out) != r->nbytes)
                 status = RWKV_ERR_IO;
@@ -150,7 +151,7 @@ rwkv_status rwkv_quantize_file(const char *src_path, const char *dst_path, int t
     return status;
 }
 
-/* ---- codecs of single rows, for tests and tools --------------------------------------------- */
+/* ---- codecs of single rows, for tests and tools (rwkv_testing.h) ------------------------------ */
 
 static const rwkv_type_traits *row_traits(int type_id, int64_t n) {
     rwkv_dispatch_init();
@@ -166,41 +167,7 @@ rwkv_status rwkv_quantize_row(int type_id, const float *src, void *dst, int64_t 
 }
 
 rwkv_status rwkv_dequantize_row(int type_id, const void *src, float *dst, int64_t n) {
-    const rwkv_type_traits *t = row_traits(type_id, n);
-    if (!t) return RWKV_ERR_ARGS;
-    t->to_float(src, dst, n);
-    return RWKV_OK;
-}
-
-rwkv_status rwkv_matvec(int type_id, const void *w, int64_t rows, int64_t cols, const float *x, float *y) {
-    const rwkv_type_traits *t = row_traits(type_id, cols);
-    if (!t || rows < 0) return RWKV_ERR_ARGS;
-    size_t act_bytes = rwkv_act_row_bytes(t->act_type, cols);
-    void *act = malloc(act_bytes ? act_bytes : 1);
-    if (!act) return RWKV_ERR_ALLOC;
-    rwkv_act_from_float(t->act_type, x, act, cols);
-    size_t row_bytes = rwkv_row_bytes(type_id, cols);
-    for (int64_t r = 0; r < rows; r++) y[r] = t->vec_dot((const uint8_t *)w + (size_t)r * row_bytes, act, cols);
-    free(act);
-    return RWKV_OK;
-}
-
-rwkv_status rwkv_matmul_f32(const float *w, int64_t rows, int64_t cols, const float *x, int64_t T, float *y) {
-    rwkv_dispatch_init();
-    if (rows <= 0 || cols <= 0 || T <= 0) return RWKV_ERR_ARGS;
-    const int panel = rwkv_gemm.panel;
-    float *packed = NULL;
-    if (panel > 0) {
-        packed = malloc((size_t)(T + panel) * (size_t)cols * sizeof(float));
-        if (!packed) return RWKV_ERR_ALLOC;
-        for (int64_t p = 0; p * panel < T; p++) rwkv_gemm.pack(x, T, cols, p, packed);
-    }
-    const int64_t xs = panel > 0 ? cols * panel : cols, k_step = panel > 0 ? panel : 1;
-    /* k in blocks of the engine's tile length: the kernels' accumulating calls are tested too */
-    for (int64_t k0 = 0; k0 < cols; k0 += RWKV_TILE_K) {
-        const int64_t nk = cols - k0 < RWKV_TILE_K ? cols - k0 : RWKV_TILE_K;
-        rwkv_gemm.run(w + k0, cols, rows, (packed ? packed : x) + k0 * k_step, xs, T, nk, y, rows, k0 > 0);
-    }
-    free(packed);
+    if (!row_traits(type_id, n)) return RWKV_ERR_ARGS;
+    rwkv_kernels.to_float[type_id](src, dst, n);
     return RWKV_OK;
 }

@@ -2,7 +2,7 @@
  *
  * A model is loaded from an rwkv.cpp `.bin` file (mapped, not copied) and evaluated one token or a
  * sequence of tokens at a time. The recurrent state is a flat float array owned by the caller, so it
- * can be saved, copied and forked freely; its layout is the one rwkv.cpp uses (see FORMAT.md).
+ * can be saved, copied and forked freely; its layout is the one rwkv.cpp uses (see docs/FORMAT.md).
  *
  * Every function that can fail returns an rwkv_status and, when `err` is not NULL, writes a
  * human-readable message into it (at most err_len bytes, always NUL-terminated).
@@ -91,24 +91,12 @@ rwkv_status rwkv_quantize_file(const char *src_path, const char *dst_path, int t
                                int quantize_head, rwkv_progress_fn progress, void *user,
                                char *err, size_t err_len);
 
-/* Block codecs of one type, for tests and tools: n must be a multiple of the block length. */
-size_t rwkv_type_row_size(int type_id, int64_t n);
+/* The name of a type id ("FP16", "Q5_1"...), or NULL for an unknown id. */
 const char *rwkv_type_name(int type_id);
-rwkv_status rwkv_quantize_row(int type_id, const float *src, void *dst, int64_t n);
-rwkv_status rwkv_dequantize_row(int type_id, const void *src, float *dst, int64_t n);
-
-/* y[rows] = W[rows x cols] x[cols] through the kernels in use (for tests of the kernels). */
-rwkv_status rwkv_matvec(int type_id, const void *w, int64_t rows, int64_t cols, const float *x,
-                        float *y);
-/* y[T x rows] = x[T x cols] W^T for FP32 W through sequence mode's micro-GEMM in use, k in blocks
- * of the engine's tile length (for tests of the kernels). */
-rwkv_status rwkv_matmul_f32(const float *w, int64_t rows, int64_t cols, const float *x, int64_t T,
-                            float *y);
 
 /* Kernel levels: "generic", "avx2", "avx512"... The level in use is the best the CPU supports,
  * unless the environment variable RWKV_KERNELS names a lower one. */
 const char *rwkv_kernel_level(void);
-rwkv_status rwkv_set_kernel_level(const char *name);
 const char *rwkv_cpu_features(void);
 
 const char *rwkv_arch_name(rwkv_arch arch);

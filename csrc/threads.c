@@ -156,6 +156,22 @@ void rwkv_pool_run(rwkv_pool *pool, long n_chunks, rwkv_chunk_fn fn, void *ctx) 
     for (long spins = 0; atomic_load(&pool->active) > 0; spins++) back_off(spins);
 }
 
+typedef struct {
+    rwkv_item_fn fn;
+    void *ctx;
+} parallel_for_task;
+
+static void parallel_for_chunk(void *p, long item, int ith) {
+    (void)ith;
+    parallel_for_task *task = p;
+    task->fn(task->ctx, item);
+}
+
+void rwkv_parallel_for(rwkv_pool *pool, int64_t n, rwkv_item_fn fn, void *ctx) {
+    parallel_for_task task = {fn, ctx};
+    rwkv_pool_run(pool, (long)n, parallel_for_chunk, &task);
+}
+
 int rwkv_default_threads(void) {
     long n = sysconf(_SC_NPROCESSORS_ONLN);
     return n > 0 ? (int)n : 1;

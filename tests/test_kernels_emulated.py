@@ -5,8 +5,10 @@
 - NEON: the engine cross-compiled for AArch64 and run under qemu-aarch64, kernel by kernel and on a
   whole model in every block format.
 
-On a CPU that has the level, test_kernels.py also runs it natively inside the engine. Each check
-skips when its tools are missing (Debian: libsimde-dev; gcc-aarch64-linux-gnu, qemu-user)."""
+The checks (tests/emulated/) are CMake targets of the project's own build, configured here with
+RWKV_BUILD_CHECKS=ON. On a CPU that has the level, test_kernels.py also runs it natively inside the
+engine. Each check skips when its tools are missing (cmake; Debian: libsimde-dev;
+gcc-aarch64-linux-gnu, qemu-user)."""
 
 import platform
 import shutil
@@ -18,11 +20,9 @@ import pytest
 from rwkvcpp.data import builtin_model_path
 
 ROOT = Path(__file__).resolve().parent.parent
-CSRC = ROOT / "csrc"
-EMULATED = ROOT / "tests" / "emulated"
-ENGINE_SOURCES = sorted(CSRC.glob("*.c")) + sorted((CSRC / "arch").glob("*.c"))
+AARCH64_TOOLCHAIN = ROOT / "tests" / "emulated" / "aarch64-toolchain.cmake"
 
-pytestmark = pytest.mark.skipif(not CSRC.is_dir(), reason="needs the source tree (csrc/)")
+pytestmark = pytest.mark.skipif(not (ROOT / "CMakeLists.txt").is_file(), reason="needs the source tree")
 
 
 def _tool(*names):
@@ -32,16 +32,27 @@ def _tool(*names):
     pytest.skip(f"{names[0]} is not installed")
 
 
-def _build(cmd):
-    build = subprocess.run([str(c) for c in cmd], capture_output=True, text=True)
-    assert build.returncode == 0, build.stderr
+def _checked(cmd, timeout=900):
+    done = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def _configure(build_dir, *options):
+    """Configures the checks' build; returns its CMake cache as text."""
+    cmake = _tool("cmake")
+    _checked([cmake, "-S", ROOT, "-B", build_dir, "-DRWKV_BUILD_CHECKS=ON", *options])
+    return (build_dir / "CMakeCache.txt").read_text()
+
+
+def _build(build_dir, *targets):
+    _checked([_tool("cmake"), "--build", build_dir, "--target", *targets, "--parallel", "2"])
 
 
 def _run(cmd, timeout=300):
-    run = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=timeout)
-    assert run.returncode == 0, run.stdout + run.stderr
-    assert "0 mismatches" in run.stdout
-    return run.stdout
+    out = _checked(cmd, timeout)
+    assert "0 mismatches" in out
+    return out
 
 
 KERNEL_CHECKS = 7 * 4 + 1 + 10  # every format and size, the activation quantizer, every GEMM shape (x2)
@@ -49,37 +60,33 @@ KERNEL_CHECKS = 7 * 4 + 1 + 10  # every format and size, the activation quantize
 
 @pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="AVX-512 is x86-64 code")
 def test_avx512_kernels_match_portable_kernels(tmp_path):
-    cc = _tool("cc", "gcc", "clang")
-    probe = subprocess.run([cc, "-E", "-x", "c", "-", "-o", "/dev/null"], input="#include <simde/x86/avx512.h>\n",
-                           capture_output=True, text=True)
-    if probe.returncode != 0:
+    cache = _configure(tmp_path)
+    if "RWKV_HAVE_SIMDE:INTERNAL=1" not in cache:
         pytest.skip("SIMDe headers are not installed (Debian: libsimde-dev)")
-    exe = tmp_path / "avx512_check"
-    _build([cc, "-O1", "-std=gnu11", "-Wno-psabi", "-DCHECK_AVX512", f"-I{CSRC}", EMULATED / "kernels_check.c",
-            CSRC / "types.c", CSRC / "quant.c", "-lm", "-o", exe])
-    assert _run([exe]).count(" ok") == KERNEL_CHECKS
+    _build(tmp_path, "avx512_check")
+    assert _run([tmp_path / "avx512_check"]).count(" ok") == KERNEL_CHECKS
 
 
 @pytest.fixture(scope="module")
-def arm_tools():
-    return _tool("aarch64-linux-gnu-gcc"), _tool("qemu-aarch64", "qemu-aarch64-static")
+def arm_build(tmp_path_factory):
+    """The checks built for AArch64, and the emulator to run them."""
+    _tool("aarch64-linux-gnu-gcc")
+    qemu = _tool("qemu-aarch64", "qemu-aarch64-static")
+    build_dir = tmp_path_factory.mktemp("aarch64")
+    _configure(build_dir, f"-DCMAKE_TOOLCHAIN_FILE={AARCH64_TOOLCHAIN}")
+    _build(build_dir, "neon_check", "model_check")
+    return build_dir, qemu
 
 
-def test_neon_kernels_match_portable_kernels(arm_tools, tmp_path):
-    cc, qemu = arm_tools
-    exe = tmp_path / "neon_check"
-    _build([cc, "-O1", "-std=gnu11", "-static", "-DCHECK_NEON", f"-I{CSRC}", EMULATED / "kernels_check.c",
-            CSRC / "types.c", CSRC / "quant.c", "-lm", "-o", exe])
-    assert _run([qemu, exe]).count(" ok") == KERNEL_CHECKS
+def test_neon_kernels_match_portable_kernels(arm_build):
+    build_dir, qemu = arm_build
+    assert _run([qemu, build_dir / "neon_check"]).count(" ok") == KERNEL_CHECKS
 
 
-def test_neon_engine_matches_portable_engine_on_a_model(arm_tools, tmp_path):
+def test_neon_engine_matches_portable_engine_on_a_model(arm_build, tmp_path):
     """The whole engine built for AArch64 (dispatch, threads, every architecture file): the built-in
     model and its quantized versions give the portable path's logits with the NEON level."""
-    cc, qemu = arm_tools
-    exe = tmp_path / "model_check"
-    _build([cc, "-O2", "-std=gnu11", "-D_GNU_SOURCE", "-fopenmp-simd", "-static", f"-I{CSRC}",
-            EMULATED / "model_check.c", *ENGINE_SOURCES, CSRC / "kernels" / "neon.c", "-lm", "-lpthread", "-o", exe])
-    out = _run([qemu, exe, builtin_model_path(), tmp_path])
+    build_dir, qemu = arm_build
+    out = _run([qemu, build_dir / "model_check", builtin_model_path(), tmp_path])
     assert out.startswith("kernel level: neon")
     assert out.count(" ok") == 2 * 6  # serial and sequence, for the file and five block formats

@@ -1,9 +1,64 @@
 /* RWKV v4 time mixing: a per-channel weighted average of past values, kept in a numerically safe
  * form (aa, bb scaled by exp(-pp)) so that exp never overflows. */
-#include "../ops.h"
+#include "shared.h"
 
 typedef struct {
-    const rwkv_layer *L;
+    rwkv_lerp_mix mix;
+    const float *decay, *first; /* per channel; the file stores decay as -exp(time_decay) */
+} v4_att;
+
+/* ---- the lerped inputs, which v5 keeps ------------------------------------------------------- */
+
+int rwkv_load_lerp_mix(rwkv_loader *ld, int i, rwkv_lerp_mix *mix) {
+    const int64_t C = ld->model->info.n_embed;
+    TRY(rwkv_want_vector(ld, i, "att.time_mix_k", C, &mix->k));
+    TRY(rwkv_want_vector(ld, i, "att.time_mix_v", C, &mix->v));
+    return rwkv_want_vector(ld, i, "att.time_mix_r", C, &mix->r);
+}
+
+int rwkv_load_lerp_gate(rwkv_loader *ld, int i, rwkv_lerp_mix *mix) {
+    const int64_t C = ld->model->info.n_embed;
+    if (!rwkv_has_tensor(ld, i, "att.gate.weight")) return RWKV_OK;
+    TRY(rwkv_want_vector(ld, i, "att.time_mix_g", C, &mix->g));
+    return rwkv_want_matrix(ld, i, "att.gate.weight", C, C, &mix->gate);
+}
+
+void rwkv_lerp_projections(rwkv_model *m, const rwkv_layer *L, const rwkv_lerp_mix *mix, float *state_x, int64_t T) {
+    rwkv_scratch *s = &m->scratch;
+    const int64_t C = m->info.n_embed;
+    float *xr = s->mix[0], *xk = s->mix[2], *xv = s->mix[3], *xg = s->mix[5];
+    rwkv_layer_norm(s->xx, s->x, &L->ln1, T, C);
+    rwkv_token_shift(s->prev, s->xx, state_x, T, C);
+    rwkv_lerp(xk, s->xx, s->prev, mix->k, T, C);
+    rwkv_lerp(xv, s->xx, s->prev, mix->v, T, C);
+    rwkv_lerp(xr, s->xx, s->prev, mix->r, T, C);
+    const rwkv_product products[4] = {
+        {&L->receptance, xr, s->r}, {&L->key, xk, s->k}, {&L->value, xv, s->v}, {&mix->gate, xg, s->g}};
+    if (mix->gate.data) rwkv_lerp(xg, s->xx, s->prev, mix->g, T, C);
+    rwkv_matmuls(m, products, mix->gate.data ? 4 : 3, T);
+}
+
+/* ---- v4 ------------------------------------------------------------------------------------- */
+
+static int load_att(rwkv_loader *ld, int i, void *att) {
+    v4_att *A = att;
+    const int64_t C = ld->model->info.n_embed;
+    TRY(rwkv_load_lerp_mix(ld, i, &A->mix));
+    TRY(rwkv_want_vector(ld, i, "att.time_decay", C, &A->decay));
+    TRY(rwkv_want_vector(ld, i, "att.time_first", C, &A->first));
+    return rwkv_load_lerp_gate(ld, i, &A->mix);
+}
+
+/* state: att previous-x, aa, bb, pp (C each) */
+static size_t att_state_floats(const rwkv_model_info *info) { return 4 * (size_t)info->n_embed; }
+
+static void init_att_state(const rwkv_model_info *info, float *state) {
+    const size_t C = (size_t)info->n_embed;
+    for (size_t c = 0; c < C; c++) state[3 * C + c] = -1e30f; /* pp */
+}
+
+typedef struct {
+    const v4_att *A;
     const float *k, *v, *r;
     float *y, *aa, *bb, *pp;
     int64_t T, C;
@@ -12,7 +67,7 @@ typedef struct {
 static void wkv4_channel(void *p, int64_t c) {
     wkv4_task *a = p;
     float aa = a->aa[c], bb = a->bb[c], pp = a->pp[c];
-    const float first = a->L->first[c], decay = a->L->decay[c];
+    const float first = a->A->first[c], decay = a->A->decay[c];
     for (int64_t t = 0; t < a->T; t++) {
         const int64_t j = t * a->C + c;
         const float k = a->k[j], v = a->v[j];
@@ -32,16 +87,27 @@ static void wkv4_channel(void *p, int64_t c) {
     a->pp[c] = pp;
 }
 
-/* state: att previous-x, aa, bb, pp (C each) */
-void rwkv_time_mix_v4(rwkv_model *m, const rwkv_layer *L, float *state, int64_t T) {
+static void time_mix(rwkv_model *m, const rwkv_layer *L, int layer, float *state, int64_t T) {
+    (void)layer;
     rwkv_scratch *s = &m->scratch;
     const int64_t C = m->info.n_embed;
+    const v4_att *A = L->att;
 
-    rwkv_lerp_projections(m, L, state, T);
+    rwkv_lerp_projections(m, L, &A->mix, state, T);
 
-    wkv4_task task = {L, s->k, s->v, s->r, s->y, state + C, state + 2 * C, state + 3 * C, T, C};
-    rwkv_parallel_for(m, C, wkv4_channel, &task);
+    wkv4_task task = {A, s->k, s->v, s->r, s->y, state + C, state + 2 * C, state + 3 * C, T, C};
+    rwkv_parallel_for(m->pool, C, wkv4_channel, &task);
 
     rwkv_matmul(m, &L->output, s->y, T, s->wkv_out);
     rwkv_add(s->x, s->wkv_out, T * C);
 }
+
+const rwkv_arch_ops rwkv_arch_v4 = {
+    .name = "v4", /* no detect: the first version */
+    .att_size = sizeof(v4_att),
+    .load_att = load_att,
+    .att_state_floats = att_state_floats,
+    .init_att_state = init_att_state,
+    .time_mix = time_mix,
+    .channel_mix = {.mix_k = "ffn.time_mix_k", .mix_r = "ffn.time_mix_r", .lerp = 1},
+};

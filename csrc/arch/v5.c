@@ -1,7 +1,51 @@
-/* RWKV v5 time mixing: multi-head linear attention with a matrix-valued state per head. */
+/* RWKV v5 time mixing: multi-head linear attention with a matrix-valued state per head. v5.1 and
+ * v5.2 differ only in the gate (v5.2 has one) and in the name of the bonus u. */
 #include <string.h>
 
-#include "../ops.h"
+#include "shared.h"
+
+typedef struct {
+    rwkv_lerp_mix mix;
+    /* decay = exp(-exp(time_decay)), first = u; decay_per_head / first_per_head: one value per
+     * head (rwkv.cpp v5.1, official 5.0 and 5.1) instead of one per channel (v5.2). */
+    const float *decay, *first;
+    int decay_per_head, first_per_head;
+    rwkv_norm ln_x;
+} v5_att;
+
+static int detect_v5_1(const rwkv_file *file) { return rwkv_file_find(file, "blocks.0.att.ln_x.weight") != NULL; }
+
+static int detect_v5_2(const rwkv_file *file) {
+    return detect_v5_1(file) && rwkv_file_find(file, "blocks.0.att.gate.weight") != NULL;
+}
+
+/* u is time_faaaa or time_first, whichever the file has; a file with neither is told about the
+ * version's own name, `missing_first`. */
+static int load_att(rwkv_loader *ld, int i, v5_att *A, const char *missing_first) {
+    const int64_t C = ld->model->info.n_embed, H = ld->model->info.n_head;
+    TRY(rwkv_load_lerp_mix(ld, i, &A->mix));
+    const char *decay = "att.time_decay";
+    const char *first = rwkv_has_tensor(ld, i, "att.time_faaaa")  ? "att.time_faaaa"
+                        : rwkv_has_tensor(ld, i, "att.time_first") ? "att.time_first"
+                                                                   : missing_first;
+    int status = RWKV_OK;
+    const rwkv_record *rd = rwkv_need_tensor(ld, i, decay, &status);
+    const rwkv_record *rf = rd ? rwkv_need_tensor(ld, i, first, &status) : NULL;
+    if (!rd || !rf) return status;
+    A->decay_per_head = rd->n_elements == H;
+    A->first_per_head = rf->n_elements == H;
+    TRY(rwkv_want_vector(ld, i, decay, A->decay_per_head ? H : C, &A->decay));
+    TRY(rwkv_want_vector(ld, i, first, A->first_per_head ? H : C, &A->first));
+    TRY(rwkv_want_norm(ld, i, "att.ln_x", C, &A->ln_x));
+    return rwkv_load_lerp_gate(ld, i, &A->mix);
+}
+
+static int load_att_v5_1(rwkv_loader *ld, int i, void *att) { return load_att(ld, i, att, "att.time_first"); }
+static int load_att_v5_2(rwkv_loader *ld, int i, void *att) { return load_att(ld, i, att, "att.time_faaaa"); }
+
+size_t rwkv_wkv_state_floats(const rwkv_model_info *info) {
+    return (size_t)info->n_embed + (size_t)info->n_head * (size_t)info->head_size * (size_t)info->head_size;
+}
 
 RWKV_SIMD_CLONES static void wkv5_head(void *p, int64_t h) {
     enum { N = RWKV_HEAD_SIZE };
@@ -29,23 +73,35 @@ RWKV_SIMD_CLONES static void wkv5_head(void *p, int64_t h) {
 }
 
 void rwkv_wkv5(rwkv_model *m, const rwkv_wkv5_args *args) {
-    rwkv_parallel_for(m, args->H, wkv5_head, (void *)args);
+    rwkv_parallel_for(m->pool, args->H, wkv5_head, (void *)args);
 }
 
 /* state: att previous-x (C), then the H x N x N wkv matrices */
-void rwkv_time_mix_v5(rwkv_model *m, const rwkv_layer *L, float *state, int64_t T) {
+static void time_mix(rwkv_model *m, const rwkv_layer *L, int layer, float *state, int64_t T) {
+    (void)layer;
     rwkv_scratch *s = &m->scratch;
     const int64_t C = m->info.n_embed, H = m->info.n_head, N = m->info.head_size;
+    const v5_att *A = L->att;
 
-    rwkv_lerp_projections(m, L, state, T);
+    rwkv_lerp_projections(m, L, &A->mix, state, T);
 
-    rwkv_wkv5_args wkv = {s->r, s->k, s->v, L->decay, L->first, L->decay_per_head, L->first_per_head, 0,
+    rwkv_wkv5_args wkv = {s->r, s->k, s->v, A->decay, A->first, A->decay_per_head, A->first_per_head, 0,
                           s->y, state + C, T, H};
     rwkv_wkv5(m, &wkv);
-    rwkv_group_norm(s->y, &L->ln_x, T, H, N, 64e-5f);
-    if (L->gate.data)
+    rwkv_group_norm(s->y, &A->ln_x, T, H, N, 64e-5f);
+    if (A->mix.gate.data)
         for (int64_t i = 0; i < T * C; i++) s->y[i] *= rwkv_silu(s->g[i]);
 
     rwkv_matmul(m, &L->output, s->y, T, s->wkv_out);
     rwkv_add(s->x, s->wkv_out, T * C);
 }
+
+#define V5_OPS(version, detect_fn, load_fn)                                                                 \
+    {                                                                                                       \
+        .name = version, .detect = detect_fn, .head_size = RWKV_HEAD_SIZE, .att_size = sizeof(v5_att),      \
+        .load_att = load_fn, .att_state_floats = rwkv_wkv_state_floats, .time_mix = time_mix,               \
+        .channel_mix = {.mix_k = "ffn.time_mix_k", .mix_r = "ffn.time_mix_r", .lerp = 1},                   \
+    }
+
+const rwkv_arch_ops rwkv_arch_v5_1 = V5_OPS("v5.1", detect_v5_1, load_att_v5_1);
+const rwkv_arch_ops rwkv_arch_v5_2 = V5_OPS("v5.2", detect_v5_2, load_att_v5_2);

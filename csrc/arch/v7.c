@@ -2,7 +2,42 @@
  * S = S diag(w) - (S kk) (kk * a)^T + v k^T, read out with r. */
 #include <string.h>
 
-#include "../ops.h"
+#include "shared.h"
+
+typedef struct {
+    const float *x_rwkvag; /* 6 x n_embed: the mixes of r, w, k, v, a, g */
+    const float *w0, *a0, *v0, *k_k, *k_a, *r_k;
+    rwkv_matrix w1, w2, a1, a2, v1, v2, g1, g2; /* low-rank networks: decay, learning rate, value residual, gate */
+    rwkv_norm ln_x;
+} v7_att;
+
+static int detect(const rwkv_file *file) { return rwkv_file_find(file, "blocks.0.att.r_k") != NULL; }
+
+static int load_att(rwkv_loader *ld, int i, void *att) {
+    v7_att *A = att;
+    const int64_t C = ld->model->info.n_embed;
+    TRY(rwkv_want_vector(ld, i, "att.x_rwkvag", 6 * C, &A->x_rwkvag));
+    TRY(rwkv_want_vector(ld, i, "att.w0", C, &A->w0));
+    TRY(rwkv_want_vector(ld, i, "att.a0", C, &A->a0));
+    TRY(rwkv_want_vector(ld, i, "att.k_k", C, &A->k_k));
+    TRY(rwkv_want_vector(ld, i, "att.k_a", C, &A->k_a));
+    TRY(rwkv_want_vector(ld, i, "att.r_k", C, &A->r_k));
+    struct {
+        const char *down, *up;
+        rwkv_matrix *m1, *m2;
+    } lora[4] = {{"att.w1", "att.w2", &A->w1, &A->w2},
+                 {"att.a1", "att.a2", &A->a1, &A->a2},
+                 {"att.g1", "att.g2", &A->g1, &A->g2},
+                 {"att.v1", "att.v2", &A->v1, &A->v2}};
+    int n_lora = i == 0 ? 3 : 4; /* layer 0 sets v_first and has no value residual */
+    if (i > 0) TRY(rwkv_want_vector(ld, i, "att.v0", C, &A->v0));
+    for (int j = 0; j < n_lora; j++) {
+        TRY(rwkv_want_matrix(ld, i, lora[j].down, 0, C, lora[j].m1));
+        TRY(rwkv_want_matrix(ld, i, lora[j].up, C, lora[j].m1->rows, lora[j].m2));
+        rwkv_note_lora(ld, lora[j].m1->rows);
+    }
+    return rwkv_want_norm(ld, i, "att.ln_x", C, &A->ln_x);
+}
 
 typedef struct {
     const float *r, *w, *k, *v, *kk, *a;
@@ -40,6 +75,7 @@ RWKV_SIMD_CLONES static void wkv7_head(void *p, int64_t h) {
  * so a chunk of tokens is split across the threads (one token, when decoding, runs inline). */
 typedef struct {
     const rwkv_layer *L;
+    const v7_att *A;
     rwkv_scratch *s;
     int64_t C, H, N;
     int layer;
@@ -55,21 +91,21 @@ static void mix_token(void *p, int64_t t) {
     rwkv_scratch *s = c->s;
     const int64_t C = c->C, o = t * C;
     rwkv_sub(s->prev + o, s->xx + o, C);
-    for (int j = 0; j < 6; j++) rwkv_maa(s->mix[j] + o, s->xx + o, s->prev + o, c->L->x_rwkvag + j * C, NULL, 1, C);
+    for (int j = 0; j < 6; j++) rwkv_maa(s->mix[j] + o, s->xx + o, s->prev + o, c->A->x_rwkvag + j * C, NULL, 1, C);
 }
 
 /* Decay, in-context learning rate, the keys' two forms and the value residual. */
 static void prepare_token(void *p, int64_t t) {
     const v7_tokens *c = p;
-    const rwkv_layer *L = c->L;
+    const v7_att *A = c->A;
     rwkv_scratch *s = c->s;
     const int64_t C = c->C, N = c->N, o = t * C;
     float *a = s->a + o, *k = s->k + o, *kk = s->kk + o, *w = s->w + o, *v = s->v + o;
     for (int64_t i = 0; i < C; i++) {
-        a[i] = rwkv_sigmoid(L->a0[i] + a[i]);
-        kk[i] = k[i] * L->k_k[i];
-        k[i] = k[i] * (1.0f + (a[i] - 1.0f) * L->k_a[i]);
-        w[i] = expf(-0.606531f * rwkv_sigmoid(L->w0[i] + w[i]));
+        a[i] = rwkv_sigmoid(A->a0[i] + a[i]);
+        kk[i] = k[i] * A->k_k[i];
+        k[i] = k[i] * (1.0f + (a[i] - 1.0f) * A->k_a[i]);
+        w[i] = expf(-0.606531f * rwkv_sigmoid(A->w0[i] + w[i]));
     }
     for (int64_t h = 0; h < c->H; h++) { /* kk: unit length per head */
         float *row = kk + h * N, norm = 0.0f;
@@ -82,57 +118,74 @@ static void prepare_token(void *p, int64_t t) {
         memcpy(s->v_first + o, v, (size_t)C * sizeof(float));
     } else {
         const float *v_first = s->v_first + o, *gate = s->wkv_out + o;
-        for (int64_t i = 0; i < C; i++) v[i] += (v_first[i] - v[i]) * rwkv_sigmoid(L->v0[i] + gate[i]);
+        for (int64_t i = 0; i < C; i++) v[i] += (v_first[i] - v[i]) * rwkv_sigmoid(A->v0[i] + gate[i]);
     }
 }
 
 /* The read-out's group norm, a per-head bonus for the current token, and the gate. */
 static void finish_token(void *p, int64_t t) {
     const v7_tokens *c = p;
-    const rwkv_layer *L = c->L;
+    const v7_att *A = c->A;
     rwkv_scratch *s = c->s;
     const int64_t C = c->C, N = c->N, o = t * C;
     float *y = s->y + o;
     const float *r = s->r + o, *k = s->k + o, *v = s->v + o, *gate = s->g + o;
-    rwkv_group_norm(y, &L->ln_x, 1, c->H, N, 64e-5f);
+    rwkv_group_norm(y, &A->ln_x, 1, c->H, N, 64e-5f);
     for (int64_t h = 0; h < c->H; h++) {
         const int64_t b = h * N;
         float rk = 0.0f;
-        for (int64_t i = 0; i < N; i++) rk += r[b + i] * k[b + i] * L->r_k[b + i];
+        for (int64_t i = 0; i < N; i++) rk += r[b + i] * k[b + i] * A->r_k[b + i];
         for (int64_t i = 0; i < N; i++) y[b + i] += rk * v[b + i];
     }
     for (int64_t i = 0; i < C; i++) y[i] *= gate[i];
 }
 
 /* state: att previous-x (C), then the H x N x N wkv matrices */
-void rwkv_time_mix_v7(rwkv_model *m, const rwkv_layer *L, int layer, float *state, int64_t T) {
+static void time_mix(rwkv_model *m, const rwkv_layer *L, int layer, float *state, int64_t T) {
     rwkv_scratch *s = &m->scratch;
     const int64_t C = m->info.n_embed, H = m->info.n_head, N = m->info.head_size;
-    v7_tokens tokens = {L, s, C, H, N, layer};
+    const v7_att *A = L->att;
+    v7_tokens tokens = {L, A, s, C, H, N, layer};
 
-    rwkv_parallel_for(m, T, normalize_token, &tokens);
+    rwkv_parallel_for(m->pool, T, normalize_token, &tokens);
     rwkv_token_shift(s->prev, s->xx, state, T, C);
-    rwkv_parallel_for(m, T, mix_token, &tokens); /* prev becomes the shift's difference, sx */
+    rwkv_parallel_for(m->pool, T, mix_token, &tokens); /* prev becomes the shift's difference, sx */
 
     /* The projections and the low-rank networks' first halves, then their second halves: two
      * passes. The value residual's network (every layer but the first) goes along. */
     const int value_lora = layer > 0;
     float **h = s->lora;
     const rwkv_product down[7] = {{&L->receptance, s->mix[0], s->r}, {&L->key, s->mix[2], s->k},
-                                  {&L->value, s->mix[3], s->v},      {&L->w1, s->mix[1], h[0]},
-                                  {&L->a1, s->mix[4], h[1]},         {&L->g1, s->mix[5], h[2]},
-                                  {&L->v1, s->mix[3], h[3]}};
+                                  {&L->value, s->mix[3], s->v},      {&A->w1, s->mix[1], h[0]},
+                                  {&A->a1, s->mix[4], h[1]},         {&A->g1, s->mix[5], h[2]},
+                                  {&A->v1, s->mix[3], h[3]}};
     rwkv_matmuls(m, down, 6 + value_lora, T);
-    for (int64_t i = 0; i < T * L->w1.rows; i++) h[0][i] = tanhf(h[0][i]);
-    for (int64_t i = 0; i < T * L->g1.rows; i++) h[2][i] = rwkv_sigmoid(h[2][i]);
-    const rwkv_product up[4] = {{&L->w2, h[0], s->w}, {&L->a2, h[1], s->a}, {&L->g2, h[2], s->g}, {&L->v2, h[3], s->wkv_out}};
+    for (int64_t i = 0; i < T * A->w1.rows; i++) h[0][i] = tanhf(h[0][i]);
+    for (int64_t i = 0; i < T * A->g1.rows; i++) h[2][i] = rwkv_sigmoid(h[2][i]);
+    const rwkv_product up[4] = {{&A->w2, h[0], s->w}, {&A->a2, h[1], s->a}, {&A->g2, h[2], s->g}, {&A->v2, h[3], s->wkv_out}};
     rwkv_matmuls(m, up, 3 + value_lora, T);
 
-    rwkv_parallel_for(m, T, prepare_token, &tokens);
+    rwkv_parallel_for(m->pool, T, prepare_token, &tokens);
     wkv7_task task = {s->r, s->w, s->k, s->v, s->kk, s->a, s->y, state + C, T, H};
-    rwkv_parallel_for(m, H, wkv7_head, &task);
-    rwkv_parallel_for(m, T, finish_token, &tokens);
+    rwkv_parallel_for(m->pool, H, wkv7_head, &task);
+    rwkv_parallel_for(m->pool, T, finish_token, &tokens);
 
     rwkv_matmul(m, &L->output, s->y, T, s->wkv_out);
     rwkv_add(s->x, s->wkv_out, T * C);
 }
+
+/* Kept in float by quantization, as rwkv.cpp does: the low-rank networks and r_k. */
+static const char *const float_tensors[] = {".att.w1", ".att.w2", ".att.a1", ".att.a2", ".att.v1",
+                                            ".att.v2", ".att.g1", ".att.g2", ".att.r_k", NULL};
+
+const rwkv_arch_ops rwkv_arch_v7 = {
+    .name = "v7",
+    .detect = detect,
+    .head_size = RWKV_HEAD_SIZE,
+    .att_size = sizeof(v7_att),
+    .load_att = load_att,
+    .att_state_floats = rwkv_wkv_state_floats,
+    .time_mix = time_mix,
+    .channel_mix = {.mix_k = "ffn.x_k"},
+    .float_tensors = float_tensors,
+};

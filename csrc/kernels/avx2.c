@@ -4,7 +4,7 @@
 #include <string.h>
 
 #include "../rwkv.h"
-#include "../types.h"
+#include "../dispatch.h"
 #include "x86.h"
 
 /* Weight elements i..i+7 as floats: with fp32_at/fp16_at, what distinguishes FP32 from FP16 rows. */
@@ -216,20 +216,12 @@ static void q8_0_to_float(const void *src, float *y, int64_t n) {
         store_block(q8_0_values(&x[b]), 1, _cvtsh_ss(x[b].d), 0.0f, y);
 }
 
-void rwkv_install_avx2(void) {
-    rwkv_gemm = (rwkv_gemm_kernel){gemm_f32, pack_tokens, PANEL};
-    rwkv_q8_act_from_float = q8_act_from_float;
-    rwkv_traits_mut(RWKV_TYPE_FP32)->vec_dot = fp32_dot;
-    rwkv_traits_mut(RWKV_TYPE_FP16)->vec_dot = fp16_dot;
-    rwkv_traits_mut(RWKV_TYPE_Q4_0)->vec_dot = q4_0_dot;
-    rwkv_traits_mut(RWKV_TYPE_Q4_1)->vec_dot = q4_1_dot;
-    rwkv_traits_mut(RWKV_TYPE_Q5_0)->vec_dot = q5_0_dot;
-    rwkv_traits_mut(RWKV_TYPE_Q5_1)->vec_dot = q5_1_dot;
-    rwkv_traits_mut(RWKV_TYPE_Q8_0)->vec_dot = q8_0_dot;
-    rwkv_traits_mut(RWKV_TYPE_FP16)->to_float = fp16_to_float;
-    rwkv_traits_mut(RWKV_TYPE_Q4_0)->to_float = q4_0_to_float;
-    rwkv_traits_mut(RWKV_TYPE_Q4_1)->to_float = q4_1_to_float;
-    rwkv_traits_mut(RWKV_TYPE_Q5_0)->to_float = q5_0_to_float;
-    rwkv_traits_mut(RWKV_TYPE_Q5_1)->to_float = q5_1_to_float;
-    rwkv_traits_mut(RWKV_TYPE_Q8_0)->to_float = q8_0_to_float;
-}
+const rwkv_kernel_table rwkv_avx2_kernels = {
+    .vec_dot = {[RWKV_TYPE_FP32] = fp32_dot, [RWKV_TYPE_FP16] = fp16_dot, [RWKV_TYPE_Q4_0] = q4_0_dot,
+                [RWKV_TYPE_Q4_1] = q4_1_dot, [RWKV_TYPE_Q5_0] = q5_0_dot, [RWKV_TYPE_Q5_1] = q5_1_dot,
+                [RWKV_TYPE_Q8_0] = q8_0_dot},
+    .to_float = {[RWKV_TYPE_FP16] = fp16_to_float, [RWKV_TYPE_Q4_0] = q4_0_to_float, [RWKV_TYPE_Q4_1] = q4_1_to_float,
+                 [RWKV_TYPE_Q5_0] = q5_0_to_float, [RWKV_TYPE_Q5_1] = q5_1_to_float, [RWKV_TYPE_Q8_0] = q8_0_to_float},
+    .gemm = {gemm_f32, pack_tokens, PANEL},
+    .q8_act_from_float = q8_act_from_float,
+};

@@ -10,7 +10,7 @@
 #include <immintrin.h>
 
 #include "../rwkv.h"
-#include "../types.h"
+#include "../dispatch.h"
 #include "x86.h"
 
 static inline __m256i dot_u8_i8_vnni(__m256i u, const int8_t *q) {
@@ -130,13 +130,9 @@ static void gemm_f32(const float *w, int64_t ws, int64_t nr, const float *x, int
     gemm_panels(panel_tile, ROWS, PANEL, 16, w, ws, nr, x, xs, nt, n, y, ys, accumulate);
 }
 
-void rwkv_install_avx512(void) {
-    rwkv_gemm = (rwkv_gemm_kernel){gemm_f32, pack_tokens, PANEL};
-    rwkv_traits_mut(RWKV_TYPE_FP32)->vec_dot = fp32_dot;
-    rwkv_traits_mut(RWKV_TYPE_FP16)->vec_dot = fp16_dot;
-    rwkv_traits_mut(RWKV_TYPE_Q4_0)->vec_dot = q4_0_dot;
-    rwkv_traits_mut(RWKV_TYPE_Q4_1)->vec_dot = q4_1_dot;
-    rwkv_traits_mut(RWKV_TYPE_Q5_0)->vec_dot = q5_0_dot;
-    rwkv_traits_mut(RWKV_TYPE_Q5_1)->vec_dot = q5_1_dot;
-    rwkv_traits_mut(RWKV_TYPE_Q8_0)->vec_dot = q8_0_dot;
-}
+const rwkv_kernel_table rwkv_avx512_kernels = {
+    .vec_dot = {[RWKV_TYPE_FP32] = fp32_dot, [RWKV_TYPE_FP16] = fp16_dot, [RWKV_TYPE_Q4_0] = q4_0_dot,
+                [RWKV_TYPE_Q4_1] = q4_1_dot, [RWKV_TYPE_Q5_0] = q5_0_dot, [RWKV_TYPE_Q5_1] = q5_1_dot,
+                [RWKV_TYPE_Q8_0] = q8_0_dot},
+    .gemm = {gemm_f32, pack_tokens, PANEL},
+};

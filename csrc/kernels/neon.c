@@ -5,7 +5,8 @@
 #include <string.h>
 
 #include "../rwkv.h"
-#include "../types.h"
+#include "../dispatch.h"
+#include "../matmul.h"
 
 static inline float half_to_float(uint16_t h) { return vgetq_lane_f32(vcvt_f32_f16(vreinterpret_f16_u16(vdup_n_u16(h))), 0); }
 
@@ -187,14 +188,10 @@ static void gemm_f32(const float *w, int64_t ws, int64_t nr, const float *x, int
     rwkv_gemm_tiled(gemm_4x4, 4, 4, 4, rwkv_gemm_f32_generic, w, ws, nr, x, xs, nt, n, y, ys, accumulate);
 }
 
-void rwkv_install_neon(void) {
-    rwkv_gemm = (rwkv_gemm_kernel){gemm_f32, NULL, 0};
-    rwkv_q8_act_from_float = q8_act_from_float;
-    rwkv_traits_mut(RWKV_TYPE_FP32)->vec_dot = fp32_dot;
-    rwkv_traits_mut(RWKV_TYPE_FP16)->vec_dot = fp16_dot;
-    rwkv_traits_mut(RWKV_TYPE_Q4_0)->vec_dot = q4_0_dot;
-    rwkv_traits_mut(RWKV_TYPE_Q4_1)->vec_dot = q4_1_dot;
-    rwkv_traits_mut(RWKV_TYPE_Q5_0)->vec_dot = q5_0_dot;
-    rwkv_traits_mut(RWKV_TYPE_Q5_1)->vec_dot = q5_1_dot;
-    rwkv_traits_mut(RWKV_TYPE_Q8_0)->vec_dot = q8_0_dot;
-}
+const rwkv_kernel_table rwkv_neon_kernels = {
+    .vec_dot = {[RWKV_TYPE_FP32] = fp32_dot, [RWKV_TYPE_FP16] = fp16_dot, [RWKV_TYPE_Q4_0] = q4_0_dot,
+                [RWKV_TYPE_Q4_1] = q4_1_dot, [RWKV_TYPE_Q5_0] = q5_0_dot, [RWKV_TYPE_Q5_1] = q5_1_dot,
+                [RWKV_TYPE_Q8_0] = q8_0_dot},
+    .gemm = {gemm_f32, NULL, 0},
+    .q8_act_from_float = q8_act_from_float,
+};

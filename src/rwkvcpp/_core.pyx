@@ -30,19 +30,22 @@ cdef extern from "rwkv.h":
                                     float *embedding, char *err, size_t err_len) nogil
     rwkv_status rwkv_quantize_file(const char *src, const char *dst, int type_id, int quantize_head,
                                    rwkv_progress_fn progress, void *user, char *err, size_t err_len) nogil
-    size_t rwkv_type_row_size(int type_id, int64_t n)
     const char *rwkv_type_name(int type_id)
-    rwkv_status rwkv_quantize_row(int type_id, const float *src, void *dst, int64_t n) nogil
-    rwkv_status rwkv_dequantize_row(int type_id, const void *src, float *dst, int64_t n) nogil
-    rwkv_status rwkv_matmul_f32(const float *w, int64_t rows, int64_t cols, const float *x, int64_t T,
-                                float *y) nogil
-    rwkv_status rwkv_matvec(int type_id, const void *w, int64_t rows, int64_t cols, const float *x,
-                            float *y) nogil
     const char *rwkv_kernel_level()
-    rwkv_status rwkv_set_kernel_level(const char *name)
     const char *rwkv_cpu_features()
     const char *rwkv_arch_name(rwkv_arch arch)
     double rwkv_read_bandwidth(int n_threads, size_t n_bytes) nogil
+
+
+cdef extern from "rwkv_testing.h":
+    size_t rwkv_type_row_size(int type_id, int64_t n)
+    rwkv_status rwkv_quantize_row(int type_id, const float *src, void *dst, int64_t n) nogil
+    rwkv_status rwkv_dequantize_row(int type_id, const void *src, float *dst, int64_t n) nogil
+    rwkv_status rwkv_matvec(int type_id, const void *w, int64_t rows, int64_t cols, const float *x,
+                            float *y) nogil
+    rwkv_status rwkv_matmul_f32(const float *w, int64_t rows, int64_t cols, const float *x, int64_t T,
+                                float *y) nogil
+    rwkv_status rwkv_set_kernel_level(const char *name)
 
 
 class RWKVError(Exception):
@@ -237,7 +240,7 @@ def matvec(int type_id, const uint8_t[::1] w not None, int64_t rows, const float
 
 
 def matmul_f32(const float[:, ::1] w not None, const float[:, ::1] x not None, float[:, ::1] y not None):
-    """y = x W^T with sequence mode's micro-GEMM in use; W is rows x cols, x is T x cols."""
+    """y = x W^T through sequence mode's product and the micro-GEMM in use; W is rows x cols, x is T x cols."""
     cdef int64_t rows = w.shape[0], cols = w.shape[1], T = x.shape[0]
     if x.shape[1] != cols or y.shape[0] != T or y.shape[1] != rows or rows * cols * T == 0:
         raise ArgumentError("matmul_f32: shapes do not match or are empty")

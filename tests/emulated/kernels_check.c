@@ -1,10 +1,11 @@
 /* Runs a kernel level this CPU lacks and compares it with the portable C kernels, for every weight
- * format, odd sizes, the activation quantizer and the sequence-mode micro-GEMM. Built by
- * tests/test_kernels_emulated.py in one of two ways:
- *   -DCHECK_AVX512: the AVX-512 kernels compiled against SIMDe (portable implementations of the
- *                   Intel intrinsics), run on any x86-64 CPU;
- *   -DCHECK_NEON:   the NEON kernels cross-compiled for AArch64, run under qemu-aarch64.
- * Exits non-zero on a mismatch. */
+ * format, odd sizes, the activation quantizer and the sequence-mode micro-GEMM. Built by CMake
+ * (RWKV_BUILD_CHECKS) for tests/test_kernels_emulated.py in one of two ways:
+ *   avx512_check (-DCHECK_AVX512): the AVX-512 kernels compiled against SIMDe (portable
+ *                implementations of the Intel intrinsics), run on any x86-64 CPU;
+ *   neon_check (-DCHECK_NEON): the NEON kernels cross-compiled for AArch64, run under qemu-aarch64.
+ * The level's file is included here, and the rest of the engine linked. Exits non-zero on a
+ * mismatch. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -38,14 +39,17 @@ static float _mm512_reduce_add_ps(simde__m512 v) {
 #define _IMMINTRIN_H_INCLUDED /* SIMDe provides every name the kernels use */
 #include "../../csrc/kernels/avx512.c"
 #define LEVEL "avx512"
-#define install_level rwkv_install_avx512
+#define LEVEL_KERNELS rwkv_avx512_kernels
 #elif defined(CHECK_NEON)
 #include "../../csrc/kernels/neon.c"
 #define LEVEL "neon"
-#define install_level rwkv_install_neon
+#define LEVEL_KERNELS rwkv_neon_kernels
 #else
 #error "define CHECK_AVX512 or CHECK_NEON"
 #endif
+
+#include "../../csrc/matmul.h"
+#include "../../csrc/rwkv_testing.h"
 
 static const int formats[] = {RWKV_TYPE_FP32, RWKV_TYPE_FP16, RWKV_TYPE_Q4_0, RWKV_TYPE_Q4_1,
                               RWKV_TYPE_Q5_0, RWKV_TYPE_Q5_1, RWKV_TYPE_Q8_0};
@@ -53,22 +57,23 @@ static const int64_t sizes[] = {32, 96, 160, 4128};
 
 static float uniform(void) { return (float)rand() / (float)RAND_MAX * 2.0f - 1.0f; }
 
-static int check_dots(const rwkv_type_traits *generic) {
+/* The level's dots against the portable ones (types.c), on activations converted as decoding does. */
+static int check_dots(void) {
     int failures = 0;
     float *w = malloc(4128 * sizeof(float)), *x = malloc(4128 * sizeof(float));
     uint8_t *row = malloc(4128 * 4), *act = malloc(4128 * 4);
     for (size_t f = 0; f < sizeof formats / sizeof formats[0]; f++)
         for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; s++) {
-            const int id = formats[f];
+            const rwkv_type_traits *generic = rwkv_traits(formats[f]);
             const int64_t n = sizes[s];
             for (int64_t i = 0; i < n; i++) w[i] = uniform(), x[i] = uniform() * 3.0f;
-            generic[id].from_float(w, row, n);
-            rwkv_act_from_float(generic[id].act_type, x, act, n);
-            const float want = generic[id].vec_dot(row, act, n);
-            const float got = rwkv_traits(id)->vec_dot(row, act, n);
+            generic->from_float(w, row, n);
+            rwkv_act_from_float(generic->act_type, x, act, n);
+            const float want = generic->vec_dot(row, act, n);
+            const float got = rwkv_kernels.vec_dot[formats[f]](row, act, n);
             const float tolerance = 1e-5f * (float)n;
             const int ok = fabsf(got - want) <= tolerance;
-            printf("%-4s dot n=%-5lld generic %+.6f " LEVEL " %+.6f %s\n", generic[id].name, (long long)n, want, got,
+            printf("%-4s dot n=%-5lld generic %+.6f " LEVEL " %+.6f %s\n", generic->name, (long long)n, want, got,
                    ok ? "ok" : "MISMATCH");
             failures += !ok;
         }
@@ -84,7 +89,7 @@ static int check_activations(void) {
     for (int i = 0; i < N; i++) x[i] = uniform() * 5.0f;
     x[0] = 127.0f, x[1] = 2.5f, x[2] = -2.5f, x[3] = 0.5f; /* ties round away from zero */
     rwkv_quantize_row_q8_act(x, want_bytes, N);
-    rwkv_q8_act_from_float(x, got_bytes, N);
+    rwkv_kernels.q8_act_from_float(x, got_bytes, N);
     const rwkv_q8_row want = rwkv_q8_row_at(want_bytes, N), got = rwkv_q8_row_at(got_bytes, N);
     int bad = 0;
     for (int b = 0; b < NB; b++)
@@ -106,14 +111,15 @@ static int check_gemm(void) {
         for (int accumulate = 0; accumulate <= 1; accumulate++) {
             for (int64_t i = 0; i < nr * nt; i++) want[i] = got[i] = (float)i;
             rwkv_gemm_f32_generic(w, n, nr, x, n, nt, n, want, nr, accumulate);
-            if (rwkv_gemm.panel > 0) {
-                const int p = rwkv_gemm.panel;
+            const rwkv_gemm_kernel gemm = rwkv_kernels.gemm;
+            if (gemm.panel > 0) {
+                const int p = gemm.panel;
                 float *packed = malloc((size_t)((nt + p) * n) * 4);
-                for (int64_t i = 0; i * p < nt; i++) rwkv_gemm.pack(x, nt, n, i, packed);
-                rwkv_gemm.run(w, n, nr, packed, n * p, nt, n, got, nr, accumulate);
+                for (int64_t i = 0; i * p < nt; i++) gemm.pack(x, nt, n, i, packed);
+                gemm.run(w, n, nr, packed, n * p, nt, n, got, nr, accumulate);
                 free(packed);
             } else {
-                rwkv_gemm.run(w, n, nr, x, n, nt, n, got, nr, accumulate);
+                gemm.run(w, n, nr, x, n, nt, n, got, nr, accumulate);
             }
             float worst = 0.0f;
             for (int64_t i = 0; i < nr * nt; i++) worst = fmaxf(worst, fabsf(got[i] - want[i]) / (1.0f + fabsf(want[i])));
@@ -128,13 +134,10 @@ static int check_gemm(void) {
 }
 
 int main(void) {
-    rwkv_types_init();
-    rwkv_type_traits generic[10];
-    for (int id = 0; id < 10; id++)
-        if (rwkv_traits(id)) generic[id] = *rwkv_traits(id);
+    rwkv_set_kernel_level("generic"); /* the portable kernels, then this level's on top */
+    rwkv_install_kernels(&LEVEL_KERNELS);
     srand(7);
-    install_level();
-    const int failures = check_dots(generic) + check_activations() + check_gemm();
+    const int failures = check_dots() + check_activations() + check_gemm();
     printf("%d mismatches\n", failures);
     return failures != 0;
 }

@@ -1,13 +1,15 @@
 /* Whole-model check for a foreign architecture: evaluates a model with the portable kernels and
  * with the best level this build has, one token at a time and as a sequence, in the model's own
- * format and quantized to each block format, and compares the logits. Built for AArch64 and run
- * under qemu by tests/test_kernels_emulated.py. Usage: model_check MODEL.bin SCRATCH_DIR */
+ * format and quantized to each block format, and compares the logits. Built by CMake for AArch64
+ * (RWKV_BUILD_CHECKS) and run under qemu by tests/test_kernels_emulated.py.
+ * Usage: model_check MODEL.bin SCRATCH_DIR */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "rwkv.h"
+#include "rwkv_testing.h"
 
 #define N_TOKENS 12
 

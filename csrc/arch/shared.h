@@ -1,0 +1,38 @@
+/* What a version takes over from an earlier one: v5 keeps v4's lerped inputs (arch/v4.c), v6 and
+ * v7 keep v5's state layout and v6 its recurrence (arch/v5.c). */
+#ifndef RWKV_ARCH_SHARED_H
+#define RWKV_ARCH_SHARED_H
+
+#include "../matmul.h"
+#include "../ops.h"
+#include "arch.h"
+
+/* v4 and v5: the token shift's lerp weights of k, v, r, and of g with the gate (v5.2). */
+typedef struct {
+    const float *k, *v, *r, *g;
+    rwkv_matrix gate; /* data NULL without a gate */
+} rwkv_lerp_mix;
+int rwkv_load_lerp_mix(rwkv_loader *ld, int layer, rwkv_lerp_mix *mix);
+/* g's weight and the gate, when the layer has a gate (loaded after the version's own tensors). */
+int rwkv_load_lerp_gate(rwkv_loader *ld, int layer, rwkv_lerp_mix *mix);
+/* Time mixing's inputs: ln1, token shift against *state_x, then r, k, v (and g when the layer has
+ * a gate) projected from lerped inputs into scratch r, k, v, g. */
+void rwkv_lerp_projections(rwkv_model *m, const rwkv_layer *L, const rwkv_lerp_mix *mix, float *state_x, int64_t T);
+
+/* The state of v5, v6 and v7 time mixing: the previous x (C), then the H x N x N wkv matrices. */
+size_t rwkv_wkv_state_floats(const rwkv_model_info *info);
+
+/* The wkv recurrence of v5 and v6, per head: S = k v^T + w S, out = r (u k v^T + S).
+ * Decay w and bonus u have one value per head or per channel; v6's decay also changes per token
+ * (w_token_stride = C), v5's does not (0). state: H x N x N (N = RWKV_HEAD_SIZE), indexed
+ * [head][key][value]. */
+typedef struct {
+    const float *r, *k, *v, *w, *u;
+    int w_per_head, u_per_head;
+    int64_t w_token_stride;
+    float *y, *state;
+    int64_t T, H;
+} rwkv_wkv5_args;
+void rwkv_wkv5(rwkv_model *m, const rwkv_wkv5_args *args);
+
+#endif
