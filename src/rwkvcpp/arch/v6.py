@@ -36,7 +36,7 @@ class RWKV6(Architecture):
     def transform(self, leaf, array, n_head, name):
         if leaf in ("time_faaaa", "time_decay"):
             return per_head(name, array, n_head, self.head_size)
-        # Deviation from docs/FORMAT.md: rwkv.cpp transposes every ".time_decay_w*" (w2 too);
+        # As docs/FORMAT.md says, rwkv.cpp transposes every ".time_decay_w*" (w2 too);
         # match its files.
         if leaf in ("time_maa_w1", "time_decay_w1", "time_decay_w2"):
             return np.ascontiguousarray(array.T)
