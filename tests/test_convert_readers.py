@@ -671,9 +671,12 @@ def test_native_checkpoint_is_returned_as_is():
     assert to_native_names(native) is native
 
 
-def test_fla_layout_is_refused():
-    with pytest.raises(CheckpointError, match="flash-linear-attention"):
-        to_native_names({"model.embeddings.weight": 1, "model.layers.0.attn.r_proj.weight": 2})
+def test_fla_layout_is_mapped():
+    # fla's RWKV-7 layout is undone by rwkvcpp.conversion.fla (tests/test_hf_rwkv7.py covers it).
+    emb, r = np.ones((4, 2), np.float32), np.zeros((2, 2), np.float32)
+    native = to_native_names({"model.embeddings.weight": emb, "model.layers.0.attn.r_proj.weight": r})
+    assert list(native) == ["emb.weight", "blocks.0.att.receptance.weight"]
+    assert np.array_equal(native["emb.weight"], emb) and np.array_equal(native["blocks.0.att.receptance.weight"], r)
 
 
 def test_hf_name_collision():

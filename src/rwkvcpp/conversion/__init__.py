@@ -7,8 +7,8 @@ Reading checkpoints, without torch and one tensor at a time:
 * ``pth``: ``torch.save`` files through a restricted unpickler; ``safetensors``: safetensors files;
 * ``load``: ``load_checkpoint(path)``, which picks the reader from the content (and reads HF
   shard indexes and folders). A new container (GGUF) is a reader module beside these;
-* ``hf``: Hugging Face RWKV names back to BlinkDL's. Another source layout (fla-hub RWKV-7)
-  is a module beside it;
+* ``hf``: Hugging Face RWKV layouts back to BlinkDL's names; ``fla``: flash-linear-attention's
+  RWKV-7 layout (fla-hub), which ``hf`` hands to it;
 * ``state_file`` and ``pth_write``: state-tuning files, read and written.
 
 Converting, with what each RWKV version does in :mod:`rwkvcpp.arch`:

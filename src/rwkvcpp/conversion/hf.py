@@ -19,18 +19,37 @@ native (BlinkDL)               Hugging Face
 
 RWKV-6's ``time_maa_*`` names were not renamed. A base ``RwkvModel`` (no LM head) is saved
 without the ``rwkv.`` prefix; both forms are accepted here.
+
+RWKV-7 comes to Hugging Face in three layouts:
+
+* fla's ``RWKV7ForCausalLM`` (``fla-hub/rwkv7-*``, ``RWKV/RWKV7-Goose-*-HF``): restructured
+  weights, undone by :mod:`rwkvcpp.conversion.fla`;
+* transformers' ``Rwkv7ForCausalLM``: BlinkDL's names under ``rwkv7.`` (``rwkv7.emb.weight``,
+  ``rwkv7.blocks.N.att.x_r``, ``head.weight``); an earlier port of it used the renames above
+  under ``rwkv7.`` (``rwkv7.embeddings``, ``pre_ln``, ``attention``, ``feed_forward``);
+* RWKV-block's ``RWKV/v7-Goose-*-HF``: BlinkDL's names as they are, nothing to map.
+
+The folder's ``config.json`` is read for what names cannot say: a head tied to the embeddings
+(``tie_word_embeddings``, saved without ``head.weight``), and RWKV-7 options the engine does not
+compute, which are refused.
 """
 
 from __future__ import annotations
 
+import json
+import math
+import os
 import re
 from collections.abc import Iterable, Mapping
+from typing import Optional
 
+from .fla import check_fla_config, fla_to_native, is_fla_layout
 from .lazy import CheckpointError, LazyCheckpoint
 
-__all__ = ["is_hf_layout", "to_native_names", "hf_to_native_name"]
+__all__ = ["is_hf_layout", "to_native_names", "hf_to_native_name", "read_config"]
 
-_PREFIX = "rwkv."
+# transformers' base-model prefixes: Rwkv (v4), the v5/v6 ports, and Rwkv7.
+_PREFIXES = ("rwkv.", "rwkv7.")
 _BLOCK = re.compile(r"blocks\.(\d+)\.(pre_ln|ln1|ln2|attention|feed_forward)\.(.+)")
 _BLOCK_PARTS = {"pre_ln": "ln0", "ln1": "ln1", "ln2": "ln2", "attention": "att", "feed_forward": "ffn"}
 # Only whole parameter names are renamed, so e.g. v6's time_maa_k is left alone.
@@ -42,12 +61,18 @@ _PARAMETER_RENAMES = {
 }
 # Name parts that only the HF layout uses.
 _HF_MARKERS = re.compile(r"(^|\.)(embeddings|pre_ln|attention|feed_forward)\.")
+# BlinkDL's layer norms: what the engine computes, whatever a config asks for.
+_LAYER_NORM_EPS = 1e-5
 
 
 def hf_to_native_name(name: str) -> str:
     """The native name for one HF name; names with no HF counterpart come back unchanged
-    (``head.weight``) or just without the ``rwkv.`` prefix (``ln_out.*``)."""
-    bare = name.removeprefix(_PREFIX)
+    (``head.weight``) or just without the ``rwkv.``/``rwkv7.`` prefix (``ln_out.*``)."""
+    bare = name
+    for prefix in _PREFIXES:
+        if name.startswith(prefix):
+            bare = name[len(prefix):]
+            break
     if bare.startswith("embeddings."):
         return "emb." + bare[len("embeddings."):]
     match = _BLOCK.fullmatch(bare)
@@ -60,26 +85,34 @@ def hf_to_native_name(name: str) -> str:
 
 
 def is_hf_layout(names: Iterable[str]) -> bool:
-    """Whether these tensor names follow the Hugging Face RWKV layout (native names never
-    contain ``embeddings.``, ``pre_ln.``, ``attention.`` or ``feed_forward.``)."""
-    return any(_HF_MARKERS.search(name) for name in names)
+    """Whether these tensor names follow a Hugging Face RWKV layout (native names never
+    contain ``embeddings.``, ``pre_ln.``, ``attention.`` or ``feed_forward.``, nor start with
+    ``rwkv7.`` or fla's ``model.layers.``)."""
+    names = list(names)
+    return (any(_HF_MARKERS.search(name) or name.startswith(_PREFIXES[1]) for name in names)
+            or is_fla_layout(names))
 
 
-def to_native_names(checkpoint: Mapping):
-    """Rename an HF-layout checkpoint to native names, keeping its order.
+def read_config(checkpoint) -> Optional[dict]:
+    """The ``config.json`` beside a checkpoint's file (a Hugging Face folder's), or None."""
+    source = getattr(checkpoint, "source", "")
+    if not source:
+        return None
+    folder = source if os.path.isdir(source) else os.path.dirname(os.path.abspath(source))
+    path = os.path.join(folder, "config.json")
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            config = json.load(f)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"config.json: not valid JSON ({exc})") from exc
+    if not isinstance(config, dict):
+        raise CheckpointError("config.json: not a JSON object")
+    return config
 
-    A :class:`LazyCheckpoint` comes back as a LazyCheckpoint over the same lazy tensors (nothing
-    is read); any other mapping as a new dict holding the same values. A checkpoint that is not
-    in the HF layout is returned as it is.
-    """
-    names = list(checkpoint.keys())
-    if any(name.startswith("model.layers.") for name in names):
-        # flash-linear-attention's RWKV-7 ports (fla-hub/rwkv7-*) restructure the weights
-        # (fused LoRAs, different shapes), which a renaming cannot undo.
-        raise CheckpointError("this looks like a flash-linear-attention (fla-hub) checkpoint, "
-                              "which is not supported; convert the original BlinkDL .pth instead")
-    if not is_hf_layout(names):
-        return checkpoint
+
+def _renamed(checkpoint: Mapping, names: list):
     mapping = {name: hf_to_native_name(name) for name in names}
     if len(set(mapping.values())) != len(mapping):
         seen: dict[str, str] = {}
@@ -90,3 +123,54 @@ def to_native_names(checkpoint: Mapping):
     if isinstance(checkpoint, LazyCheckpoint):
         return checkpoint.renamed(mapping)
     return {mapping[name]: checkpoint[name] for name in names}
+
+
+def _with_tied_head(checkpoint: Mapping, config: Optional[Mapping]):
+    """A model saved with ``tie_word_embeddings`` has no head of its own: it is the embeddings."""
+    if "head.weight" in checkpoint or "emb.weight" not in checkpoint or not (config or {}).get("tie_word_embeddings"):
+        return checkpoint
+    if isinstance(checkpoint, LazyCheckpoint):
+        tensors = list(checkpoint.lazy_items()) + [("head.weight", checkpoint.tensor("emb.weight"))]
+        return LazyCheckpoint(tensors, source=checkpoint.source)
+    return {**checkpoint, "head.weight": checkpoint["emb.weight"]}
+
+
+def _check_rwkv7_config(checkpoint: Mapping, config: Optional[Mapping]) -> None:
+    """RWKV-7 config values the tensors must agree with, or the engine cannot honour."""
+    if not config or "blocks.0.att.r_k" not in checkpoint:
+        return
+    shape = tuple(getattr(checkpoint, "shape_of", lambda n: checkpoint[n].shape)("blocks.0.att.r_k"))
+    head_size = config.get("head_dim", config.get("head_size"))
+    if head_size is not None and len(shape) == 2 and shape[1] != head_size:
+        raise CheckpointError(f"config.json: head_dim {head_size} disagrees with the weights, whose r_k "
+                              f"{shape} has {shape[1]} channels per head")
+    eps = config.get("norm_eps")
+    if isinstance(eps, (int, float)) and not math.isclose(eps, _LAYER_NORM_EPS, rel_tol=1e-6):
+        raise CheckpointError(f"config.json: norm_eps is {eps}; the engine's norms use BlinkDL's "
+                              f"{_LAYER_NORM_EPS:g}")
+    if config.get("use_deep_embed"):
+        raise CheckpointError("config.json: use_deep_embed is set (RWKV-8 DeepEmbed), which the engine "
+                              "does not compute")
+
+
+def to_native_names(checkpoint: Mapping):
+    """Rename an HF-layout checkpoint to native names (and shapes, for fla's RWKV-7), keeping
+    its order.
+
+    A :class:`LazyCheckpoint` comes back as a LazyCheckpoint over the same lazy tensors (nothing
+    is read); any other mapping as a new dict holding the same values. A checkpoint that is not
+    in an HF layout is returned as it is.
+    """
+    names = list(checkpoint.keys())
+    if is_fla_layout(names):
+        config = read_config(checkpoint)
+        check_fla_config(config)
+        native = fla_to_native(checkpoint)
+    elif is_hf_layout(names):
+        config = read_config(checkpoint)
+        native = _renamed(checkpoint, names)
+    else:
+        return checkpoint
+    native = _with_tied_head(native, config)
+    _check_rwkv7_config(native, config)
+    return native
