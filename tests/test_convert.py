@@ -470,9 +470,9 @@ def test_state_file_round_trip(arch, suffix, model_files, tmp_path):
     model = Model(model_files[arch].fp32)
     state = random_wkv_state(model)
     path = tmp_path / f"state{suffix}"
-    model.save_state_file(path, state)
+    model.save_tuned_state(path, state)
     assert os.listdir(tmp_path) == [path.name]
-    loaded = model.load_state_file(path)
+    loaded = model.load_tuned_state(path)
     assert loaded.dtype == np.float32 and loaded.shape == (model.state_len,)
     np.testing.assert_array_equal(loaded, state)
     np.testing.assert_array_equal(load_state_file(path, model), state)
@@ -510,7 +510,7 @@ def test_model_from_state_file_matches_reference(arch, model_files, tmp_path):
     tensors = {f"blocks.{i}.att.time_state": rng.normal(0, 0.5, (H, 64, 64)).astype(np.float32)
                for i in range(model.n_layer)}
     save_safetensors(tmp_path / "tuned.safetensors", tensors)
-    state = model.load_state_file(tmp_path / "tuned.safetensors")
+    state = model.load_tuned_state(tmp_path / "tuned.safetensors")
 
     ref = Reference(model_files[arch].checkpoint)
     ref_state = ref.init_state()
@@ -546,12 +546,12 @@ def test_state_file_matches_official_package(tmp_path):
     write_model(tmp_path / "model.bin", checkpoint, "FP32")
     save_safetensors(tmp_path / "state.safetensors", tensors)
     model = Model(tmp_path / "model.bin")
-    logits, _ = model.eval_sequence(tokens, model.load_state_file(tmp_path / "state.safetensors"), all_logits=True)
+    logits, _ = model.eval_sequence(tokens, model.load_tuned_state(tmp_path / "state.safetensors"), all_logits=True)
     np.testing.assert_allclose(logits, official, rtol=0, atol=1e-4)
 
     transposed = {n: np.ascontiguousarray(t.transpose(0, 2, 1)) for n, t in tensors.items()}
     save_safetensors(tmp_path / "transposed.safetensors", transposed)
-    wrong, _ = model.eval_sequence(tokens, model.load_state_file(tmp_path / "transposed.safetensors"),
+    wrong, _ = model.eval_sequence(tokens, model.load_tuned_state(tmp_path / "transposed.safetensors"),
                                    all_logits=True)
     assert np.abs(wrong - official).max() > 0.1
 
@@ -568,7 +568,7 @@ def test_model_with_merged_state(model_files, tmp_path):
     convert(tmp_path / "tuned.pth", tmp_path / "tuned.bin", log=lines.append)
     assert any("load_state_file" in line for line in lines)
     model = Model(tmp_path / "tuned.bin")
-    state = model.load_state_file(tmp_path / "tuned.pth")
+    state = model.load_tuned_state(tmp_path / "tuned.pth")
     assert set(np.unique(state)) == {0.0, 0.5, 1.5}
 
 
@@ -582,7 +582,7 @@ def test_state_file_errors(model_files, tmp_path):
         path = tmp_path / name
         save_safetensors(path, tensors)
         with pytest.raises(ValueError) as info:
-            v6.load_state_file(path)
+            v6.load_tuned_state(path)
         message = str(info.value)
         assert "\n" not in message and name in message
         return message
@@ -599,7 +599,7 @@ def test_state_file_errors(model_files, tmp_path):
     v4 = Model(model_files["v4"].fp32)
     save_safetensors(tmp_path / "ok.safetensors", good)
     with pytest.raises(ValueError, match="v4"):
-        v4.load_state_file(tmp_path / "ok.safetensors")
+        v4.load_tuned_state(tmp_path / "ok.safetensors")
     with pytest.raises(ValueError, match="v4"):
         save_state_file(tmp_path / "v4.pth", v4.init_state(), v4)
     with pytest.raises(ValueError, match=r"state has shape \(3,\)"):

@@ -201,7 +201,7 @@ def test_input_state_is_not_modified(arch, model_set, fixed_tokens):
     logits2, new2 = model.eval_sequence(fixed_tokens[5:9], state, all_logits=True)
     np.testing.assert_array_equal(state, saved)
     model.ingest(fixed_tokens[5:9], state)
-    model.embed(fixed_tokens[5:9], state)
+    model.eval_embedding(fixed_tokens[5:9], state)
     np.testing.assert_array_equal(state, saved)
     np.testing.assert_allclose(logits2[0], logits1, rtol=0, atol=1e-5)  # tiles vs matvec: summation order
     # A read-only state is fine as input.
@@ -368,19 +368,19 @@ def test_init_state_layout(arch, model_set):
 def test_embed_is_a_unit_vector(arch, model_set, fixed_tokens):
     model = load(model_set.fp32)
     tokens = fixed_tokens[:12]
-    vec, state = model.embed(tokens)
+    vec, state = model.eval_embedding(tokens)
     assert vec.shape == (model.n_embed,) and vec.dtype == np.float32
     assert abs(float(np.linalg.norm(vec)) - 1.0) < 1e-5
     logits, expected_state = model.eval_sequence(tokens)
     np.testing.assert_allclose(state, expected_state, rtol=0, atol=1e-6)
     # The unnormalized vector is the hidden state after ln_out: the head maps it to the logits.
-    raw, _ = model.embed(tokens, normalize=False)
+    raw, _ = model.eval_embedding(tokens, normalize=False)
     np.testing.assert_allclose(raw / np.linalg.norm(raw), vec, rtol=0, atol=1e-6)
     head = model_set.checkpoint["head.weight"].astype(np.float64)
     assert max_diff(head @ raw, logits) <= 1e-4
     # From a state: continues like eval_sequence.
     _, mid = model.eval_sequence(tokens[:5])
-    vec2, _ = model.embed(tokens[5:], mid)
+    vec2, _ = model.eval_embedding(tokens[5:], mid)
     np.testing.assert_allclose(vec2, vec, rtol=0, atol=1e-5)
 
 
@@ -399,7 +399,7 @@ def test_bad_token_ids(arch, model_set):
         with pytest.raises(ArgumentError, match="out of range"):
             model.ingest([bad])
         with pytest.raises(ArgumentError, match="out of range"):
-            model.embed([bad])
+            model.eval_embedding([bad])
     with pytest.raises(ArgumentError, match="position 2"):
         model.eval_sequence([0, 1, V, 2])
     with pytest.raises(ArgumentError, match="out of range"):
@@ -421,7 +421,7 @@ def test_empty_token_list(arch, model_set):
         with pytest.raises(ArgumentError, match="empty"):
             model.ingest(empty)
         with pytest.raises(ArgumentError, match="empty"):
-            model.embed(empty)
+            model.eval_embedding(empty)
 
 
 def test_non_int_tokens(arch, model_set):
@@ -457,7 +457,7 @@ def test_bad_state_length_or_type(arch, model_set):
         with pytest.raises(ArgumentError, match="state"):
             model.ingest([1, 2], bad)
         with pytest.raises(ArgumentError, match="state"):
-            model.embed([1, 2], bad)
+            model.eval_embedding([1, 2], bad)
     for bad in (list(state), tuple(state), 0.0, "state"):
         with pytest.raises((TypeError, ArgumentError), match="numpy array"):
             model.eval(1, bad)

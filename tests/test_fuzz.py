@@ -293,7 +293,7 @@ def child(out_dir: Path, only=None) -> int:
                 logits, state = model.eval_sequence(tokens, all_logits=True)
                 assert logits.shape == (3, V) and state.shape == (model.state_len,)
                 logits1, state = model.eval(1 % V, state)
-                model.embed([V - 1], state)
+                model.eval_embedding([V - 1], state)
                 if not (np.all(np.isfinite(logits)) and np.all(np.isfinite(logits1))):
                     results["nonfinite"] += 1
             except BaseException as e:  # noqa: BLE001

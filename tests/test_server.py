@@ -38,7 +38,7 @@ from support.checkpoints import make_checkpoint  # noqa: E402
 from rwkvcpp import Model  # noqa: E402
 from rwkvcpp.generate import Chunk  # noqa: E402
 from rwkvcpp.server import ServerConfig, create_app  # noqa: E402
-from rwkvcpp.server.chat_format import parse_tool_calls, render_chat  # noqa: E402
+from rwkvcpp.chat_format import parse_tool_calls, render_chat  # noqa: E402
 from rwkvcpp.server.state_cache import StateCache  # noqa: E402
 from rwkvcpp.writer import write_model  # noqa: E402
 
@@ -300,7 +300,7 @@ def test_embeddings(server, model):
     assert np.allclose(vectors[0], vectors[2]) and not np.allclose(vectors[0], vectors[1])
     as_float = client.embeddings.create(model="tiny", input="hello world", encoding_format="float")
     assert np.allclose(as_float.data[0].embedding, vectors[0], atol=1e-6)
-    expected, _ = model.embed(list(b"hello world"))
+    expected, _ = model.eval_embedding(list(b"hello world"))
     assert np.allclose(vectors[0], expected, atol=1e-6)
     assert result.usage.prompt_tokens == 11 + 14 + 11
 
@@ -450,6 +450,31 @@ def test_tool_call_streamed_forced_and_invalid(ctl, scripted):
     scripted([' <tool_call>{"name": "get_weather", "arguments": {}}</tool_call>'])
     reply = client.chat.completions.create(model="tiny", messages=messages)
     assert reply.choices[0].message.content.startswith("<tool_call>")
+
+
+def test_python_api_gives_the_servers_answers(ctl, model):
+    """Model.create_chat_completion and create_completion run the server's code (rwkvcpp.completion):
+    the same request and seed give the same choices. ctl has no state cache, so both read whole
+    prompts. OpenAI's -100 bias is a ban; in Python a ban is -inf."""
+    client = ctl.client(api_key=API_KEY)
+    banned = {int(token): -math.inf for token in ASCII_ONLY}
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Tell me about cats."}]
+    http = client.chat.completions.create(model="tiny", messages=messages, max_tokens=20, seed=3, n=2,
+                                          logit_bias=ASCII_ONLY)
+    local = model.create_chat_completion(messages, max_tokens=20, seed=3, n=2, logit_bias=banned)
+    assert [c.model_dump(exclude_none=True) for c in http.choices] == \
+        [{k: v for k, v in c.items() if v is not None} for c in local["choices"]]
+    assert (http.usage.prompt_tokens, http.usage.completion_tokens) == \
+        (local["usage"]["prompt_tokens"], local["usage"]["completion_tokens"])
+
+    http = client.completions.create(model="tiny", prompt=["Once", "The dog"], max_tokens=12, seed=8,
+                                     logit_bias=ASCII_ONLY, echo=True)
+    local = model.create_completion(["Once", "The dog"], max_tokens=12, seed=8, logit_bias=banned, echo=True)
+    assert [(c.index, c.text, c.finish_reason) for c in http.choices] == \
+        [(c["index"], c["text"], c["finish_reason"]) for c in local["choices"]]
+
+    vectors = client.embeddings.create(model="tiny", input=["one", "two"]).data
+    assert [v.embedding for v in vectors] == [d["embedding"] for d in model.create_embedding(["one", "two"])["data"]]
 
 
 def test_chat_format_units():

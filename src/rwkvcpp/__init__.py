@@ -10,10 +10,12 @@ __version__ = "0.1.0"
 _LAZY = {
     "Model": ("rwkvcpp.model", "Model"),
     "RWKVError": ("rwkvcpp.model", "RWKVError"),
+    "StateFileError": ("rwkvcpp.state", "StateFileError"),
     "system_info": ("rwkvcpp.model", "system_info"),
     "quantize": ("rwkvcpp.quantization", "quantize"),
     "convert": ("rwkvcpp.conversion.pipeline", "convert"),
     "Generator": ("rwkvcpp.generate", "Generator"),
+    "Generation": ("rwkvcpp.generate", "Generation"),
     "Tokenizer": ("rwkvcpp.tokenizer", "Tokenizer"),
     "SamplingParams": ("rwkvcpp.sampling", "SamplingParams"),
 }

@@ -85,10 +85,16 @@ cdef bytes fs_path(path):
 
 
 cdef class Engine:
-    """One loaded model. Evaluation calls are serialised in C; the GIL is released meanwhile."""
+    """One loaded model. Evaluation calls are serialised in C; the GIL is released meanwhile.
+
+    ``close()`` frees the model (weights mapping, thread pool, buffers). A call still running in
+    another thread keeps it alive: the last one to finish frees it. Calls after ``close()`` raise.
+    """
 
     cdef rwkv_model *ptr
     cdef rwkv_model_info c_info
+    cdef int users  # calls between acquire() and release(); changed with the GIL held
+    cdef bint closed
 
     def __cinit__(self, path, int n_threads=0):
         cdef bytes p = fs_path(path)
@@ -107,6 +113,35 @@ cdef class Engine:
             rwkv_free(self.ptr)
             self.ptr = NULL
 
+    cdef rwkv_model *acquire(self) except NULL:
+        if self.closed:
+            raise RWKVError("the model is closed")
+        self.users += 1
+        return self.ptr
+
+    cdef void release(self) noexcept:
+        self.users -= 1
+        if self.closed and self.users == 0:
+            self.free()
+
+    cdef void free(self) noexcept:
+        cdef rwkv_model *ptr = self.ptr
+        self.ptr = NULL
+        if ptr is not NULL:
+            with nogil:
+                rwkv_free(ptr)
+
+    def close(self):
+        """Frees the model now, or when the calls running in other threads have finished."""
+        if not self.closed:
+            self.closed = True
+            if self.users == 0:
+                self.free()
+
+    @property
+    def is_closed(self):
+        return bool(self.closed)
+
     def info(self):
         i = self.c_info
         return dict(arch=rwkv_arch_name(i.arch).decode(), n_vocab=i.n_vocab, n_embed=i.n_embed,
@@ -117,7 +152,9 @@ cdef class Engine:
     def init_state(self, float[::1] out not None):
         if <size_t>out.shape[0] != self.c_info.state_len:
             raise ArgumentError(f"state buffer has {out.shape[0]} floats; the model needs {self.c_info.state_len}")
-        rwkv_init_state(self.ptr, &out[0])
+        cdef rwkv_model *ptr = self.acquire()
+        rwkv_init_state(ptr, &out[0])
+        self.release()
 
     def eval(self, const int32_t[::1] tokens not None, float[::1] state not None, float[::1] logits,
              bint all_logits):
@@ -127,6 +164,7 @@ cdef class Engine:
         cdef float *lp = NULL
         cdef char err[ERR_LEN]
         cdef rwkv_status status
+        cdef rwkv_model *ptr
         err[0] = 0
         if <size_t>state.shape[0] != self.c_info.state_len:
             raise ArgumentError(f"state has {state.shape[0]} floats; the model needs {self.c_info.state_len}")
@@ -136,8 +174,10 @@ cdef class Engine:
             lp = &logits[0]
         if n == 0:
             raise ArgumentError("no tokens to evaluate")
+        ptr = self.acquire()
         with nogil:
-            status = rwkv_eval(self.ptr, &tokens[0], n, &state[0], lp, all_logits, err, ERR_LEN)
+            status = rwkv_eval(ptr, &tokens[0], n, &state[0], lp, all_logits, err, ERR_LEN)
+        self.release()
         if status != RWKV_OK:
             raise_status(status, err)
 
@@ -146,6 +186,7 @@ cdef class Engine:
         cdef size_t n = tokens.shape[0]
         cdef char err[ERR_LEN]
         cdef rwkv_status status
+        cdef rwkv_model *ptr
         err[0] = 0
         if <size_t>state.shape[0] != self.c_info.state_len:
             raise ArgumentError(f"state has {state.shape[0]} floats; the model needs {self.c_info.state_len}")
@@ -153,8 +194,10 @@ cdef class Engine:
             raise ArgumentError(f"embedding buffer has {out.shape[0]} floats; {self.c_info.n_embed} are needed")
         if n == 0:
             raise ArgumentError("no tokens to evaluate")
+        ptr = self.acquire()
         with nogil:
-            status = rwkv_eval_embedding(self.ptr, &tokens[0], n, &state[0], &out[0], err, ERR_LEN)
+            status = rwkv_eval_embedding(ptr, &tokens[0], n, &state[0], &out[0], err, ERR_LEN)
+        self.release()
         if status != RWKV_OK:
             raise_status(status, err)
 

@@ -33,6 +33,7 @@ from typing import Optional, TextIO, Union
 
 import numpy as np
 
+from .completion import end_tokens
 from .generate import Generator
 from .sampling import SamplingParams
 
@@ -185,9 +186,7 @@ class ChatSession:
         self.tokenizer = self.generator.tokenizer
         self.out = out if out is not None else sys.stdout
         self.err = err if err is not None else sys.stderr
-        # Token 0 ends a document in the World and 20B vocabularies; in a byte vocabulary it
-        # is just the byte 0.
-        self._end_tokens = () if self.tokenizer.name == "bytes" else (0,)
+        self._end_tokens = end_tokens(self.tokenizer)
         self._n_replies = 0
         self.last: Optional[_Reply] = None
 

@@ -1,7 +1,8 @@
 """Text generation: a prompt in, text out, one token at a time.
 
-The loop is the same for every front end (``Model.generate``, the ``rwkvcpp generate`` and
-``rwkvcpp chat`` commands, the HTTP server):
+The loop is the same for every front end (``Model.generate`` and the other text methods of
+:mod:`rwkvcpp.high_level`, the ``rwkvcpp generate`` and ``rwkvcpp chat`` commands, the HTTP
+server):
 
 1. the prompt goes through the model in one ``eval_sequence`` call (much faster than token by
    token, and the state passed in is left untouched);
@@ -11,8 +12,8 @@ The loop is the same for every front end (``Model.generate``, the ``rwkvcpp gene
 :class:`Generator` is the core: ``Generator(model).stream(prompt, params)`` yields one
 :class:`Chunk` per sampled token and the last chunk carries the :class:`Generation` result
 (finish reason, usage counts, final state). Stopping the iteration early cancels the generation;
-nothing else needs cleaning up. ``generate``, ``generate_full`` and ``stream_generate`` are
-keyword-argument conveniences over it.
+nothing else needs cleaning up. ``Model.generate`` and ``Model.complete`` are its
+keyword-argument conveniences.
 
 Text rules:
 
@@ -43,9 +44,6 @@ __all__ = [
     "Completion",
     "Generation",
     "Generator",
-    "generate",
-    "generate_full",
-    "stream_generate",
 ]
 
 FINISH_STOP = "stop"  # a stop token or stop string was produced
@@ -347,36 +345,3 @@ class Generator:
 
 # The result of Generator.complete: the name the HTTP server and the docs use.
 Completion = Generation
-
-
-def _params(max_tokens: Optional[int], sampling: dict) -> SamplingParams:
-    if "params" in sampling:
-        raise TypeError("pass sampling settings as keyword arguments (temperature=..., top_p=...), not params=")
-    return SamplingParams(max_tokens=max_tokens, **sampling)
-
-
-def stream_generate(model: Model, tokenizer: Optional[Tokenizer], prompt: Prompt, *, max_tokens: Optional[int] = 256,
-                    state: Optional[np.ndarray] = None, logits: Optional[np.ndarray] = None,
-                    **sampling) -> Iterator[Chunk]:
-    """:meth:`Generator.stream` with sampling settings as keywords (see SamplingParams)."""
-    return Generator(model, tokenizer).stream(prompt, _params(max_tokens, sampling), state=state, logits=logits)
-
-
-def generate_full(model: Model, tokenizer: Optional[Tokenizer], prompt: Prompt, *, max_tokens: Optional[int] = 256,
-                  state: Optional[np.ndarray] = None, logits: Optional[np.ndarray] = None,
-                  **sampling) -> Generation:
-    """Generates to the end and returns the :class:`Generation` (text, tokens, usage, state)."""
-    return Generator(model, tokenizer).generate(prompt, _params(max_tokens, sampling), state=state, logits=logits)
-
-
-def generate(model: Model, tokenizer: Optional[Tokenizer], prompt: Prompt, *, max_tokens: Optional[int] = 256,
-             state: Optional[np.ndarray] = None, stream: bool = False, **sampling) -> Union[str, Iterator[str]]:
-    """The generated text, or with ``stream=True`` an iterator of its pieces as they come.
-
-    ``tokenizer`` None means the model's own (``model.tokenizer``). Sampling settings are
-    keywords of :class:`~rwkvcpp.sampling.SamplingParams` (temperature, top_p, stop, seed, ...).
-    """
-    chunks = stream_generate(model, tokenizer, prompt, max_tokens=max_tokens, state=state, **sampling)
-    if stream:
-        return (chunk.text for chunk in chunks if chunk.text)
-    return "".join(chunk.text for chunk in chunks)

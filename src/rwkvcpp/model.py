@@ -1,15 +1,17 @@
-"""The user-facing Model: numpy in, numpy out, over the C engine."""
+"""The user-facing Model: numpy in, numpy out, over the C engine; text in, text out through
+the high-level methods it inherits (:mod:`rwkvcpp.high_level`)."""
 
 from __future__ import annotations
 
 import os
-from typing import Iterable, Optional, Sequence, Union
+from typing import Optional, Sequence, Union
 
 import numpy as np
 
 from . import _core
 from ._core import ArgumentError, ModelFileError, ModelIOError, RWKVError
 from .format import TYPES
+from .high_level import HighLevelAPI
 
 __all__ = [
     "Model", "RWKVError", "ModelFileError", "ModelIOError", "ArgumentError", "check_token_range", "system_info",
@@ -35,23 +37,54 @@ def check_token_range(tokens: Tokens, n_vocab: int) -> None:
         )
 
 
-class Model:
+class Model(HighLevelAPI):
     """An RWKV model loaded from an rwkv.cpp ``.bin`` file.
 
+    ``Model(path, threads=None)``: ``path`` None loads the built-in model (a tiny byte-level
+    v7, :func:`rwkvcpp.data.builtin_model_path`); ``threads`` None uses one thread per core.
+    llama-cpp-python's names are accepted too: ``model_path`` for ``path``, ``n_threads`` for
+    ``threads``. ``tokenizer`` picks the tokenizer of the text methods (see :attr:`tokenizer`).
+
     The file is memory-mapped, so loading is fast and resident memory stays close to the file
-    size. The recurrent state is a flat float32 numpy array that belongs to the caller: pass it
-    back in to continue, copy it to fork a conversation, save it with ``numpy.save``.
+    size. ``close()`` (or leaving a ``with Model(...) as model:`` block) unmaps it and frees
+    the engine; every call after that raises :class:`RWKVError`.
+
+    Two levels of API:
+
+    * numbers: :meth:`eval`, :meth:`eval_sequence`, :meth:`ingest`, :meth:`eval_embedding`
+      take token ids and a state and return logits (or a vector) and the new state. The state
+      is a flat float32 numpy array that belongs to the caller: pass it back in to continue,
+      copy it to fork a conversation, :meth:`save_state` it to a file;
+    * text, in the shape of llama-cpp-python's ``Llama``: :meth:`tokenize`, :meth:`detokenize`,
+      :meth:`generate`, :meth:`complete`, :meth:`create_completion` (also ``model(prompt)``),
+      :meth:`create_chat_completion`, :meth:`chat`, :meth:`embed`, :meth:`create_embedding`.
 
     One Model can serve several Python threads at once, each with its own state; evaluation
     releases the GIL.
     """
 
-    def __init__(self, path: Union[str, os.PathLike], threads: Optional[int] = None):
-        if threads is not None and (not isinstance(threads, int) or threads < 1):
+    def __init__(self, path: Union[str, os.PathLike, None] = None, threads: Optional[int] = None, *,
+                 model_path: Union[str, os.PathLike, None] = None, n_threads: Optional[int] = None,
+                 tokenizer=None):
+        if model_path is not None:
+            if path is not None:
+                raise TypeError("give the model file as path or as model_path, not both")
+            path = model_path
+        if n_threads is not None:
+            if threads is not None:
+                raise TypeError("give the thread count as threads or as n_threads, not both")
+            threads = n_threads
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
             raise ValueError(f"threads must be a positive integer or None, not {threads!r}")
+        if path is None:
+            from .data import builtin_model_path
+
+            path = builtin_model_path()
         self.path = os.fspath(path)
-        self._engine = _core.Engine(self.path, threads or 0)
-        info = self._engine.info()
+        self._core: Optional[_core.Engine] = _core.Engine(self.path, threads or 0)
+        self._file_key = _file_key(self.path)
+        self._model_hash: Optional[str] = None
+        info = self._core.info()
         self.arch: str = info["arch"]
         self.n_vocab: int = info["n_vocab"]
         self.n_embed: int = info["n_embed"]
@@ -64,12 +97,59 @@ class Model:
         self.file_size: int = info["file_size"]
         self.file_version: int = info["file_version"]
         self.threads: int = info["n_threads"]
+        if tokenizer is not None:
+            self.tokenizer = tokenizer
 
     def __repr__(self) -> str:
+        closed = ", closed" if self.closed else ""
         return (
             f"Model({self.path!r}, arch={self.arch}, dtype={self.dtype}, n_layer={self.n_layer}, "
-            f"n_embed={self.n_embed}, n_vocab={self.n_vocab}, threads={self.threads})"
+            f"n_embed={self.n_embed}, n_vocab={self.n_vocab}, threads={self.threads}{closed})"
         )
+
+    # ---- lifetime ------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Frees the engine and unmaps the model file (calls running in other threads finish
+        first). Every later call raises :class:`RWKVError`; closing twice is harmless."""
+        engine, self._core = self._core, None
+        if engine is not None:
+            engine.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._core is None
+
+    def __enter__(self) -> Model:
+        self._require_open()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    @property
+    def _engine(self) -> _core.Engine:
+        engine = self._core
+        if engine is None:
+            self._require_open()
+        return engine
+
+    def _require_open(self) -> None:
+        if self._core is None:
+            raise RWKVError(f"this Model ({os.path.basename(self.path)}) is closed; load the file again to use it")
+
+    @property
+    def model_hash(self) -> str:
+        """SHA-256 of the model file's header and tensor table (names, types, shapes; not the
+        weights): the identity saved with a state (:meth:`save_state`). Computed when first
+        needed; refused if the file has changed on disk since it was loaded."""
+        if self._model_hash is None:
+            from .state import model_hash
+
+            if _file_key(self.path) != self._file_key:
+                raise RWKVError(f"{self.path} has changed on disk since this Model loaded it; load it again")
+            self._model_hash = model_hash(self.path)
+        return self._model_hash
 
     # ---- state ---------------------------------------------------------------------------------
 
@@ -79,16 +159,43 @@ class Model:
         self._engine.init_state(state)
         return state
 
-    def load_state_file(self, path: Union[str, os.PathLike]) -> np.ndarray:
-        """A state whose wkv matrices come from a state-tuning file (``.pth``/``.safetensors``
-        with ``blocks.N.att.time_state``); see :func:`rwkvcpp.conversion.state_file.load_state_file`."""
+    def save_state(self, path: Union[str, os.PathLike], state: np.ndarray) -> None:
+        """Saves the whole ``state`` to ``path`` (a ``.safetensors`` file), exactly, with this
+        model's identity (architecture, sizes, a hash of the file's header and tensor table).
+        The file is written under a temporary name and renamed at the end. See
+        :mod:`rwkvcpp.state` for the format."""
+        self._require_open()
+        from .state import save_state
+
+        save_state(path, state, self)
+
+    def load_state(self, path: Union[str, os.PathLike], *, strict: bool = True) -> np.ndarray:
+        """The state saved by :meth:`save_state` in ``path``, bit for bit (a new array).
+
+        Raises :class:`rwkvcpp.state.StateFileError` for a damaged or truncated file, one that
+        is not a saved state, or one saved with a model of other sizes. A state saved with
+        another model file of the same sizes is refused too unless ``strict=False`` (for a
+        quantized copy of the same weights, whose state is interchangeable)."""
+        self._require_open()
+        from .state import load_state
+
+        return load_state(path, self, strict=strict)
+
+    def load_tuned_state(self, path: Union[str, os.PathLike]) -> np.ndarray:
+        """The initial state of a state-tuning file (``.pth``/``.safetensors`` with
+        ``blocks.N.att.time_state``, as RWKV-PEFT writes): its wkv matrices, and a fresh
+        state's values everywhere else (these files hold nothing else). Not for v4 models.
+        For a whole saved state use :meth:`load_state`."""
+        self._require_open()
         from .conversion.state_file import load_state_file
 
         return load_state_file(path, self)
 
-    def save_state_file(self, path: Union[str, os.PathLike], state: np.ndarray) -> None:
-        """Writes the wkv matrices of ``state`` as a state file (``.pth``, or ``.safetensors`` by
-        suffix); see :func:`rwkvcpp.conversion.state_file.save_state_file`."""
+    def save_tuned_state(self, path: Union[str, os.PathLike], state: np.ndarray) -> None:
+        """Writes only the wkv matrices of ``state`` as a state-tuning file (``.pth``, or
+        ``.safetensors`` by suffix). The token-shift parts of the state are not in that format
+        and are lost: to keep a whole state use :meth:`save_state`."""
+        self._require_open()
         from .conversion.state_file import save_state_file
 
         save_state_file(path, self._check_state(state, "state"), self)
@@ -173,9 +280,10 @@ class Model:
         self._engine.eval(toks, new_state, None, False)
         return new_state
 
-    def embed(self, tokens: Tokens, state: Optional[np.ndarray] = None, normalize: bool = True):
+    def eval_embedding(self, tokens: Tokens, state: Optional[np.ndarray] = None, normalize: bool = True):
         """RWKV's free sentence embedding: the last token's final hidden state (after ln_out).
-        Returns ``(vector, new_state)``; the vector has unit length when ``normalize``."""
+        Returns ``(vector, new_state)``; the vector has unit length when ``normalize``. For text
+        in and vectors out, see :meth:`embed`."""
         toks = self._tokens(tokens)
         new_state = self._state_out(state, None)
         out = np.empty(self.n_embed, dtype=np.float32)
@@ -186,48 +294,11 @@ class Model:
                 out /= norm
         return out, new_state
 
-    # ---- text ----------------------------------------------------------------------------------
 
-    @property
-    def tokenizer(self):
-        """The tokenizer used for text: by default the built-in one for ``n_vocab`` (World for
-        65536, GPT-NeoX 20B for 50277/50304, bytes for 256), loaded when first used. Assign a
-        ``Tokenizer``, a tokenizer name or a vocabulary file path to use another; ``None``
-        goes back to the default."""
-        tok = getattr(self, "_tokenizer", None)
-        if tok is None:
-            from .tokenizer import Tokenizer
-
-            tok = self._tokenizer = Tokenizer.for_vocab(self.n_vocab)
-        return tok
-
-    @tokenizer.setter
-    def tokenizer(self, value) -> None:
-        from .tokenizer import Tokenizer
-
-        if value is not None and not isinstance(value, Tokenizer):
-            value = Tokenizer.from_name(value, n_vocab=self.n_vocab)
-        self._tokenizer = value
-
-    def generate(self, prompt, max_tokens: Optional[int] = 256, state: Optional[np.ndarray] = None,
-                 stream: bool = False, **sampling):
-        """Continues ``prompt`` (text or token ids) and returns the generated text, or with
-        ``stream=True`` an iterator of text pieces as they are generated.
-
-        ``sampling`` takes the fields of :class:`~rwkvcpp.sampling.SamplingParams`
-        (temperature, top_p, top_k, min_p, presence_penalty, frequency_penalty, penalty_decay,
-        stop, stop_tokens, seed, ...). ``state`` (not modified) continues an earlier context.
-        For the final state, usage counts and finish reason, use
-        :class:`rwkvcpp.generate.Generator`.
-        """
-        from .generate import Generator
-        from .sampling import SamplingParams
-
-        params = SamplingParams(max_tokens=max_tokens, **sampling)
-        generator = Generator(self)
-        if stream:
-            return (chunk.text for chunk in generator.stream(prompt, params, state) if chunk.text)
-        return generator.complete(prompt, params, state).text
+def _file_key(path: str) -> tuple:
+    """What tells that a file was replaced or rewritten: device, inode, size, modification time."""
+    st = os.stat(path)
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def system_info() -> dict:

@@ -46,6 +46,7 @@ def _read_prompt(args) -> str:
 
 
 def run(args) -> int:
+    from ..completion import end_tokens
     from ..generate import Generator
 
     prompt = _read_prompt(args)
@@ -53,8 +54,7 @@ def run(args) -> int:
         raise CommandError("the prompt is empty")
     model = _common.load_model(args)
     generator = Generator(model)
-    end_of_text = () if generator.tokenizer.name == "bytes" else (0,)
-    params = _common.sampling_params(args, stop_tokens=end_of_text)
+    params = _common.sampling_params(args, stop_tokens=end_tokens(generator.tokenizer))
 
     out = sys.stdout
     if args.echo:

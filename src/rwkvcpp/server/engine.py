@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import threading
 import time
-from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
+from ..completion import PromptReader, end_tokens, model_id
 from ..generate import Generator
 from .config import ServerConfig
 from .state_cache import StateCache
@@ -23,19 +23,20 @@ from .state_cache import StateCache
 __all__ = ["Engine"]
 
 
-class Engine:
+class Engine(PromptReader):
     """What every request reads and the scheduler runs. ``generator`` may be replaced (tests
-    put in a scripted one); a job keeps the one it started with."""
+    put in a scripted one); a job keeps the one it started with. As the
+    :class:`~rwkvcpp.completion.PromptReader` of generations, it reads prompts through the
+    state cache and counts."""
 
     def __init__(self, model, config: ServerConfig):
         self.model = model
         self.config = config
         self.generator = Generator(model)
         self.tokenizer = self.generator.tokenizer
-        self.model_id = config.model_name or Path(getattr(model, "path", "rwkv")).stem or "rwkv"
+        self.model_id = model_id(model, config.model_name)
         self.created = int(time.time())
-        # Token 0 ends a document in the World and 20B vocabularies; in a byte vocabulary it is a byte.
-        self.end_tokens: tuple[int, ...] = () if self.tokenizer.name == "bytes" else (0,)
+        self.end_tokens: tuple[int, ...] = end_tokens(self.tokenizer)
         self.cache = StateCache(config.cache_entries, config.cache_bytes)
         self._counters_lock = threading.Lock()
         self.counters = {
@@ -82,9 +83,13 @@ class Engine:
         self.count(prompt_tokens=len(ids))
         return cached, state, todo
 
-    def remember_reply(self, ids: list[int], result) -> None:
-        """Caches the state after a prompt and its finished reply (``result`` of the generator's
-        last chunk): the next turn of a chat starts there."""
+    def choice_started(self, todo) -> None:
+        self.count(prompt_tokens_evaluated=len(todo))
+
+    def choice_finished(self, ids, result) -> None:
+        """Counts the reply's tokens and caches the state after the prompt and the reply
+        (``result`` of the generator's last chunk): the next turn of a chat starts there."""
+        self.count(completion_tokens=getattr(result, "completion_tokens", 0) or 0)
         if self.cache.max_entries > 0:
             final = getattr(result, "state", None)
             if isinstance(final, np.ndarray):

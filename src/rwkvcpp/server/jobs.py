@@ -18,10 +18,11 @@ route changing.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import AsyncIterator, NamedTuple, Optional, Protocol, Sequence, Union
+from typing import AsyncIterator, NamedTuple, Protocol, Sequence, Union
 
 import numpy as np
 
+from ..completion import Piece, PromptRead
 from ..sampling import SamplingParams
 
 __all__ = ["Generate", "Embed", "PromptRead", "Piece", "Vector", "Item", "Job", "Scheduler"]
@@ -49,21 +50,8 @@ class Embed:
 # ---- what comes back -----------------------------------------------------------------------------
 
 
-class PromptRead(NamedTuple):
-    """A prompt was read; ``cached_tokens`` of it came from the state cache."""
-
-    prompt: int
-    cached_tokens: int
-
-
-class Piece(NamedTuple):
-    """The next text of one choice, after one sampled token. The last piece of a choice has its
-    ``finish_reason`` and how many tokens it generated in all."""
-
-    choice: int
-    text: str
-    finish_reason: Optional[str]
-    completion_tokens: int
+# PromptRead and Piece (a prompt was read; the next text of a choice) are rwkvcpp.completion's:
+# the Python API folds the same items into the same choices.
 
 
 class Vector(NamedTuple):

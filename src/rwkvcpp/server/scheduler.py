@@ -20,7 +20,8 @@ from fastapi import Request
 
 from .engine import Engine
 from .errors import OpenAIError
-from .jobs import Embed, Generate, Piece, PromptRead, Vector
+from ..completion import generate_items
+from .jobs import Embed, Generate, Vector
 
 __all__ = ["Job", "ThreadScheduler"]
 
@@ -165,37 +166,20 @@ class ThreadScheduler:
                 self.admitted -= 1
 
     def _generate(self, job: Job, generator, work: Generate) -> None:
-        engine = self.engine
-        n = len(work.params)
-        for p, ids in enumerate(work.prompts):
-            if job.cancelled.is_set():
-                return
-            cached, state, todo = engine.read_prompt(ids, work.params[0].count_prompt)
-            job.emit(PromptRead(p, cached))
-            for i, params in enumerate(work.params):
+        items = generate_items(generator, work.prompts, work.params, self.engine)
+        try:
+            for item in items:
                 if job.cancelled.is_set():
                     return
-                stream = generator.stream(todo, params, state)
-                engine.count(prompt_tokens_evaluated=len(todo))
-                try:
-                    for chunk in stream:
-                        if job.cancelled.is_set():
-                            return
-                        result = chunk.result
-                        tokens = 0
-                        if result is not None:
-                            tokens = getattr(result, "completion_tokens", 0) or 0
-                            engine.count(completion_tokens=tokens)
-                            engine.remember_reply(ids, result)
-                        job.emit(Piece(p * n + i, chunk.text, chunk.finish_reason, tokens))
-                finally:
-                    stream.close()
+                job.emit(item)
+        finally:
+            items.close()
 
     def _embed(self, job: Job, work: Embed) -> None:
         engine = self.engine
         for i, ids in enumerate(work.inputs):
             if job.cancelled.is_set():
                 return
-            vector, _ = engine.model.embed(ids)
+            vector = engine.model.embed(ids)
             engine.count(embedding_tokens=len(ids))
             job.emit(Vector(i, vector))

@@ -5,11 +5,12 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
-from ..chat_format import render_chat
+from ...chat_format import render_chat
+from ...completion import ChatChoices
 from ..errors import bad_request
 from ..jobs import Generate
 from ..schemas import ChatCompletionRequest
-from .choices import ChatChoices, respond
+from .choices import respond
 from .params import encode, sampling_params
 
 router = APIRouter(tags=["OpenAI"])

@@ -5,10 +5,11 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
+from ...completion import TextChoices
 from ..errors import bad_request
 from ..jobs import Generate
 from ..schemas import CompletionRequest
-from .choices import TextChoices, respond
+from .choices import respond
 from .params import as_list, sampling_params, token_lists
 
 router = APIRouter(tags=["OpenAI"])

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import base64
-from typing import Any, Optional
+from typing import Optional
 
 import numpy as np
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
+from ...completion import embedding_response
 from ..errors import bad_request, client_gone
 from ..jobs import Embed, Vector
 from ..schemas import EmbeddingRequest
@@ -30,18 +30,12 @@ async def embeddings(body: EmbeddingRequest, request: Request):
     inputs = await run_in_threadpool(token_lists, engine, raw, "input")
     job = scheduler.submit(Embed(inputs))
     engine.count(requests=1)
-    data: list[Optional[dict]] = [None] * len(inputs)
+    vectors: list[Optional[np.ndarray]] = [None] * len(inputs)
 
     def handle(item: Vector) -> None:
-        if body.encoding_format == "base64":
-            value: Any = base64.b64encode(np.asarray(item.vector, dtype="<f4").tobytes()).decode("ascii")
-        else:
-            value = [float(x) for x in item.vector]
-        data[item.index] = {"object": "embedding", "index": item.index, "embedding": value}
+        vectors[item.index] = item.vector
 
     await drain(job, request, handle)
-    if any(d is None for d in data):
+    if any(v is None for v in vectors):
         return client_gone()
-    tokens = sum(len(x) for x in inputs)
-    return {"object": "list", "data": data, "model": engine.model_id,
-            "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+    return embedding_response(vectors, engine.model_id, sum(len(x) for x in inputs), body.encoding_format)

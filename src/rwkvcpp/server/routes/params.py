@@ -4,9 +4,9 @@ against the model and the server's limits (a 400 naming the field otherwise)."""
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 from typing import Optional, Union
 
+from ...completion import choice_params
 from ...sampling import SamplingParams
 from ..engine import Engine
 from ..errors import OpenAIError, bad_request
@@ -113,6 +113,4 @@ def sampling_params(engine: Engine, req, extra_stop: tuple[str, ...] = ()) -> li
         )
     except ValueError as e:
         raise bad_request(str(e), str(e).split(" ", 1)[0]) from None
-    if seed is None:
-        return [base] * req.n
-    return [replace(base, seed=(seed + i) % (1 << 64)) for i in range(req.n)]
+    return choice_params(base, req.n)

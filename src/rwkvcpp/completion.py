@@ -1,0 +1,331 @@
+"""OpenAI-shaped completions: the one implementation behind ``Model.create_completion`` /
+``Model.create_chat_completion`` and the HTTP server's ``/v1/completions`` and
+``/v1/chat/completions``.
+
+A request runs in three steps, whoever sends the answer:
+
+1. :func:`generate_items` turns prompts and one :class:`SamplingParams` per choice into items:
+   a :class:`PromptRead` per prompt, then a :class:`Piece` per sampled token of each choice;
+2. a :class:`Choices` (:class:`ChatChoices` or :class:`TextChoices`) turns each item into the
+   choice chunks of a stream; whole choices are those chunks merged, as a client joining the
+   stream would, so a streamed and a non-streamed answer always have the same text;
+3. a :class:`Reply` wraps chunks and choices in OpenAI's envelope (id, object, created, model,
+   usage).
+
+:func:`respond` drives the three synchronously (the Python API); the server drives the same
+objects from its scheduler's items, over server-sent events or as one JSON body
+(``rwkvcpp.server.routes.choices``). How prompts are read is a :class:`PromptReader`: this one
+reads each prompt whole; the server's engine reads through its state cache and keeps counts.
+"""
+
+from __future__ import annotations
+
+import base64
+import secrets
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Iterator, NamedTuple, Optional, Sequence, Union
+
+import numpy as np
+
+from .chat_format import ReplyStream
+from .sampling import SamplingParams
+
+__all__ = [
+    "PromptRead", "Piece", "Item", "PromptReader", "generate_items", "end_tokens", "model_id", "choice_params",
+    "Choices", "ChatChoices", "TextChoices", "Reply", "respond", "embedding_response",
+]
+
+
+# ---- items ---------------------------------------------------------------------------------------
+
+
+class PromptRead(NamedTuple):
+    """A prompt was read; ``cached_tokens`` of it came from a state cache."""
+
+    prompt: int
+    cached_tokens: int
+
+
+class Piece(NamedTuple):
+    """The next text of one choice, after one sampled token. The last piece of a choice has its
+    ``finish_reason`` and how many tokens it generated in all."""
+
+    choice: int
+    text: str
+    finish_reason: Optional[str]
+    completion_tokens: int
+
+
+Item = Union[PromptRead, Piece]
+
+
+class PromptReader:
+    """How :func:`generate_items` reads prompts and learns of finished choices. This one reads
+    each prompt whole and keeps nothing."""
+
+    def read_prompt(self, ids: list[int], count_prompt: bool) -> tuple[int, Optional[np.ndarray], list[int]]:
+        """``(cached, state, todo)``: generation starts from ``state`` (None: a fresh one) by
+        reading ``todo``; ``cached`` tokens of ``ids`` needed no evaluation."""
+        return 0, None, list(ids)
+
+    def choice_started(self, todo: Sequence[int]) -> None:
+        """A choice starts by evaluating ``todo``."""
+
+    def choice_finished(self, ids: Sequence[int], result: Any) -> None:
+        """A choice of prompt ``ids`` ended with ``result`` (a :class:`~rwkvcpp.generate.Generation`)."""
+
+
+def generate_items(generator, prompts: Sequence[Sequence[int]], params: Sequence[SamplingParams],
+                   reader: Optional[PromptReader] = None) -> Iterator[Item]:
+    """The items of ``len(params)`` choices for each prompt (checked token lists), one choice
+    after another; choice ``i`` of prompt ``p`` is number ``p * len(params) + i``. Closing the
+    iterator early stops the generation in progress."""
+    reader = reader if reader is not None else PromptReader()
+    n = len(params)
+    for p, ids in enumerate(prompts):
+        cached, state, todo = reader.read_prompt(list(ids), params[0].count_prompt)
+        yield PromptRead(p, cached)
+        for i, choice_params_ in enumerate(params):
+            stream = generator.stream(todo, choice_params_, state)
+            reader.choice_started(todo)
+            try:
+                for chunk in stream:
+                    result = chunk.result
+                    tokens = 0
+                    if result is not None:
+                        tokens = getattr(result, "completion_tokens", 0) or 0
+                        reader.choice_finished(ids, result)
+                    yield Piece(p * n + i, chunk.text, chunk.finish_reason, tokens)
+            finally:
+                stream.close()
+
+
+def end_tokens(tokenizer) -> tuple[int, ...]:
+    """The token ids that end a document: 0 in the World and 20B vocabularies; none in a byte
+    vocabulary, where 0 is a byte."""
+    return () if tokenizer.name == "bytes" else (0,)
+
+
+def model_id(model, name: Optional[str] = None) -> str:
+    """The model id of responses: ``name``, else the model file's name without ``.bin``."""
+    return name or Path(getattr(model, "path", "rwkv")).stem or "rwkv"
+
+
+def choice_params(base: SamplingParams, n: int) -> list[SamplingParams]:
+    """One SamplingParams per choice: with a seed, choice ``i`` draws with ``seed + i``, so the
+    choices differ and each is reproducible."""
+    if base.seed is None:
+        return [base] * n
+    return [replace(base, seed=(base.seed + i) % (1 << 64)) for i in range(n)]
+
+
+# ---- items -> choices ----------------------------------------------------------------------------
+
+
+class Choices:
+    """Generated items -> choice chunks, for one response; counts the usage on the way."""
+
+    object = ""  # the response's "object"
+    chunk_object = ""  # a stream chunk's "object"
+    id_prefix = ""
+
+    def __init__(self, n_choices: int):
+        self.n_choices = n_choices
+        self.cached = 0  # prompt tokens that came from the state cache
+        self.completion = 0  # tokens generated
+        self.finished = 0  # choices with their finish reason
+
+    @property
+    def complete(self) -> bool:
+        return self.finished == self.n_choices
+
+    def opening(self) -> list[dict]:
+        """Chunks sent before any item."""
+        return []
+
+    def feed(self, item: Item) -> list[dict]:
+        if isinstance(item, PromptRead):
+            self.cached += item.cached_tokens
+            return []
+        if item.finish_reason is not None:
+            self.completion += item.completion_tokens
+            self.finished += 1
+        return self.piece(item)
+
+    def piece(self, piece: Piece) -> list[dict]:
+        raise NotImplementedError
+
+    def merge(self, chunks: Sequence[dict]) -> list[dict]:
+        """The whole choices that ``chunks`` (all of a response's, in order) add up to."""
+        raise NotImplementedError
+
+
+class ChatChoices(Choices):
+    """Chat: each choice's text goes through a :class:`ReplyStream` (leading space, tool calls)."""
+
+    object = "chat.completion"
+    chunk_object = "chat.completion.chunk"
+    id_prefix = "chatcmpl-"
+
+    def __init__(self, n_choices: int, tools: Sequence[str], prefill: str, single_call: bool):
+        super().__init__(n_choices)
+        self.replies = [ReplyStream(tools, prefill) for _ in range(n_choices)]
+        self.single_call = single_call
+
+    def opening(self) -> list[dict]:
+        return [_delta(i, {"role": "assistant", "content": ""}) for i in range(self.n_choices)]
+
+    def piece(self, piece: Piece) -> list[dict]:
+        i, reply, reason = piece.choice, self.replies[piece.choice], piece.finish_reason
+        out = reply.feed(piece.text)
+        chunks = [_delta(i, {"content": out})] if out else []
+        if reason is not None:
+            tail, calls = reply.finish()
+            if calls and self.single_call:
+                calls = calls[:1]
+            if tail:
+                chunks.append(_delta(i, {"content": tail}))
+            if calls:
+                reason = "tool_calls"
+                chunks.append(_delta(i, {"tool_calls": [{"index": k, **call} for k, call in enumerate(calls)]}))
+            chunks.append(_delta(i, {}, reason))
+        return chunks
+
+    def merge(self, chunks: Sequence[dict]) -> list[dict]:
+        choices: list[dict] = [{} for _ in range(self.n_choices)]
+        for chunk in chunks:
+            choice, delta = choices[chunk["index"]], chunk["delta"]
+            message = choice.setdefault("message", {"role": "assistant", "content": ""})
+            message["content"] += delta.get("content", "")
+            for call in delta.get("tool_calls", ()):
+                message.setdefault("tool_calls", []).append({k: v for k, v in call.items() if k != "index"})
+            choice["finish_reason"] = chunk["finish_reason"]
+        out = []
+        for i, choice in enumerate(choices):
+            message = choice["message"]
+            if message.get("tool_calls"):  # text besides the calls, if any, is content
+                message["content"] = message["content"].strip() or None
+            out.append({"index": i, "message": message, "logprobs": None, "finish_reason": choice["finish_reason"]})
+        return out
+
+
+class TextChoices(Choices):
+    """Text completions: ``n`` choices per prompt, each with the prompt's text first if ``echo``."""
+
+    object = "text_completion"
+    chunk_object = "text_completion"
+    id_prefix = "cmpl-"
+
+    def __init__(self, n_choices: int, echoed: Optional[Sequence[str]]):
+        super().__init__(n_choices)
+        self.echoed = echoed  # per choice, or None
+
+    def opening(self) -> list[dict]:
+        if self.echoed is None:
+            return []
+        return [_text(i, text) for i, text in enumerate(self.echoed)]
+
+    def piece(self, piece: Piece) -> list[dict]:
+        if piece.text or piece.finish_reason is not None:
+            return [_text(piece.choice, piece.text, piece.finish_reason)]
+        return []
+
+    def merge(self, chunks: Sequence[dict]) -> list[dict]:
+        texts: list[list[str]] = [[] for _ in range(self.n_choices)]
+        reasons: list[Optional[str]] = [None] * self.n_choices
+        for chunk in chunks:
+            texts[chunk["index"]].append(chunk["text"])
+            reasons[chunk["index"]] = chunk["finish_reason"] or reasons[chunk["index"]]
+        return [_text(i, "".join(texts[i]), reasons[i]) for i in range(self.n_choices)]
+
+
+def _delta(i: int, delta: dict, finish_reason: Optional[str] = None) -> dict:
+    return {"index": i, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+
+
+def _text(i: int, text: str, finish_reason: Optional[str] = None) -> dict:
+    return {"index": i, "text": text, "logprobs": None, "finish_reason": finish_reason}
+
+
+# ---- choices -> responses ------------------------------------------------------------------------
+
+
+class Reply:
+    """The envelope of one response: the same id and creation time on every chunk."""
+
+    def __init__(self, choices: Choices, model_id: str, prompt_tokens: int):
+        self.choices = choices
+        self.model_id = model_id
+        self.prompt_tokens = prompt_tokens
+        self.id = choices.id_prefix + secrets.token_hex(12)
+        self.created = int(time.time())
+
+    def _envelope(self, kind: str, body: list, usage: Optional[dict] = None) -> dict:
+        out = {"id": self.id, "object": kind, "created": self.created, "model": self.model_id,
+               "system_fingerprint": None, "choices": body}
+        if usage is not None:
+            out["usage"] = usage
+        return out
+
+    def chunk(self, chunk: dict) -> dict:
+        """A stream chunk holding one choice chunk."""
+        return self._envelope(self.choices.chunk_object, [chunk])
+
+    def usage_chunk(self) -> dict:
+        """The last chunk of a stream that asked for usage: no choices, the usage."""
+        return self._envelope(self.choices.chunk_object, [], self.usage())
+
+    def whole(self, chunks: Sequence[dict]) -> dict:
+        """The non-streamed response: every chunk merged into whole choices, with the usage."""
+        return self._envelope(self.choices.object, self.choices.merge(chunks), self.usage())
+
+    def usage(self) -> dict:
+        completion = self.choices.completion
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": completion,
+                "total_tokens": self.prompt_tokens + completion,
+                "prompt_tokens_details": {"cached_tokens": self.choices.cached}}
+
+
+def respond(items: Iterator[Item], choices: Choices, *, model_id: str, prompt_tokens: int, stream: bool,
+            include_usage: bool = False) -> Union[dict, Iterator[dict]]:
+    """The response to a request whose ``items`` are ready to run: an iterator of stream chunks
+    (the generation runs as it is read; closing it stops the generation), or the whole response."""
+    reply = Reply(choices, model_id, prompt_tokens)
+    if stream:
+        return _stream(items, reply, include_usage)
+    sent = choices.opening()
+    for item in items:
+        sent.extend(choices.feed(item))
+    return reply.whole(sent)
+
+
+def _stream(items: Iterator[Item], reply: Reply, include_usage: bool) -> Iterator[dict]:
+    try:
+        for chunk in reply.choices.opening():
+            yield reply.chunk(chunk)
+        for item in items:
+            for chunk in reply.choices.feed(item):
+                yield reply.chunk(chunk)
+        if include_usage:
+            yield reply.usage_chunk()
+    finally:
+        close = getattr(items, "close", None)
+        if close is not None:
+            close()
+
+
+def embedding_response(vectors: Sequence[np.ndarray], model_id: str, prompt_tokens: int,
+                       encoding_format: str = "float") -> dict:
+    """OpenAI's embeddings response: one ``embedding`` per vector, as floats or as base64 of
+    little-endian float32 (``encoding_format="base64"``)."""
+    data = []
+    for index, vector in enumerate(vectors):
+        if encoding_format == "base64":
+            value: Any = base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode("ascii")
+        else:
+            value = [float(x) for x in vector]
+        data.append({"object": "embedding", "index": index, "embedding": value})
+    return {"object": "list", "data": data, "model": model_id,
+            "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens}}
