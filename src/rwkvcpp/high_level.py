@@ -332,9 +332,15 @@ class HighLevelAPI:
         keywords of :meth:`create_chat_completion`; a reply that is only tool calls gives ""."""
         if isinstance(messages, str):
             messages = [{"role": "user", "content": messages}]
+        reply: Any = self.create_chat_completion(messages, stream=stream, **settings)
         if stream:
-            chunks = self.create_chat_completion(messages, stream=True, **settings)
-            return (chunk["choices"][0]["delta"].get("content") or "" for chunk in chunks  # type: ignore[union-attr]
-                    if chunk["choices"] and chunk["choices"][0]["delta"].get("content"))
-        reply = self.create_chat_completion(messages, **settings)
-        return reply["choices"][0]["message"]["content"] or ""  # type: ignore[index]
+            return _contents(reply)
+        return reply["choices"][0]["message"]["content"] or ""
+
+
+def _contents(chunks: Iterator[dict]) -> Iterator[str]:
+    """The content pieces of a streamed chat completion."""
+    for chunk in chunks:
+        for choice in chunk["choices"]:
+            if choice["delta"].get("content"):
+                yield choice["delta"]["content"]

@@ -129,14 +129,14 @@ class Model(HighLevelAPI):
 
     @property
     def _engine(self) -> _core.Engine:
+        """The engine; RWKVError once closed."""
         engine = self._core
         if engine is None:
-            self._require_open()
+            raise RWKVError(f"this Model ({os.path.basename(self.path)}) is closed; load the file again to use it")
         return engine
 
     def _require_open(self) -> None:
-        if self._core is None:
-            raise RWKVError(f"this Model ({os.path.basename(self.path)}) is closed; load the file again to use it")
+        self._engine  # noqa: B018 - raises once closed
 
     @property
     def model_hash(self) -> str:

@@ -17,7 +17,9 @@ open it, and its metadata (string pairs in the header) can carry the model's ide
 
 On load, sizes that differ mean the state cannot work with the model and are always refused.
 A different ``model_hash`` with the same sizes is refused too, unless ``strict=False``: the
-usual reason is a quantized copy of the same weights, whose state is interchangeable.
+usual reason is a quantized copy of the same weights, whose state is interchangeable. Weights are
+not hashed (that would read gigabytes), so two files of the same layout, such as two fine-tunes of
+one base model in the same format, look the same.
 
 These files are not state-tuning files (``blocks.N.att.time_state`` tensors holding only the
 wkv matrices): those are :meth:`Model.load_tuned_state` / :meth:`Model.save_tuned_state`.
