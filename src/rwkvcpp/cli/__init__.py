@@ -11,6 +11,7 @@ import sys
 COMMANDS = {
     "convert": "convert a .pth / .safetensors / Hugging Face checkpoint to a .bin model",
     "quantize": "quantize an FP32/FP16 .bin model to Q4_0, Q4_1, Q5_0, Q5_1 or Q8_0",
+    "merge-lora": "merge a LoRA checkpoint into an FP32/FP16 .bin model",
     "info": "print the header, architecture, sizes and tensors of a model or checkpoint",
     "chat": "chat with a model in the terminal",
     "generate": "continue a prompt",
@@ -26,10 +27,11 @@ class CommandError(Exception):
 
 def _available():
     for name, help_text in COMMANDS.items():
+        module_name = f"rwkvcpp.cli.{name.replace('-', '_')}"
         try:
-            module = importlib.import_module(f"rwkvcpp.cli.{name}")
+            module = importlib.import_module(module_name)
         except ModuleNotFoundError as e:
-            if e.name == f"rwkvcpp.cli.{name}":
+            if e.name == module_name:
                 continue  # command not built yet in this version
             raise
         yield name, help_text, module
