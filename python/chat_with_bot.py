@@ -38,6 +38,7 @@ FREQUENCY_PENALTY: float = 0.2
 def parse_args():
     parser = argparse.ArgumentParser(description="Provide terminal-based chat interface for RWKV model")
     parser.add_argument("model_path", nargs="?", help="Path to RWKV model in rwkv.cpp format (default: the built-in model)")
+    parser.add_argument("-ngl", "--num_gpu_layers", type=int, default=0, help="Accepted for compatibility; rwkvcpp runs on the CPU")
     parser.add_argument("tokenizer", nargs="?", default="auto", help="Tokenizer to use: auto (guess from n_vocab), 20B, world")
     parser.add_argument("--threads", type=int, help="CPU threads (default: the engine's choice)")
     return parser.parse_args()

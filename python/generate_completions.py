@@ -41,6 +41,7 @@ top_p: float = 0.5
 def main() -> int:
     parser = argparse.ArgumentParser(description="Generate completions from RWKV model based on a prompt")
     parser.add_argument("model_path", help="Path to RWKV model in rwkv.cpp format")
+    parser.add_argument("-ngl", "--num_gpu_layers", type=int, default=0, help="Accepted for compatibility; rwkvcpp runs on the CPU")
     parser.add_argument("tokenizer", nargs="?", default="auto", help="Tokenizer to use: auto (guess from n_vocab), 20B, world")
     parser.add_argument("--threads", type=int, help="CPU threads (default: the engine's choice)")
     args = parser.parse_args()
