@@ -14,7 +14,8 @@ The arithmetic is rwkv.cpp's in torch, rounding where it rounds: B @ A is stored
 type (bf16, fp16 or fp32), scaled in float32 and stored again in that type, added to the weight in
 float32, and an FP16 tensor is rounded to FP16 (to nearest even).
 Quantized models are refused, as rwkv.cpp refuses them: merge into the FP16/FP32 file, then
-quantize. The result is written to a temporary file and renamed at the end.
+quantize. The result is written to a temporary file and renamed at the end; its header says file
+version 101 (an old version-100 FP32/FP16 file's tensors are laid out the same).
 """
 
 from __future__ import annotations
