@@ -9,8 +9,10 @@ matrices are used as the checkpoint stores them: ``x @ w1`` then ``@ w2``.
 
 The state is one flat vector laid out as FORMAT.md "State" (and rwkv.cpp): per layer, the ffn's
 previous x (C), the attention's previous x (C), then for v4 the three vectors aa, bb, pp and for
-v5/v6/v7 the wkv matrices H x S x S (S the head size, 64 in every released model). Inside a v5/v6 matrix the index is [head][key][value];
-inside a v7 matrix it is [head][value][key], as in the official code.
+v5/v6/v7 the wkv matrices H x S x S (S the head size, 64 in every released model). Inside a v5/v6
+matrix the index is [head][key][value]; inside a v7 matrix it is [head][value][key], as in the
+official code. The head count is the first dimension of the checkpoint's v5 time_decay, v6
+time_faaaa or v7 r_k.
 """
 
 from __future__ import annotations
