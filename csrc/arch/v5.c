@@ -85,10 +85,10 @@ void rwkv_wkv5(rwkv_model *m, const rwkv_wkv5_args *args) {
                       (void *)args);
 }
 
-/* ln_x's eps. The official package, and so every released v5 model (heads of 64), uses 64e-5
- * (1e-5 times head_size_divisor 8 squared); rwkv.cpp uses 1e-5, and its tiny test models (heads of
- * 8) were trained and recorded with that. A file does not say which, so the head size decides;
- * v6 and v7 use 64e-5 in both programs. */
+/* ln_x's eps. The official package uses 64e-5 (1e-5 times head_size_divisor 8 squared), and the
+ * released v5 models (heads of 64) give its logits only with that; rwkv.cpp uses 1e-5, and the
+ * logits recorded for its tiny test models (heads of 8) need that. A file does not say which, so
+ * the head size decides; v6 and v7 use 64e-5 in both programs. */
 static float ln_x_eps(int64_t N) { return N == RWKV_RELEASED_HEAD_SIZE ? 64e-5f : 1e-5f; }
 
 /* state: att previous-x (C), then the H x N x N wkv matrices */
