@@ -149,7 +149,7 @@ def convert(src: str, dst: str, quiet: bool = False) -> None:
     writer.add_block_count(L)
     writer.add_feed_forward_length(records["blocks.0.ffn.key.weight"].shape[0])
     writer.add_head_count(0)  # a key llama.cpp requires; rwkv7 uses wkv_head_size instead
-    writer.add_wkv_head_size(arch.head_size)
+    writer.add_wkv_head_size(arch.file_heads({name: r.shape for name, r in records.items()}, C)[1])
     writer.add_layer_norm_eps(1e-5)  # RWKV's LayerNorm eps (ln_x uses 64e-5, built into llama.cpp)
     writer.add_decay_lora_rank(rank("w"))
     writer.add_iclr_lora_rank(rank("a"))

@@ -33,8 +33,7 @@ static int out_of_memory(rwkv_loader *ld) {
     return rwkv_fail(ld->err, ld->err_len, RWKV_ERR_ALLOC, "%s: out of memory", ld->model->path);
 }
 
-static void shape_str(const rwkv_record *r, char *buf, size_t n) {
-    /* PyTorch order (outermost first), which is how users know their tensors */
+void rwkv_shape_text(const rwkv_record *r, char *buf, size_t n) {
     if (r->n_dims == 1) snprintf(buf, n, "(%lld)", (long long)r->ne[0]);
     else if (r->n_dims == 2) snprintf(buf, n, "(%lld, %lld)", (long long)r->ne[1], (long long)r->ne[0]);
     else snprintf(buf, n, "(%lld, %lld, %lld)", (long long)r->ne[2], (long long)r->ne[1], (long long)r->ne[0]);
@@ -67,7 +66,7 @@ int rwkv_want_vector(rwkv_loader *ld, int layer, const char *suffix, int64_t n, 
     if (!r) return status;
     if (r->n_elements != n) {
         char shape[96];
-        shape_str(r, shape, sizeof shape);
+        rwkv_shape_text(r, shape, sizeof shape);
         return rwkv_fail(ld->err, ld->err_len, RWKV_ERR_FORMAT,
                          "%s: tensor '%s' has shape %s (%lld elements); expected %lld elements", ld->model->path,
                          r->name, shape, (long long)r->n_elements, (long long)n);
@@ -94,7 +93,7 @@ int rwkv_want_norm(rwkv_loader *ld, int layer, const char *name, int64_t n, rwkv
 
 static int bad_matrix(rwkv_loader *ld, const rwkv_record *r, int64_t rows, int64_t cols) {
     char shape[96], want_rows[32], want_cols[32];
-    shape_str(r, shape, sizeof shape);
+    rwkv_shape_text(r, shape, sizeof shape);
     snprintf(want_rows, sizeof want_rows, rows > 0 ? "%lld" : "any", (long long)rows);
     snprintf(want_cols, sizeof want_cols, cols > 0 ? "%lld" : "any", (long long)cols);
     return rwkv_fail(ld->err, ld->err_len, RWKV_ERR_FORMAT, "%s: tensor '%s' has shape %s; expected (%s, %s)",
@@ -142,7 +141,7 @@ int rwkv_want_matrices(rwkv_loader *ld, int layer, const char *suffix, int count
     if (!r) return status;
     if (r->n_dims != 3 || r->ne[0] != cols || r->ne[1] != rows || r->ne[2] != count) {
         char shape[96];
-        shape_str(r, shape, sizeof shape);
+        rwkv_shape_text(r, shape, sizeof shape);
         return rwkv_fail(ld->err, ld->err_len, RWKV_ERR_FORMAT,
                          "%s: tensor '%s' has shape %s; expected (%d, %lld, %lld)", ld->model->path, r->name, shape,
                          count, (long long)rows, (long long)cols);

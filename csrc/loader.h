@@ -23,6 +23,10 @@ typedef struct {
 /* Zeroed memory that lives as long as the model; NULL when out of memory. */
 void *rwkv_loader_alloc(rwkv_loader *ld, size_t bytes);
 
+/* A tensor's shape as "(rows, cols)", in PyTorch order (outermost first), which is how users
+ * know their tensors. */
+void rwkv_shape_text(const rwkv_record *r, char *buf, size_t n);
+
 int rwkv_has_tensor(rwkv_loader *ld, int layer, const char *suffix);
 /* The tensor, or NULL with *status set and the error written. */
 const rwkv_record *rwkv_need_tensor(rwkv_loader *ld, int layer, const char *suffix, int *status);

@@ -7,6 +7,60 @@
 #include "dispatch.h"
 #include "loader.h"
 
+/* The head count a layer's head tensor gives: its outermost size when it has two or three
+ * dimensions (rwkv.cpp's rule), its length when it is a vector of one value per head (fewer than
+ * n_embed); 0 when it does not say (a flat vector of n_embed values, from some converters). */
+static int64_t heads_in(const rwkv_record *r, int64_t C) {
+    if (r->n_dims > 1) return r->ne[r->n_dims - 1];
+    return r->n_elements < C ? r->n_elements : 0;
+}
+
+/* n_head and head_size from layer 0's head tensor; files that do not say get heads of the
+ * released size. */
+static int count_heads(rwkv_loader *ld) {
+    rwkv_model *m = ld->model;
+    rwkv_model_info *info = &m->info;
+    const int64_t C = info->n_embed;
+    int status = RWKV_OK;
+    const rwkv_record *r = rwkv_need_tensor(ld, 0, m->arch->head_tensor, &status);
+    if (!r) return status;
+    char shape[96];
+    rwkv_shape_text(r, shape, sizeof shape);
+    const int64_t H = heads_in(r, C);
+    if (H == 0) {
+        if (C % RWKV_RELEASED_HEAD_SIZE != 0)
+            return rwkv_fail(ld->err, ld->err_len, RWKV_ERR_FORMAT,
+                             "%s: tensor '%s' has shape %s, which does not give the head count, and n_embed %lld "
+                             "is not a multiple of the head size %d such files have",
+                             m->path, r->name, shape, (long long)C, RWKV_RELEASED_HEAD_SIZE);
+        info->head_size = RWKV_RELEASED_HEAD_SIZE;
+        info->n_head = (int32_t)(C / RWKV_RELEASED_HEAD_SIZE);
+        return RWKV_OK;
+    }
+    if (C % H != 0)
+        return rwkv_fail(ld->err, ld->err_len, RWKV_ERR_FORMAT,
+                         "%s: tensor '%s' has shape %s: %lld heads, which do not divide n_embed %lld", m->path,
+                         r->name, shape, (long long)H, (long long)C);
+    info->n_head = (int32_t)H;
+    info->head_size = (int32_t)(C / H);
+    return RWKV_OK;
+}
+
+/* Every layer's head tensor agrees with layer 0's (a vector of n_embed values agrees with any). */
+static int check_heads(rwkv_loader *ld, int i) {
+    rwkv_model *m = ld->model;
+    int status = RWKV_OK;
+    const rwkv_record *r = rwkv_need_tensor(ld, i, m->arch->head_tensor, &status);
+    if (!r) return status;
+    const int64_t H = heads_in(r, m->info.n_embed);
+    if (H == 0 || H == m->info.n_head) return RWKV_OK;
+    char shape[96];
+    rwkv_shape_text(r, shape, sizeof shape);
+    return rwkv_fail(ld->err, ld->err_len, RWKV_ERR_FORMAT,
+                     "%s: tensor '%s' has shape %s: %lld heads, but layer 0 has %d", m->path, r->name, shape,
+                     (long long)H, m->info.n_head);
+}
+
 static int load_layer(rwkv_loader *ld, int i) {
     rwkv_model *m = ld->model;
     rwkv_layer *L = &m->layers[i];
@@ -21,6 +75,7 @@ static int load_layer(rwkv_loader *ld, int i) {
     if (!att) return rwkv_fail(ld->err, ld->err_len, RWKV_ERR_ALLOC, "%s: out of memory", m->path);
     L->att = att;
     TRY(m->arch->load_att(ld, i, att));
+    if (m->arch->head_tensor) TRY(check_heads(ld, i));
     return rwkv_load_channel_mix(ld, i, &L->ffn);
 }
 
@@ -37,14 +92,6 @@ static int load_model(rwkv_loader *ld) {
     info->arch = rwkv_arch_detect(&m->file);
     m->arch = rwkv_arch_ops_of(info->arch);
     const int64_t C = info->n_embed;
-    if (m->arch->head_size) {
-        if (C % m->arch->head_size != 0)
-            return rwkv_fail(ld->err, ld->err_len, RWKV_ERR_FORMAT,
-                             "%s: n_embed %lld is not a multiple of the head size %d that %s uses", m->path,
-                             (long long)C, m->arch->head_size, m->arch->name);
-        info->head_size = m->arch->head_size;
-        info->n_head = (int32_t)(C / m->arch->head_size);
-    }
     /* Check the last layer exists before allocating per-layer structs for a header that may lie. */
     if (!rwkv_has_tensor(ld, info->n_layer - 1, "ln1.weight"))
         return rwkv_fail(ld->err, ld->err_len, RWKV_ERR_FORMAT,
@@ -54,6 +101,7 @@ static int load_model(rwkv_loader *ld) {
         return rwkv_fail(ld->err, ld->err_len, RWKV_ERR_FORMAT,
                          "%s: the file has tensors of layer %d but its header says n_layer = %d", m->path,
                          info->n_layer, info->n_layer);
+    if (m->arch->head_tensor) TRY(count_heads(ld));
     TRY(rwkv_want_matrix(ld, -1, "emb.weight", info->n_vocab, C, &m->emb));
     TRY(rwkv_want_norm(ld, 0, "ln0", C, &m->ln0));
     TRY(rwkv_want_norm(ld, -1, "ln_out", C, &m->ln_out));

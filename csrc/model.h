@@ -9,9 +9,10 @@
 #include "rwkv.h"
 #include "threads.h"
 
-/* Every released v5, v6 and v7 model has 64-value heads; the loader refuses others, so the
- * recurrences can use it as a constant. */
-#define RWKV_HEAD_SIZE 64
+/* The head size of every released v5, v6 and v7 model. The loader takes the head count from the
+ * file (arch.h, head_tensor) and this size only where the file does not say; the recurrences have
+ * a specialisation for it, so that the released models keep loops of constant length. */
+#define RWKV_RELEASED_HEAD_SIZE 64
 
 typedef struct {
     const float *weight, *bias;

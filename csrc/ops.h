@@ -15,6 +15,14 @@
 #define RWKV_SIMD_CLONES
 #endif
 
+/* A function body the compiler must inline: the recurrences' shared bodies, instantiated once with
+ * the released head size as a constant and once for any size. */
+#if defined(__GNUC__)
+#define RWKV_ALWAYS_INLINE __attribute__((always_inline))
+#else
+#define RWKV_ALWAYS_INLINE
+#endif
+
 static inline float rwkv_sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
 static inline float rwkv_silu(float x) { return x / (1.0f + expf(-x)); }
 

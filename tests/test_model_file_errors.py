@@ -349,11 +349,50 @@ def test_header_n_vocab_or_n_embed_disagree(v7):
         expect_file_error(v7.i32(N_EMBED, n_embed).write("embed.bin"), ("shape", "elements"))
 
 
+HEAD_TENSORS = {"v5.1": "att.time_decay", "v5.2": "att.time_decay", "v6": "att.time_decay", "v7": "att.r_k"}
+
+
 @pytest.mark.parametrize("arch", ["v5.1", "v5.2", "v6", "v7"])
-def test_n_embed_not_a_multiple_of_64(model_files, tmp_path, arch):
+def test_n_embed_not_divisible_by_the_head_count(model_files, tmp_path, arch):
+    """The files have 2 heads (the outermost size of the head tensor); a header n_embed they do
+    not divide is refused naming that tensor."""
     d = Damage(model_files[arch].fp32, tmp_path)
-    for n_embed in (100, 96, 127):
-        expect_file_error(d.i32(N_EMBED, n_embed).write("embed.bin"), "n_embed", str(n_embed), "64")
+    for n_embed in (127, 99, 129):
+        expect_file_error(d.i32(N_EMBED, n_embed).write("embed.bin"), "n_embed", str(n_embed), "2 heads",
+                          f"blocks.0.{HEAD_TENSORS[arch]}")
+
+
+def _head_tensor(arch, n_head, size):
+    """A head tensor of the file's shape for `n_head` heads of `size`: v5/v6 (H, S, 1), v7 (H, S)."""
+    return np.full((n_head, size) if arch == "v7" else (n_head, size, 1), 0.5, np.float32)
+
+
+@pytest.mark.parametrize("arch", ["v5.2", "v6", "v7"])
+def test_head_tensor_that_does_not_fit(model_files, tmp_path, arch):
+    s = model_files[arch]
+    layer0, layer1 = f"blocks.0.{HEAD_TENSORS[arch]}", f"blocks.1.{HEAD_TENSORS[arch]}"
+    # 3 heads of 43 = 129 values: 3 does not divide n_embed 128.
+    path = _write_with(tmp_path / "three.bin", s.checkpoint, {layer0: _head_tensor(arch, 3, 43)}, fmt.FP32)
+    expect_file_error(path, layer0, "3 heads", "n_embed 128")
+    # Layer 1 with 4 heads of 32 (the right number of values) while layer 0 has 2 of 64.
+    path = _write_with(tmp_path / "four.bin", s.checkpoint, {layer1: _head_tensor(arch, 4, 32)}, fmt.FP32)
+    expect_file_error(path, layer1, "4 heads", "layer 0 has 2")
+
+
+@pytest.mark.parametrize("arch", ["v5.2", "v6", "v7"])
+def test_flat_head_tensor_means_heads_of_64(model_files, tmp_path, arch):
+    """A head tensor stored flat, (n_embed), does not give the head count: heads of 64, the size of
+    every released model, with the same logits as the file that says so."""
+    s = model_files[arch]
+    records = dict(transform_checkpoint(s.checkpoint))
+    flat = {name: records[name].reshape(-1) for name in (f"blocks.{i}.{HEAD_TENSORS[arch]}" for i in range(2))}
+    path = _write_with(tmp_path / "flat.bin", s.checkpoint, flat, fmt.FP32)
+    model, original = Model(path, threads=1), Model(s.fp32, threads=1)
+    assert (model.n_head, model.head_size) == (original.n_head, original.head_size) == (2, 64)
+    np.testing.assert_array_equal(model.eval_sequence([1, 2, 3])[0], original.eval_sequence([1, 2, 3])[0])
+    # With n_embed not a multiple of 64, a flat head tensor leaves the head count unknown.
+    d = Damage(path, tmp_path)
+    expect_file_error(d.i32(N_EMBED, 96).write("flat96.bin"), f"blocks.0.{HEAD_TENSORS[arch]}", "head count", "64")
 
 
 def test_v4_n_embed_need_not_be_a_multiple_of_64(tmp_path):

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-HEAD = 64  # v7 head size; rwkvcpp requires 64
+HEAD = 64  # v7 head size, as in the released models
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO / "src" / "rwkvcpp" / "data" / "builtin-v7-byte.bin"
 

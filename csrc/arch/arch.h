@@ -20,7 +20,10 @@ struct rwkv_arch_ops {
      * Versions are asked newest first, so an older version's detect may match newer files; the
      * first version has none and takes every file no later version claims. */
     int (*detect)(const rwkv_file *file);
-    int head_size; /* values per head of time mixing's recurrence; 0: no heads (v4) */
+    /* The attention tensor whose outermost size is the head count, as rwkv.cpp reads it (v5
+     * "att.time_decay" (H, 1, 1) or (H, S, 1), v6 the same, v7 "att.r_k" (H, S)); the head size is
+     * n_embed / H. NULL: no heads (v4). */
+    const char *head_tensor;
 
     /* Time mixing beyond what every version has (rwkv_layer): att_size bytes of the version's own
      * struct per layer, zeroed, filled by load_att from layer `layer`'s tensors. */

@@ -24,14 +24,14 @@ size_t rwkv_wkv_state_floats(const rwkv_model_info *info);
 
 /* The wkv recurrence of v5 and v6, per head: S = k v^T + w S, out = r (u k v^T + S).
  * Decay w and bonus u have one value per head or per channel; v6's decay also changes per token
- * (w_token_stride = C), v5's does not (0). state: H x N x N (N = RWKV_HEAD_SIZE), indexed
+ * (w_token_stride = C), v5's does not (0). state: H x N x N (N the head size), indexed
  * [head][key][value]. */
 typedef struct {
     const float *r, *k, *v, *w, *u;
     int w_per_head, u_per_head;
     int64_t w_token_stride;
     float *y, *state;
-    int64_t T, H;
+    int64_t T, H, N;
 } rwkv_wkv5_args;
 void rwkv_wkv5(rwkv_model *m, const rwkv_wkv5_args *args);
 

@@ -47,9 +47,10 @@ size_t rwkv_wkv_state_floats(const rwkv_model_info *info) {
     return (size_t)info->n_embed + (size_t)info->n_head * (size_t)info->head_size * (size_t)info->head_size;
 }
 
-RWKV_SIMD_CLONES static void wkv5_head(void *p, int64_t h) {
-    enum { N = RWKV_HEAD_SIZE };
-    const rwkv_wkv5_args *a = p;
+/* One head's recurrence over the T tokens. Always inlined, so that the instance for the released
+ * head size has N as a constant: loops of known length, as the engine had before heads of other
+ * sizes, and the instance for any other size takes N from the arguments. */
+RWKV_ALWAYS_INLINE static inline void wkv5_head(const rwkv_wkv5_args *a, int64_t h, const int N) {
     const int64_t C = a->H * N;
     float *S = a->state + h * N * N;
     for (int64_t t = 0; t < a->T; t++) {
@@ -72,9 +73,23 @@ RWKV_SIMD_CLONES static void wkv5_head(void *p, int64_t h) {
     }
 }
 
-void rwkv_wkv5(rwkv_model *m, const rwkv_wkv5_args *args) {
-    rwkv_parallel_for(m->pool, args->H, wkv5_head, (void *)args);
+RWKV_SIMD_CLONES static void wkv5_head_released(void *p, int64_t h) { wkv5_head(p, h, RWKV_RELEASED_HEAD_SIZE); }
+
+RWKV_SIMD_CLONES static void wkv5_head_any(void *p, int64_t h) {
+    const rwkv_wkv5_args *a = p;
+    wkv5_head(a, h, (int)a->N);
 }
+
+void rwkv_wkv5(rwkv_model *m, const rwkv_wkv5_args *args) {
+    rwkv_parallel_for(m->pool, args->H, args->N == RWKV_RELEASED_HEAD_SIZE ? wkv5_head_released : wkv5_head_any,
+                      (void *)args);
+}
+
+/* ln_x's eps. The official package uses 64e-5 (1e-5 times head_size_divisor 8 squared), and the
+ * released v5 models (heads of 64) give its logits only with that; rwkv.cpp uses 1e-5, and the
+ * logits recorded for its tiny test models (heads of 8) need that. A file does not say which, so
+ * the head size decides; v6 and v7 use 64e-5 in both programs. */
+static float ln_x_eps(int64_t N) { return N == RWKV_RELEASED_HEAD_SIZE ? 64e-5f : 1e-5f; }
 
 /* state: att previous-x (C), then the H x N x N wkv matrices */
 static void time_mix(rwkv_model *m, const rwkv_layer *L, int layer, float *state, int64_t T) {
@@ -86,9 +101,9 @@ static void time_mix(rwkv_model *m, const rwkv_layer *L, int layer, float *state
     rwkv_lerp_projections(m, L, &A->mix, state, T);
 
     rwkv_wkv5_args wkv = {s->r, s->k, s->v, A->decay, A->first, A->decay_per_head, A->first_per_head, 0,
-                          s->y, state + C, T, H};
+                          s->y, state + C, T, H, N};
     rwkv_wkv5(m, &wkv);
-    rwkv_group_norm(s->y, &A->ln_x, T, H, N, 64e-5f);
+    rwkv_group_norm(s->y, &A->ln_x, T, H, N, ln_x_eps(N));
     if (A->mix.gate.data)
         for (int64_t i = 0; i < T * C; i++) s->y[i] *= rwkv_silu(s->g[i]);
 
@@ -98,7 +113,7 @@ static void time_mix(rwkv_model *m, const rwkv_layer *L, int layer, float *state
 
 #define V5_OPS(version, detect_fn, load_fn)                                                                 \
     {                                                                                                       \
-        .name = version, .detect = detect_fn, .head_size = RWKV_HEAD_SIZE, .att_size = sizeof(v5_att),      \
+        .name = version, .detect = detect_fn, .head_tensor = "att.time_decay", .att_size = sizeof(v5_att),   \
         .load_att = load_fn, .att_state_floats = rwkv_wkv_state_floats, .time_mix = time_mix,               \
         .channel_mix = {.mix_k = "ffn.time_mix_k", .mix_r = "ffn.time_mix_r", .lerp = 1},                   \
     }

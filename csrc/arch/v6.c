@@ -80,7 +80,7 @@ static void time_mix(rwkv_model *m, const rwkv_layer *L, int layer, float *state
     for (int64_t t = 0; t < T; t++)
         for (int64_t i = 0; i < C; i++) s->w[t * C + i] = expf(-expf(A->decay[i] + s->w[t * C + i]));
 
-    rwkv_wkv5_args wkv = {s->r, s->k, s->v, s->w, A->first, 0, 0, C, s->y, state + C, T, H};
+    rwkv_wkv5_args wkv = {s->r, s->k, s->v, s->w, A->first, 0, 0, C, s->y, state + C, T, H, N};
     rwkv_wkv5(m, &wkv);
     rwkv_group_norm(s->y, &A->ln_x, T, H, N, 64e-5f);
     for (int64_t i = 0; i < T * C; i++) s->y[i] *= rwkv_silu(s->g[i]);
@@ -92,7 +92,7 @@ static void time_mix(rwkv_model *m, const rwkv_layer *L, int layer, float *state
 const rwkv_arch_ops rwkv_arch_v6 = {
     .name = "v6",
     .detect = detect,
-    .head_size = RWKV_HEAD_SIZE,
+    .head_tensor = "att.time_decay",
     .att_size = sizeof(v6_att),
     .load_att = load_att,
     .att_state_floats = rwkv_wkv_state_floats,

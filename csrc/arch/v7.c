@@ -42,15 +42,15 @@ static int load_att(rwkv_loader *ld, int i, void *att) {
 typedef struct {
     const float *r, *w, *k, *v, *kk, *a;
     float *y, *state;
-    int64_t T, H;
+    int64_t T, H, N;
 } wkv7_task;
 
-RWKV_SIMD_CLONES static void wkv7_head(void *p, int64_t h) {
-    enum { N = RWKV_HEAD_SIZE };
-    const wkv7_task *a = p;
+/* One head's recurrence over the T tokens, with b (N floats) for kk * a. Always inlined, so that
+ * the instance for the released head size has N as a constant (loops of known length, b on the
+ * stack), and the instance for any other size takes N from the task. */
+RWKV_ALWAYS_INLINE static inline void wkv7_head(const wkv7_task *a, int64_t h, const int N, float *b) {
     const int64_t C = a->H * N;
     float *S = a->state + h * N * N; /* [value i][key j] */
-    float b[N];                      /* kk * a for one head */
     for (int64_t t = 0; t < a->T; t++) {
         const int64_t o = t * C + h * N;
         const float *r = a->r + o, *w = a->w + o, *k = a->k + o, *v = a->v + o, *kk = a->kk + o, *aa = a->a + o;
@@ -69,6 +69,17 @@ RWKV_SIMD_CLONES static void wkv7_head(void *p, int64_t h) {
             a->y[o + i] = y;
         }
     }
+}
+
+RWKV_SIMD_CLONES static void wkv7_head_released(void *p, int64_t h) {
+    float b[RWKV_RELEASED_HEAD_SIZE];
+    wkv7_head(p, h, RWKV_RELEASED_HEAD_SIZE, b);
+}
+
+RWKV_SIMD_CLONES static void wkv7_head_any(void *p, int64_t h) {
+    const wkv7_task *a = p;
+    float b[a->N]; /* at most n_embed floats */
+    wkv7_head(a, h, (int)a->N, b);
 }
 
 /* The element-wise steps work on one token at a time and tokens do not depend on each other there,
@@ -166,8 +177,8 @@ static void time_mix(rwkv_model *m, const rwkv_layer *L, int layer, float *state
     rwkv_matmuls(m, up, 3 + value_lora, T);
 
     rwkv_parallel_for(m->pool, T, prepare_token, &tokens);
-    wkv7_task task = {s->r, s->w, s->k, s->v, s->kk, s->a, s->y, state + C, T, H};
-    rwkv_parallel_for(m->pool, H, wkv7_head, &task);
+    wkv7_task task = {s->r, s->w, s->k, s->v, s->kk, s->a, s->y, state + C, T, H, N};
+    rwkv_parallel_for(m->pool, H, N == RWKV_RELEASED_HEAD_SIZE ? wkv7_head_released : wkv7_head_any, &task);
     rwkv_parallel_for(m->pool, T, finish_token, &tokens);
 
     rwkv_matmul(m, &L->output, s->y, T, s->wkv_out);
@@ -181,7 +192,7 @@ static const char *const float_tensors[] = {".att.w1", ".att.w2", ".att.a1", ".a
 const rwkv_arch_ops rwkv_arch_v7 = {
     .name = "v7",
     .detect = detect,
-    .head_size = RWKV_HEAD_SIZE,
+    .head_tensor = "att.r_k",
     .att_size = sizeof(v7_att),
     .load_att = load_att,
     .att_state_floats = rwkv_wkv_state_floats,

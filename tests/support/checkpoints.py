@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 ARCHES = ("v4", "v5.1", "v5.2", "v6", "v7")
-HEAD_SIZE = 64
+HEAD_SIZE = 64  # the released models' (the default)
 
 # Default FFN width per architecture, as a multiple of n_embed.
 DEFAULT_FFN_MULT = {"v4": 4.0, "v5.1": 4.0, "v5.2": 3.5, "v6": 3.5, "v7": 4.0}
@@ -53,10 +53,12 @@ def v7_lora_dims(n_embed: int) -> dict[str, int]:
 class _Draw:
     """Random tensors in the ranges of trained weights (float32 before bf16 rounding)."""
 
-    def __init__(self, seed: int, n_embed: int, n_layer: int):
+    def __init__(self, seed: int, n_embed: int, n_layer: int, head_size: int = HEAD_SIZE):
         self.rng = np.random.default_rng(seed)
         self.C = n_embed
         self.n_layer = n_layer
+        self.S = head_size
+        self.H = n_embed // head_size
 
     def normal(self, shape, std=1.0, mean=0.0):
         return mean + std * self.rng.standard_normal(shape)
@@ -109,15 +111,15 @@ def _att_v4(d: _Draw, ck: dict, i: int) -> None:
 
 def _att_v5(d: _Draw, ck: dict, i: int, gated: bool) -> None:
     C, p = d.C, f"blocks.{i}.att."
-    H = C // HEAD_SIZE
+    H, S = d.H, d.S
     ck[p + "time_mix_k"] = d.mix(i)
     ck[p + "time_mix_v"] = d.mix(i, offset=0.3)
     ck[p + "time_mix_r"] = d.mix(i, power=0.5)
     if gated:  # v5.2: gate, decay and bonus per channel
         ck[p + "time_mix_g"] = d.mix(i, power=0.5)
-        ck[p + "time_decay"] = d.decay_speed(C, -6.0, -1.0, i).reshape(H, HEAD_SIZE)
+        ck[p + "time_decay"] = d.decay_speed(C, -6.0, -1.0, i).reshape(H, S)
         bonus = (1 - np.arange(C) / (C - 1)) * (i / max(1, d.n_layer - 1)) + 0.1 * ((np.arange(C) + 1) % 3 - 1)
-        ck[p + "time_faaaa"] = (bonus + d.normal(C, 0.05)).reshape(H, HEAD_SIZE)
+        ck[p + "time_faaaa"] = (bonus + d.normal(C, 0.05)).reshape(H, S)
     else:  # v5.1 (the official "5.0"): one decay and one bonus per head
         ck[p + "time_decay"] = d.decay_speed(H, -6.0, -1.0, i)
         ck[p + "time_first"] = d.normal(H, 0.3, -1.0)
@@ -131,7 +133,7 @@ def _att_v5(d: _Draw, ck: dict, i: int, gated: bool) -> None:
 
 def _att_v6(d: _Draw, ck: dict, i: int) -> None:
     C, p = d.C, f"blocks.{i}.att."
-    H = C // HEAD_SIZE
+    H, S = d.H, d.S
     ck[p + "time_maa_x"] = d.mix(i)
     ck[p + "time_maa_w"] = d.mix(i)
     ck[p + "time_maa_k"] = d.mix(i)
@@ -146,7 +148,7 @@ def _att_v6(d: _Draw, ck: dict, i: int) -> None:
     ck[p + "time_decay_w1"] = d.normal((C, V6_DECAY_LORA), 0.5 / np.sqrt(C))
     ck[p + "time_decay_w2"] = d.normal((V6_DECAY_LORA, C), 0.5 / np.sqrt(V6_DECAY_LORA))
     bonus = (1 - np.arange(C) / (C - 1)) * (i / max(1, d.n_layer - 1)) + 0.1 * ((np.arange(C) + 1) % 3 - 1)
-    ck[p + "time_faaaa"] = (bonus + d.normal(C, 0.05)).reshape(H, HEAD_SIZE)
+    ck[p + "time_faaaa"] = (bonus + d.normal(C, 0.05)).reshape(H, S)
     for m in ("receptance", "key", "value", "output", "gate"):
         ck[p + m + ".weight"] = d.linear(C, C)
     ck[p + "ln_x.weight"] = d.ln_weight()
@@ -155,7 +157,7 @@ def _att_v6(d: _Draw, ck: dict, i: int) -> None:
 
 def _att_v7(d: _Draw, ck: dict, i: int) -> None:
     C, p = d.C, f"blocks.{i}.att."
-    H = C // HEAD_SIZE
+    H, S = d.H, d.S
     lora = v7_lora_dims(C)
     for m in ("x_r", "x_w", "x_k", "x_v", "x_a", "x_g"):
         ck[p + m] = d.mix(i)
@@ -174,7 +176,7 @@ def _att_v7(d: _Draw, ck: dict, i: int) -> None:
     ck[p + "g2"] = d.normal((lora["g"], C), 2.0 / np.sqrt(lora["g"]))
     ck[p + "k_k"] = d.normal((1, 1, C), 0.1, 0.85)
     ck[p + "k_a"] = d.normal((1, 1, C), 0.1, 1.0)
-    ck[p + "r_k"] = d.normal((H, HEAD_SIZE), 0.1)
+    ck[p + "r_k"] = d.normal((H, S), 0.1)
     for m in ("receptance", "key", "value", "output"):
         ck[p + m + ".weight"] = d.linear(C, C)
     ck[p + "ln_x.weight"] = d.ln_weight()
@@ -203,13 +205,15 @@ def make_checkpoint(
     n_vocab: int = 256,
     ffn_mult: float | None = None,
     seed: int = 0,
+    head_size: int = HEAD_SIZE,
 ) -> dict[str, np.ndarray]:
-    """A random checkpoint of `arch` ("v4", "v5.1", "v5.2", "v6", "v7") as float32 bf16-exact arrays."""
+    """A random checkpoint of `arch` ("v4", "v5.1", "v5.2", "v6", "v7") as float32 bf16-exact arrays,
+    with heads of `head_size` (n_embed / head_size of them; v4 has none)."""
     if arch not in ARCHES:
         raise ValueError(f"unknown architecture {arch!r}; expected one of {', '.join(ARCHES)}")
-    if arch != "v4" and n_embed % HEAD_SIZE:
-        raise ValueError(f"{arch} needs n_embed to be a multiple of {HEAD_SIZE}")
-    d = _Draw(seed, n_embed, n_layer)
+    if arch != "v4" and n_embed % head_size:
+        raise ValueError(f"{arch} needs n_embed to be a multiple of the head size {head_size}")
+    d = _Draw(seed, n_embed, n_layer, head_size)
     n_ffn = ffn_width(arch, n_embed, ffn_mult)
 
     ck: dict[str, np.ndarray] = {"emb.weight": d.normal((n_vocab, n_embed))}

@@ -9,17 +9,25 @@ matrices are used as the checkpoint stores them: ``x @ w1`` then ``@ w2``.
 
 The state is one flat vector laid out as FORMAT.md "State" (and rwkv.cpp): per layer, the ffn's
 previous x (C), the attention's previous x (C), then for v4 the three vectors aa, bb, pp and for
-v5/v6/v7 the wkv matrices H x 64 x 64. Inside a v5/v6 matrix the index is [head][key][value];
-inside a v7 matrix it is [head][value][key], as in the official code.
+v5/v6/v7 the wkv matrices H x S x S (S the head size, 64 in every released model). Inside a v5/v6
+matrix the index is [head][key][value]; inside a v7 matrix it is [head][value][key], as in the
+official code. The head count is the first dimension of the checkpoint's v5 time_decay, v6
+time_faaaa or v7 r_k.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-HEAD_SIZE = 64
 LAYER_NORM_EPS = 1e-5
 GROUP_NORM_EPS = 64e-5  # the official ln_x eps for v5/v6/v7 (1e-5 * head_size_divisor 8 squared)
+# rwkv.cpp's v5 ln_x eps, which its tiny models (heads of 8) were recorded with. The engine uses it
+# for v5 models whose heads are not 64 wide (csrc/arch/v5.c ln_x_eps), and so does this reference.
+V5_OTHER_HEADS_GROUP_NORM_EPS = 1e-5
+RELEASED_HEAD_SIZE = 64
+# The checkpoint tensor whose first dimension is the head count: v5.1 (H), v5.2 (H, S), v6 (H, S),
+# v7 (H, S).
+HEAD_TENSOR = {"v5.1": "time_decay", "v5.2": "time_decay", "v6": "time_faaaa", "v7": "r_k"}
 V7_DECAY_SCALE = 0.606531  # the official package's rounding of exp(-0.5)
 
 
@@ -77,7 +85,13 @@ class Reference:
         self.arch = detect_arch(self.w)
         self.n_vocab, self.n_embed = self.w["emb.weight"].shape
         self.n_layer = sum(1 for name in self.w if name.startswith("blocks.") and name.endswith(".ln1.weight"))
-        self.n_head = self.n_embed // HEAD_SIZE
+        if self.arch == "v4":
+            self.n_head = self.head_size = 0
+        else:
+            self.n_head = self.w[f"blocks.0.att.{HEAD_TENSOR[self.arch]}"].shape[0]
+            self.head_size = self.n_embed // self.n_head
+        v5_other_heads = self.arch.startswith("v5") and self.head_size != RELEASED_HEAD_SIZE
+        self.group_norm_eps = V5_OTHER_HEADS_GROUP_NORM_EPS if v5_other_heads else GROUP_NORM_EPS
         # The embedding is layer-normed with blocks.0.ln0 before the first layer.
         self.emb = layer_norm(self.w["emb.weight"], self.w["blocks.0.ln0.weight"], self.w["blocks.0.ln0.bias"])
         if bf16_embedding:
@@ -87,7 +101,7 @@ class Reference:
 
     @property
     def _wkv_size(self) -> int:
-        return 3 * self.n_embed if self.arch == "v4" else self.n_head * HEAD_SIZE * HEAD_SIZE
+        return 3 * self.n_embed if self.arch == "v4" else self.n_head * self.head_size * self.head_size
 
     @property
     def layer_state_size(self) -> int:
@@ -113,7 +127,7 @@ class Reference:
         if self.arch == "v4":
             wkv = wkv.reshape(3, C)  # aa, bb, pp
         else:
-            wkv = wkv.reshape(self.n_head, HEAD_SIZE, HEAD_SIZE)
+            wkv = wkv.reshape(self.n_head, self.head_size, self.head_size)
         return ffn_x, att_x, wkv
 
     # ------------------------------------------------------------------------------ evaluation
@@ -186,7 +200,7 @@ class Reference:
 
         `decay` and `bonus` are (H, N) (one value per key channel) and scale the key rows of S.
         """
-        H, N = self.n_head, HEAD_SIZE
+        H, N = self.n_head, self.head_size
         r, k, v = r.reshape(H, N), k.reshape(H, N), v.reshape(H, N)
         kv = k[:, :, None] * v[:, None, :]  # [head][key][value]
         out = np.einsum("hi,hij->hj", r, bonus[:, :, None] * kv + s)
@@ -195,7 +209,7 @@ class Reference:
 
     def _att_v5(self, i, x, x_prev, wkv, gated):
         w, p = self.w, f"blocks.{i}.att."
-        H, N = self.n_head, HEAD_SIZE
+        H, N = self.n_head, self.head_size
 
         def mix(name):
             m = w[p + name].reshape(-1)
@@ -212,7 +226,7 @@ class Reference:
             bonus = np.broadcast_to(np.exp(w[p + "time_first"]).reshape(H, -1), (H, N))
 
         out = self._wkv_v5_v6(r, k, v, decay, bonus, wkv)
-        out = group_norm(out, H, w[p + "ln_x.weight"], w[p + "ln_x.bias"])
+        out = group_norm(out, H, w[p + "ln_x.weight"], w[p + "ln_x.bias"], self.group_norm_eps)
         if gated:
             out = out * silu(w[p + "gate.weight"] @ mix("time_mix_g"))
         return w[p + "output.weight"] @ out
@@ -225,7 +239,7 @@ class Reference:
 
     def _att_v6(self, i, x, x_prev, wkv):
         w, p = self.w, f"blocks.{i}.att."
-        H, N = self.n_head, HEAD_SIZE
+        H, N = self.n_head, self.head_size
         delta = x_prev - x  # v6/v7 mixes weight the previous token: x + (x_prev - x) * mix
 
         # Data-dependent mixes: a low-rank function of the shifted input adjusts each mix.
@@ -250,12 +264,12 @@ class Reference:
         bonus = w[p + "time_faaaa"].reshape(H, N)
 
         out = self._wkv_v5_v6(r, k, v, decay, bonus, wkv)
-        out = group_norm(out, H, w[p + "ln_x.weight"], w[p + "ln_x.bias"])
+        out = group_norm(out, H, w[p + "ln_x.weight"], w[p + "ln_x.bias"], self.group_norm_eps)
         return w[p + "output.weight"] @ (out * g)
 
     def _att_v7(self, i, x, x_prev, s, v_first):
         w, p = self.w, f"blocks.{i}.att."
-        H, N = self.n_head, HEAD_SIZE
+        H, N = self.n_head, self.head_size
         delta = x_prev - x
 
         def mix(name):
@@ -290,7 +304,7 @@ class Reference:
         )
         out = np.einsum("hij,hj->hi", s, rh).reshape(-1)
 
-        out = group_norm(out, H, w[p + "ln_x.weight"], w[p + "ln_x.bias"])
+        out = group_norm(out, H, w[p + "ln_x.weight"], w[p + "ln_x.bias"], self.group_norm_eps)
         # Bonus: the current token's own value, weighted by r . (k * r_k) per head.
         out = out + ((rh * kh * w[p + "r_k"].reshape(H, N)).sum(axis=1, keepdims=True) * vh).reshape(-1)
         return w[p + "output.weight"] @ (out * g), v_first

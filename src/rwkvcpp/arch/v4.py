@@ -13,7 +13,6 @@ class RWKV4(Architecture):
     attention = ("time_decay", "time_first", "time_mix_k", "time_mix_v", "time_mix_r",
                  "key.weight", "value.weight", "receptance.weight", "output.weight")
     ffn = ("time_mix_k", "time_mix_r", "key.weight", "receptance.weight", "value.weight")
-    head_size = 0
 
     def check_attention(self, c, prefix, layer, n_embed, n_head):
         check_projections(c, prefix, n_embed)
@@ -25,10 +24,10 @@ class RWKV4(Architecture):
             return -np.exp(array)
         return array
 
-    def layer_state_len(self, n_embed):
+    def layer_state_len(self, n_embed, n_head, head_size):
         return 5 * n_embed  # ffn x, att x, aa, bb, pp
 
-    def wkv_views(self, state, n_embed, n_layer):
+    def wkv_views(self, state, n_embed, n_layer, n_head, head_size):
         raise ValueError("an RWKV v4 state has no wkv matrices")
 
 

@@ -1,4 +1,4 @@
-"""RWKV-5 (Eagle): heads of 64, a decay and bonus per head or per channel, group norm ln_x.
+"""RWKV-5 (Eagle): multi-head (64 wide in the releases), a decay and bonus per head or per channel, group norm ln_x.
 
 rwkv.cpp's "v5.1" is the official 5.0 (and the rare official 5.1): no gate, the bonus named
 time_first. "v5.2" adds the gate and names the bonus time_faaaa.
@@ -19,6 +19,7 @@ class RWKV5_1(Architecture):
                  "ln_x.weight", "ln_x.bias")
     ffn = ("time_mix_k", "time_mix_r", "key.weight", "receptance.weight", "value.weight")
     gated = False
+    head_tensor = file_head_tensor = "time_decay"
 
     def check_attention(self, c, prefix, layer, n_embed, n_head):
         check_projections(c, prefix, n_embed)
@@ -36,11 +37,11 @@ class RWKV5_1(Architecture):
 
     def transform(self, leaf, array, n_head, name):
         if leaf == "time_decay":
-            return per_head(name, np.exp(-np.exp(array)), n_head, self.head_size)
+            return per_head(name, np.exp(-np.exp(array)), n_head)
         if leaf == "time_first":  # v5.1 only; v5.2 has time_faaaa, used as it is
-            return per_head(name, np.exp(array), n_head, self.head_size)
+            return per_head(name, np.exp(array), n_head)
         if leaf == "time_faaaa":
-            return per_head(name, array, n_head, self.head_size)
+            return per_head(name, array, n_head)
         return array
 
 

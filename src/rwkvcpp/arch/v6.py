@@ -15,6 +15,9 @@ class RWKV6(Architecture):
                  "receptance.weight", "key.weight", "value.weight", "output.weight", "gate.weight",
                  "ln_x.weight", "ln_x.bias")
     ffn = ("time_maa_k", "time_maa_r", "key.weight", "receptance.weight", "value.weight")
+    # The checkpoint's time_decay is (1, 1, C); the file's is (H, S, 1), as is its time_faaaa.
+    head_tensor = "time_faaaa"
+    file_head_tensor = "time_decay"
 
     def check_attention(self, c, prefix, layer, n_embed, n_head):
         check_projections(c, prefix, n_embed)
@@ -35,7 +38,7 @@ class RWKV6(Architecture):
 
     def transform(self, leaf, array, n_head, name):
         if leaf in ("time_faaaa", "time_decay"):
-            return per_head(name, array, n_head, self.head_size)
+            return per_head(name, array, n_head)
         # As docs/FORMAT.md says, rwkv.cpp transposes every ".time_decay_w*" (w2 too);
         # match its files.
         if leaf in ("time_maa_w1", "time_decay_w1", "time_decay_w2"):

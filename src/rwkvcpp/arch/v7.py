@@ -23,6 +23,7 @@ class RWKV7(Architecture):
     ffn = ("x_k", "key.weight", "value.weight")
     fp32_fragments = (".time_", ".k_k", ".k_a", ".r_k", ".x_rwkvag", ".x_k", ".w0", ".a0", ".v0")
     merged = {"x_rwkvag": MIXES}
+    head_tensor = file_head_tensor = "r_k"  # (H, S)
     # Its kernel computes S = S*w + S@ab + v k^T on [value][key] matrices.
     state_value_major = True
 

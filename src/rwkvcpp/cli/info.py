@@ -51,7 +51,7 @@ def describe_model_file(path: str) -> dict:
         "n_vocab": header.n_vocab,
         "n_embed": header.n_embed,
         "n_layer": header.n_layer,
-        "n_head": (arch.n_head(header.n_embed) if arch else 0) or None,
+        "n_head": (arch.file_heads({r.name: r.shape for r in records}, header.n_embed)[0] if arch else 0) or None,
         "n_ffn": int(ffn_key.shape[0]) if ffn_key else None,
         "n_params": sum(math.prod(r.shape) for r in records),
         "file_size": os.path.getsize(path),

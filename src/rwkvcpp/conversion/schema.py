@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from ..arch import ARCHITECTURES, Architecture, detect
+from ..arch.base import head_count
 from .hf import hf_to_native_name
 
 __all__ = ["ModelShape", "inspect_checkpoint", "model_order", "shape_of", "format_count", "natural_key"]
@@ -49,6 +50,7 @@ class ModelShape:
     n_embed: int
     n_layer: int
     n_head: int  # 0 for v4, which has no heads
+    head_size: int  # n_embed / n_head; 0 for v4
     n_ffn: int
     n_params: int
     dtypes: tuple  # ((dtype name, tensor count), ...) of the data in the file, most common first
@@ -60,7 +62,7 @@ class ModelShape:
         return "+".join(name for name, _ in self.dtypes)
 
     def describe(self) -> str:
-        heads = f", n_head {self.n_head}" if self.n_head else ""
+        heads = f", n_head {self.n_head} (of {self.head_size})" if self.n_head else ""
         return (f"RWKV {self.arch}, n_layer {self.n_layer}, n_embed {self.n_embed}{heads}, "
                 f"n_ffn {self.n_ffn}, n_vocab {self.n_vocab}, {format_count(self.n_params)} "
                 f"parameters ({self.dtype})")
@@ -132,6 +134,23 @@ class _Checker:
                       f"({'any' if rows is None else rows}, {'any' if cols is None else cols})")
         return shape
 
+    def heads(self, arch: Architecture, n_embed: int) -> tuple:
+        """(n_head, head_size) from layer 0's head tensor; (0, 0) for a version without heads."""
+        if not arch.head_tensor:
+            return 0, 0
+        name = "blocks.0.att." + arch.head_tensor
+        try:
+            return arch.heads(name, self.shape(name), n_embed)
+        except ValueError as exc:
+            self.fail(str(exc))
+
+    def same_heads(self, name: str, n_embed: int, n_head: int) -> None:
+        """Another layer's head tensor gives layer 0's head count (or none)."""
+        shape = self.shape(name)
+        count = head_count(shape, n_embed)
+        if count and count != n_head:
+            self.fail(f"tensor {name!r} has shape {shape}: {count} heads, but layer 0 has {n_head}")
+
     def norm(self, prefix: str, n: int) -> None:
         self.vector(prefix + ".weight", n)
         self.vector(prefix + ".bias", n)
@@ -171,11 +190,6 @@ def inspect_checkpoint(checkpoint: Mapping, where: str) -> ModelShape:
         known = [a.name for a in reversed(ARCHITECTURES)]
         fail(f"unknown architecture: layer 0's attention tensors ({found}) match none of RWKV "
              f"{', '.join(known[:-1])} or {known[-1]}")
-    if arch.head_size and C % arch.head_size:
-        fail(f"n_embed {C} (from 'emb.weight' {emb}) is not a multiple of the head size {arch.head_size} "
-             f"that {arch.name} uses")
-    H = arch.n_head(C)
-
     # Every layer from 0 to the highest one must be there.
     layers = set()
     for name in names:
@@ -191,6 +205,7 @@ def inspect_checkpoint(checkpoint: Mapping, where: str) -> ModelShape:
 
     c = _Checker(checkpoint, where, arch.name)
     c.used.add("emb.weight")
+    H, S = c.heads(arch, C)
     c.matrix("head.weight", n_vocab, C)
     c.norm("ln_out", C)
     c.norm("blocks.0.ln0", C)
@@ -200,6 +215,8 @@ def inspect_checkpoint(checkpoint: Mapping, where: str) -> ModelShape:
         c.norm(p + "ln1", C)
         c.norm(p + "ln2", C)
         arch.check_attention(c, p + "att.", i, C, H)
+        if i and arch.head_tensor:
+            c.same_heads(p + "att." + arch.head_tensor, C, H)
         layer_ffn = arch.check_ffn(c, p + "ffn.", C)
         if n_ffn is None:
             n_ffn = layer_ffn
@@ -208,7 +225,8 @@ def inspect_checkpoint(checkpoint: Mapping, where: str) -> ModelShape:
 
     n_params = sum(math.prod(shape_of(checkpoint, n)) for n in names)
     return ModelShape(
-        arch=arch.name, n_vocab=n_vocab, n_embed=C, n_layer=n_layer, n_head=H, n_ffn=n_ffn, n_params=n_params,
+        arch=arch.name, n_vocab=n_vocab, n_embed=C, n_layer=n_layer, n_head=H, head_size=S, n_ffn=n_ffn,
+        n_params=n_params,
         dtypes=tuple(dtypes.most_common()), unused=tuple(n for n in names if n not in c.used),
     )
 

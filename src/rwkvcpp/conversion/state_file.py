@@ -1,8 +1,10 @@
 """State files: initial states made by state tuning (RWKV-PEFT, RWKV Runner's "state" models).
 
 A state file is a ``.pth`` (or ``.safetensors``) holding, for every layer N, one tensor
-``blocks.N.att.time_state`` of shape (n_head, 64, 64): the layer's starting wkv matrices. It holds
-nothing else: the token-shift parts of the state start at zero, as for a fresh state.
+``blocks.N.att.time_state`` of shape (n_head, head_size, head_size) ((n_head, 64, 64) for every
+released model): the layer's starting wkv matrices. It holds nothing else: the token-shift parts
+of the state start at zero, as for a fresh state. The model's head count and size are its own
+(``Model.n_head``, ``Model.head_size``: the engine reads them from the model file).
 
 Orientation. The files store each head's matrix as [value][key], the layout of the training
 kernels that learn them (thread i of RWKV-PEFT's state-tuning CUDA kernels owns value channel i and
@@ -44,10 +46,9 @@ def _layout(model, where: str):
     """(version, n_layer, n_embed, n_head, head size) of a model whose state has wkv matrices;
     ValueError for one without (v4)."""
     arch = get_arch(model.arch)
-    if not arch.head_size:
+    if not arch.head_tensor:
         raise ValueError(f"{where}: state files hold wkv matrices; a {arch.name} model's state has none")
-    n_embed, n_layer = int(model.n_embed), int(model.n_layer)
-    return arch, n_layer, n_embed, arch.n_head(n_embed), arch.head_size
+    return arch, int(model.n_layer), int(model.n_embed), int(model.n_head), int(model.head_size)
 
 
 def load_state_file(path: PathLike, model) -> np.ndarray:
@@ -86,7 +87,8 @@ def load_state_file(path: PathLike, model) -> np.ndarray:
     for i in layers:
         shape = tuple(checkpoint.shape_of(names[i]))
         if shape != wanted:
-            file_heads = f" ({shape[0]} heads, n_embed {shape[0] * head_size})" if shape[1:] == wanted[1:] else ""
+            square = len(shape) == 3 and shape[1] == shape[2]
+            file_heads = f" ({shape[0]} heads of {shape[1]}, n_embed {shape[0] * shape[1]})" if square else ""
             raise ValueError(f"{path}: {names[i]} has shape {shape}{file_heads}; this model "
                              f"(n_embed {n_embed}, {n_head} heads of {head_size}) needs {wanted}")
         dtype = checkpoint.dtype_of(names[i])
@@ -94,7 +96,7 @@ def load_state_file(path: PathLike, model) -> np.ndarray:
             raise ValueError(f"{path}: {names[i]} has dtype {dtype}; expected floating point")
 
     state = np.array(model.init_state(), dtype=np.float32, copy=True)
-    for i, view in enumerate(arch.wkv_views(state, n_embed, n_layer)):
+    for i, view in enumerate(arch.wkv_views(state, n_embed, n_layer, n_head, head_size)):
         values = checkpoint[names[i]]
         if not np.all(np.isfinite(values)):
             raise ValueError(f"{path}: {names[i]} holds NaN or infinite values")
@@ -104,7 +106,7 @@ def load_state_file(path: PathLike, model) -> np.ndarray:
 
 def save_state_file(path: PathLike, state: np.ndarray, model) -> None:
     """Writes the wkv matrices of ``state`` (a full state of ``model``) as a state file:
-    ``blocks.N.att.time_state`` (n_head, 64, 64) float32 tensors in the orientation state-tuning
+    ``blocks.N.att.time_state`` (n_head, head_size, head_size) float32 tensors in the orientation state-tuning
     tools write. ``.safetensors`` paths get a safetensors file, anything else a ``torch.save``
     zip (``.pth``), written without torch and atomically.
 
@@ -115,13 +117,13 @@ def save_state_file(path: PathLike, state: np.ndarray, model) -> None:
     state = np.asarray(state)
     if state.dtype.kind != "f":
         raise ValueError(f"{path}: state must be a float array, not {state.dtype}")
-    arch, n_layer, n_embed, _, _ = _layout(model, path)
-    expected = n_layer * arch.layer_state_len(n_embed)
+    arch, n_layer, n_embed, n_head, head_size = _layout(model, path)
+    expected = n_layer * arch.layer_state_len(n_embed, n_head, head_size)
     if state.ndim != 1 or state.shape[0] != expected:
         raise ValueError(f"{path}: state has shape {state.shape}; this {model.arch} model's state is ({expected},)")
     tensors = {
         STATE_TENSOR.format(i): np.ascontiguousarray(view, dtype=np.float32)
-        for i, view in enumerate(arch.wkv_views(state, n_embed, n_layer))
+        for i, view in enumerate(arch.wkv_views(state, n_embed, n_layer, n_head, head_size))
     }
     if path.lower().endswith(".safetensors"):
         save_safetensors(path, tensors)

@@ -16,7 +16,7 @@ import numpy as np
 from ..arch import Architecture, detect
 from .schema import shape_of
 
-__all__ = ["transform_checkpoint", "count_records", "embedding_shape", "as_float32"]
+__all__ = ["transform_checkpoint", "checkpoint_heads", "count_records", "embedding_shape", "as_float32"]
 
 _ATT_NAME = re.compile(r"^blocks\.(\d+)\.att\.(.+)$")
 
@@ -57,6 +57,17 @@ def detect_checked(names: Iterable[str]) -> Architecture:
     return arch
 
 
+def checkpoint_heads(checkpoint: Mapping, arch: Architecture, n_embed: int) -> tuple:
+    """(n_head, head_size) of a checkpoint, from layer 0's head tensor (see
+    :meth:`rwkvcpp.arch.Architecture.heads`); (0, 0) for a version without heads."""
+    if not arch.head_tensor:
+        return 0, 0
+    name = "blocks.0.att." + arch.head_tensor
+    if name not in checkpoint:
+        raise ValueError(f"{arch.name} checkpoint has no {name!r}, which gives the head count")
+    return arch.heads(name, shape_of(checkpoint, name), n_embed)
+
+
 def _merged_sources(arch: Architecture) -> dict:
     """{checkpoint leaf: (record leaf, all its sources)} for the version's merged records."""
     return {source: (record, sources) for record, sources in arch.merged.items() for source in sources}
@@ -73,9 +84,7 @@ def transform_checkpoint(checkpoint: Mapping,
     if arch is None:
         arch = detect_checked(checkpoint)
     _, n_embed = embedding_shape(checkpoint)
-    if arch.head_size and n_embed % arch.head_size:
-        raise ValueError(f"{arch.name} needs n_embed to be a multiple of {arch.head_size}, got {n_embed}")
-    n_head = arch.n_head(n_embed)
+    n_head, _ = checkpoint_heads(checkpoint, arch, n_embed)
     merged = _merged_sources(arch)
 
     for name, value in checkpoint.items():
