@@ -26,7 +26,7 @@ from rwkvcpp.conversion.gguf_file import ARRAY, INT32, STRING, UINT32, GGUFError
 from rwkvcpp.conversion.pipeline import convert
 from rwkvcpp.quantization import quantize
 from rwkvcpp.tokenizer.world import WorldTokenizer
-from rwkvcpp.writer import write_model
+from rwkvcpp.writer import BinWriter, write_model
 
 GGUF_ARCHES = ("v6", "v7")
 FORMATS = ("FP32", "FP16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0")
@@ -69,6 +69,33 @@ def test_bin_gguf_bin_is_byte_identical(bins, tmp_path, arch, name):
         assert bytes(gguf.data(key)) == bytes(fmt.read_tensor(str(source), records["blocks.1.att.key.weight"]))
         assert gguf.metadata["general.architecture"] == {"v6": "rwkv6", "v7": "rwkv7"}[arch]
         assert gguf.metadata[f"rwkv{arch[1]}.wkv.head_size"] == 64
+
+
+@pytest.mark.parametrize("arch", GGUF_ARCHES)
+def test_heads_of_another_size(tmp_path, arch):
+    """The head size is the file's (v6's time_faaaa, v7's r_k): heads of 32 here."""
+    write_model(tmp_path / "h32.bin", make_checkpoint(arch, 2, 128, 256, seed=4, head_size=32), "FP16")
+    bin_to_gguf(tmp_path / "h32.bin", tmp_path / "h32.gguf")
+    with GGUFFile(tmp_path / "h32.gguf") as gguf:
+        assert gguf.metadata[f"rwkv{arch[1]}.wkv.head_size"] == 32
+    gguf_to_bin(tmp_path / "h32.gguf", tmp_path / "back.bin")
+    assert (tmp_path / "back.bin").read_bytes() == (tmp_path / "h32.bin").read_bytes()
+
+
+def test_untransposed_v6_decay_w2(bins, tmp_path):
+    """Files from converters that left time_decay_w2 as (D, C) (the engine takes both) become the
+    same GGUF; a quantized one cannot be transposed and is refused."""
+    bin_to_gguf(bins["v6", "FP32"], tmp_path / "expected.gguf", name="v6")
+    header = fmt.read_header(bins["v6", "FP32"])
+    with BinWriter(tmp_path / "untransposed.bin", header.n_vocab, header.n_embed, header.n_layer, fmt.FP32) as out:
+        for record in fmt.load_records(bins["v6", "FP32"]):
+            values = fmt.read_tensor_f32(str(bins["v6", "FP32"]), record)
+            out.write_tensor(record.name, values.T if record.name.endswith("time_decay_w2") else values, fmt.FP32)
+    bin_to_gguf(tmp_path / "untransposed.bin", tmp_path / "untransposed.gguf", name="v6")
+    assert (tmp_path / "untransposed.gguf").read_bytes() == (tmp_path / "expected.gguf").read_bytes()
+    quantize(tmp_path / "untransposed.bin", tmp_path / "q.bin", "Q8_0")
+    with pytest.raises(GGUFError, match="'blocks.0.att.time_decay_w2' is stored untransposed"):
+        bin_to_gguf(tmp_path / "q.bin", tmp_path / "q.gguf")
 
 
 def test_gguf_of_a_checkpoint_and_of_its_bin_agree(model_files, tmp_path):
@@ -236,8 +263,9 @@ OUTTYPES = ("f32", "f16", "bf16", "q8_0")
 @pytest.fixture(scope="module")
 def llama_cpp_ggufs(tmp_path_factory):
     """GGUF files written by llama.cpp's convert_hf_to_gguf.py from Hugging Face folders of random
-    v6 (Rwkv6ForCausalLM, rescale_every 1) and v7 (fla's RWKV7ForCausalLM) checkpoints, and of a
-    v7 model with the whole World vocabulary: {(arch, outtype): (checkpoint, gguf path)}."""
+    v6 (Rwkv6ForCausalLM, rescale_every 1) and v7 (fla's RWKV7ForCausalLM) checkpoints, of both
+    with heads of 32, and of a v7 model with the whole World vocabulary:
+    {(arch, outtype): (checkpoint, gguf path)}."""
     directory = tmp_path_factory.mktemp("llama-cpp")
     jobs, out = [], {}
     for arch, seed in (("v6", 21), ("v7", 22)):
@@ -246,6 +274,11 @@ def llama_cpp_ggufs(tmp_path_factory):
         for outtype in OUTTYPES:
             out[arch, outtype] = checkpoint, directory / f"{arch}-{outtype}.gguf"
             jobs.append((folder, out[arch, outtype][1], outtype))
+    for arch, seed in (("v6", 24), ("v7", 25)):
+        checkpoint = make_checkpoint(arch, 2, 128, 256, seed=seed, head_size=32)
+        folder = llama_cpp.write_folder(directory / f"{arch}-h32", checkpoint, arch)
+        out[f"{arch}-h32", "f32"] = checkpoint, directory / f"{arch}-h32-f32.gguf"
+        jobs.append((folder, out[f"{arch}-h32", "f32"][1], "f32"))
     checkpoint = make_checkpoint("v7", 2, 64, 65536, seed=23)
     folder = llama_cpp.write_folder(directory / "world", checkpoint, "v7")
     out["world", "f16"] = checkpoint, directory / "world-f16.gguf"
@@ -287,6 +320,15 @@ def test_llama_cpp_converter_gguf_gives_the_source_logits(llama_cpp_ggufs, tmp_p
         assert n_q8 >= 8
         assert np.abs(got - source).max() < 0.03 * spread
     assert np.abs(got - reference).max() < 0.03 * spread
+
+
+@needs_converter
+@pytest.mark.parametrize("arch", GGUF_ARCHES)
+def test_llama_cpp_converter_gguf_with_heads_of_32(llama_cpp_ggufs, tmp_path, arch):
+    checkpoint, gguf = llama_cpp_ggufs[f"{arch}-h32", "f32"]
+    write_model(tmp_path / "source.bin", checkpoint, "FP32")
+    gguf_to_bin(gguf, tmp_path / "from-gguf.bin")
+    assert (tmp_path / "from-gguf.bin").read_bytes() == (tmp_path / "source.bin").read_bytes()
 
 
 def _squeezed(shape: tuple) -> tuple:

@@ -107,8 +107,8 @@ _C11 = _vector(lambda s: (1, 1, s.C))
 _SQUARE = _same(lambda s: (s.C, s.C))
 
 
-def _common(s_vector: tuple) -> list:
-    """The tensors every RWKV layer has in GGUF."""
+def _common(ffn_mix: str, ffn_mix_shapes: tuple) -> list:
+    """The tensors every RWKV layer has in GGUF; the FFN's token-shift mix is named by version."""
     return [
         ("attn_norm.weight", "ln1.weight", _C), ("attn_norm.bias", "ln1.bias", _C),
         ("attn_norm_2.weight", "ln2.weight", _C), ("attn_norm_2.bias", "ln2.bias", _C),
@@ -117,7 +117,7 @@ def _common(s_vector: tuple) -> list:
         ("time_mix_value.weight", "att.value.weight", _SQUARE),
         ("time_mix_output.weight", "att.output.weight", _SQUARE),
         ("time_mix_ln.weight", "att.ln_x.weight", _C), ("time_mix_ln.bias", "att.ln_x.bias", _C),
-        ("channel_mix_lerp_k.weight", "ffn." + ("time_maa_k" if s_vector is _C else "x_k"), s_vector),
+        ("channel_mix_lerp_k.weight", ffn_mix, ffn_mix_shapes),
         ("channel_mix_key.weight", "ffn.key.weight", _same(lambda s: (s.F, s.C))),
         ("channel_mix_value.weight", "ffn.value.weight", _same(lambda s: (s.C, s.F))),
     ]
@@ -129,7 +129,7 @@ def _lora(name: str, rank: str) -> list:
 
 
 V6_MIXES = ("time_maa_w", "time_maa_k", "time_maa_v", "time_maa_r", "time_maa_g")
-V6_LAYER = _entries(_common(_C) + [
+V6_LAYER = _entries(_common("ffn.time_maa_k", _C) + [
     ("time_mix_lerp_x.weight", "att.time_maa_x", _C),
     ("time_mix_lerp_fused.weight", tuple("att." + m for m in V6_MIXES), ((lambda s: (5, 1, 1, s.C)), lambda s: (s.C,))),
     ("time_mix_w1.weight", "att.time_maa_w1", _same(lambda s: (5 * s.ranks["mix"], s.C))),
@@ -145,7 +145,7 @@ V6_LAYER = _entries(_common(_C) + [
 # Older llama.cpp files hold v6's mixes one by one instead of fused.
 V6_SEPARATE_MIXES = _entries([(f"time_mix_lerp_{m[-1]}.weight", "att." + m, _C) for m in V6_MIXES])
 
-V7_LAYER = _entries(_common(_C11) + [
+V7_LAYER = _entries(_common("ffn.x_k", _C11) + [
     ("time_mix_lerp_fused.weight", "att.x_rwkvag", ((lambda s: (6, 1, 1, s.C)), lambda s: (6, 1, s.C))),
     ("time_mix_w0.weight", "att.w0", _C11), *_lora("w", "w"),
     ("time_mix_a0.weight", "att.a0", _C11), *_lora("a", "a"),
@@ -374,8 +374,8 @@ def gguf_to_bin(src, dst, progress: Optional[ProgressFn] = None, log: Optional[L
                     data = _scaled(f"{src}: tensor {tensor.name!r}", bin_type, data,
                                    2.0 ** (layer // reading.rescale_every))
                 part = data.nbytes // len(records)
-                for k, (name, shape) in enumerate(records):
-                    writer.write_raw(name, bin_type, shape, data[k * part:(k + 1) * part])
+                for k, (name, bin_shape) in enumerate(records):
+                    writer.write_raw(name, bin_type, bin_shape, data[k * part:(k + 1) * part])
                     done += 1
                     if progress is not None:
                         progress(done, summary.n_tensors, name)
@@ -440,22 +440,92 @@ def _bin_sizes(records: dict, header: fmt.Header, arch: str, where: str) -> Size
     return Sizes(C, header.n_vocab, rows("blocks.0.ffn.key.weight"), C // S, S, ranks)
 
 
-def _tensor_bytes(source: mmap.mmap, record: fmt.Record) -> Callable[[], np.ndarray]:
-    return lambda: np.frombuffer(source, np.uint8, record.nbytes, record.offset)
-
-
-def _joined(source: mmap.mmap, records: list, bin_type: int) -> Callable[[], np.ndarray]:
-    """The records' data one after the other (v6's fused mixes), widened to FP32 if they mix
-    FP32 and FP16."""
+def _tensor_data(source: mmap.mmap, records: list, bin_type: int, transpose: bool) -> Callable[[], np.ndarray]:
+    """The bytes of a GGUF tensor made of these records: one record as it is (or transposed),
+    or several one after the other (v6's fused mixes; widened to FP32 if they mix FP32 and FP16)."""
     def data():
+        if len(records) == 1 and not transpose:
+            return np.frombuffer(source, np.uint8, records[0].nbytes, records[0].offset)
         parts = []
         for record in records:
             values = np.asarray(fmt.read_tensor(source, record))
+            if transpose:
+                values = np.ascontiguousarray(values.T)
             if record.type_id != bin_type:
                 values = values.astype("<f4")
             parts.append(values.reshape(-1).view(np.uint8))
         return np.concatenate(parts)
     return data
+
+
+class _Writing:
+    """The GGUF tensors of a .bin model, checked against the shapes llama.cpp loads."""
+
+    def __init__(self, src: str, records: dict, sizes: Sizes, arch: str, source: mmap.mmap):
+        self.src, self.records, self.sizes, self.arch, self.source = src, records, sizes, arch, source
+        self.tensors: list = []
+        self.used: set = set()
+
+    def record(self, name: str, entry: Entry) -> tuple:
+        """(record, whether it must be transposed)."""
+        if name not in self.records:
+            raise GGUFError(f"{self.src}: tensor {name!r} is missing (every {self.arch} model has it)")
+        record, expected = self.records[name], entry.bin_shape(self.sizes)
+        self.used.add(name)
+        if _trim(record.shape) == _trim(expected):
+            return record, False
+        # Some converters left v6's time_decay_w2 untransposed, which the engine accepts too.
+        if name.endswith(".time_decay_w2") and record.shape == expected[::-1]:
+            if record.type_id not in (fmt.FP32, fmt.FP16):
+                raise GGUFError(f"{self.src}: tensor {name!r} is stored untransposed {record.shape} in "
+                                f"{record.type_name}; llama.cpp needs it transposed, which only an FP32 or FP16 "
+                                "tensor can be")
+            return record, True
+        raise GGUFError(f"{self.src}: tensor {name!r} has shape {record.shape}; expected {expected}")
+
+    def add(self, gguf_name: str, entry: Entry, names: tuple) -> None:
+        found = [self.record(name, entry) for name in names]
+        records = [record for record, _ in found]
+        kinds = {record.type_id for record in records}
+        if len(kinds) > 1 and not kinds <= {fmt.FP32, fmt.FP16}:
+            raise GGUFError(f"{self.src}: tensors {', '.join(r.name for r in records)} have different types; "
+                            f"llama.cpp stores them as one tensor {gguf_name!r}")
+        bin_type = kinds.pop() if len(kinds) == 1 else fmt.FP32
+        data = _tensor_data(self.source, records, bin_type, transpose=found[0][1])
+        self.tensors.append(OutTensor(gguf_name, _GGML_BY_BIN[bin_type], entry.gguf_shape(self.sizes), data))
+
+    def add_model(self, n_layer: int, layer_entries: list) -> None:
+        for entry in TOP:
+            self.add(entry.gguf, entry, (entry.native,))
+        by_gguf = {entry.gguf: entry for entry in layer_entries}
+        for i in range(n_layer):
+            for entry in layer_entries:
+                natives = entry.native if isinstance(entry.native, tuple) else (entry.native,)
+                if i == 0 and self.arch == "v7" and entry.gguf in V7_LAYER0_STANDINS:
+                    stand_in = by_gguf[V7_LAYER0_STANDINS[entry.gguf]]
+                    self.add(f"blk.0.{entry.gguf}", stand_in, (f"blocks.0.{stand_in.native}",))
+                    # a layer-0 value residual pair, if the file has one, is never used
+                    self.used.update(f"blocks.0.{n}" for n in natives)
+                    continue
+                self.add(f"blk.{i}.{entry.gguf}", entry, tuple(f"blocks.{i}.{n}" for n in natives))
+
+
+def _metadata(gguf_arch: str, header: fmt.Header, sizes: Sizes, name: str, where: str) -> list:
+    metadata = [
+        ("general.architecture", STRING, gguf_arch),
+        ("general.name", STRING, name),
+        ("general.file_type", UINT32, _FILE_TYPES[header.data_type]),
+        ("general.quantization_version", UINT32, 2),
+        (f"{gguf_arch}.context_length", UINT32, 1 << 20),  # RWKV has no context limit
+        (f"{gguf_arch}.embedding_length", UINT32, sizes.C),
+        (f"{gguf_arch}.block_count", UINT32, header.n_layer),
+        (f"{gguf_arch}.feed_forward_length", UINT32, sizes.F),
+        (f"{gguf_arch}.attention.head_count", UINT32, 0),  # required by llama.cpp, unused
+        (f"{gguf_arch}.attention.layer_norm_epsilon", FLOAT32, LAYER_NORM_EPS),
+        (f"{gguf_arch}.wkv.head_size", UINT32, sizes.S),
+    ]
+    metadata += [(f"{gguf_arch}.{key}", UINT32, sizes.ranks[rank]) for key, rank in _RANK_KEYS[gguf_arch].items()]
+    return metadata + _vocabulary(header.n_vocab, where)
 
 
 def bin_to_gguf(src, dst, progress: Optional[ProgressFn] = None, log: Optional[LogFn] = None,
@@ -473,86 +543,28 @@ def bin_to_gguf(src, dst, progress: Optional[ProgressFn] = None, log: Optional[L
         raise GGUFError(f"{src}: an RWKV {arch.name if arch else '(unknown)'} model; llama.cpp runs RWKV-6 and "
                         "RWKV-7 only, so only those become GGUF files")
     sizes = _bin_sizes(records, header, arch.name, src)
-    layer_entries = ARCHS[gguf_arch][1]
+    metadata = _metadata(gguf_arch, header, sizes, name or os.path.splitext(os.path.basename(src))[0], src)
     source = fmt.open_mmap(src)
     try:
-        tensors, used = [], set()
-
-        def record(name: str, entry: Entry) -> fmt.Record:
-            if name not in records:
-                raise GGUFError(f"{src}: tensor {name!r} is missing (every {arch.name} model has it)")
-            rec = records[name]
-            if _trim(rec.shape) != _trim(entry.bin_shape(sizes)):
-                if name.endswith("time_decay_w2") and rec.shape == (sizes.ranks["decay"], sizes.C):
-                    return rec  # stored untransposed by some converters; transposed below
-                raise GGUFError(f"{src}: tensor {name!r} has shape {rec.shape}; expected {entry.bin_shape(sizes)}")
-            used.add(name)
-            return rec
-
-        def add(gguf_name: str, entry: Entry, recs: list) -> None:
-            kinds = {r.type_id for r in recs}
-            if len(kinds) > 1 and not kinds <= {fmt.FP32, fmt.FP16}:
-                raise GGUFError(f"{src}: tensors {', '.join(r.name for r in recs)} have different types; "
-                                f"llama.cpp stores them as one tensor {gguf_name!r}")
-            bin_type = recs[0].type_id if len(kinds) == 1 else fmt.FP32
-            shape = entry.gguf_shape(sizes)
-            if len(recs) > 1:
-                data = _joined(source, recs, bin_type)
-            elif _trim(recs[0].shape) != _trim(entry.bin_shape(sizes)):  # an untransposed time_decay_w2
-                if bin_type not in (fmt.FP32, fmt.FP16):
-                    raise GGUFError(f"{src}: tensor {recs[0].name!r} is stored untransposed {recs[0].shape} "
-                                    f"in {fmt.type_name(bin_type)}; llama.cpp needs it transposed, which only "
-                                    "an FP32 or FP16 tensor can be")
-
-                def data(rec=recs[0]):
-                    return np.ascontiguousarray(fmt.read_tensor(source, rec).T).view(np.uint8)
-            else:
-                data = _tensor_bytes(source, recs[0])
-            tensors.append(OutTensor(gguf_name, _GGML_BY_BIN[bin_type], shape, data))
-
-        for entry in TOP:
-            add(entry.gguf, entry, [record(entry.native, entry)])
-        for i in range(header.n_layer):
-            for entry in layer_entries:
-                natives = entry.native if isinstance(entry.native, tuple) else (entry.native,)
-                if i == 0 and arch.name == "v7" and entry.gguf in V7_LAYER0_STANDINS:
-                    stand_in = next(e for e in layer_entries if e.gguf == V7_LAYER0_STANDINS[entry.gguf])
-                    add(f"blk.0.{entry.gguf}", stand_in, [record(f"blocks.0.{stand_in.native}", stand_in)])
-                    used.update(f"blocks.0.{n}" for n in natives if f"blocks.0.{n}" in records)
-                    continue
-                add(f"blk.{i}.{entry.gguf}", entry, [record(f"blocks.{i}.{n}", entry) for n in natives])
-        left = [name for name in records if name not in used]
-        if left and log is not None:
-            log(f"  not carried into the GGUF (llama.cpp has no place for them): {', '.join(left)}")
-
-        metadata = [
-            ("general.architecture", STRING, gguf_arch),
-            ("general.name", STRING, name or os.path.splitext(os.path.basename(src))[0]),
-            ("general.file_type", UINT32, _FILE_TYPES[header.data_type]),
-            ("general.quantization_version", UINT32, 2),
-            (f"{gguf_arch}.context_length", UINT32, 1 << 20),  # RWKV has no context limit
-            (f"{gguf_arch}.embedding_length", UINT32, sizes.C),
-            (f"{gguf_arch}.block_count", UINT32, header.n_layer),
-            (f"{gguf_arch}.feed_forward_length", UINT32, sizes.F),
-            (f"{gguf_arch}.attention.head_count", UINT32, 0),  # required by llama.cpp, unused
-            (f"{gguf_arch}.attention.layer_norm_epsilon", FLOAT32, LAYER_NORM_EPS),
-            (f"{gguf_arch}.wkv.head_size", UINT32, sizes.S),
-        ]
-        metadata += [(f"{gguf_arch}.{key}", UINT32, sizes.ranks[rank]) for key, rank in _RANK_KEYS[gguf_arch].items()]
-        metadata += _vocabulary(header.n_vocab, src)
-
-        counts = Counter(GGML_TYPES[t.type_id].name for t in tensors)
+        writing = _Writing(src, records, sizes, arch.name, source)
+        writing.add_model(header.n_layer, ARCHS[gguf_arch][1])
+        left = tuple(name for name in records if name not in writing.used)
         shape = ModelShape(arch=arch.name, n_vocab=sizes.V, n_embed=sizes.C, n_layer=header.n_layer, n_head=sizes.H,
                            head_size=sizes.S, n_ffn=sizes.F, n_params=sum(math.prod(r.shape) for r in records.values()),
-                           dtypes=_describe_types(Counter(r.type_name for r in records.values())), unused=tuple(left))
+                           dtypes=_describe_types(Counter(r.type_name for r in records.values())), unused=left)
         if log is not None:
+            counts = Counter(GGML_TYPES[t.type_id].name for t in writing.tensors)
             log(f"{src}: {shape.describe()} -> llama.cpp {gguf_arch}, "
-                + ", ".join(f"{n} {name}" for name, n in _describe_types(counts)))
-        summary = GGUFSummary(shape, len(tensors))
-        write_gguf(dst, metadata, tensors, progress)
+                + ", ".join(f"{n} {type_name}" for type_name, n in _describe_types(counts)))
+            if left:
+                log(f"  not carried into the GGUF (llama.cpp has no place for them): {', '.join(left)}")
+        write_gguf(dst, metadata, writing.tensors, progress)
     finally:
-        source.close()
-    return summary
+        try:
+            source.close()
+        except BufferError:  # an error left views of it alive; the map goes with them
+            pass
+    return GGUFSummary(shape, len(writing.tensors))
 
 
 def describe(path) -> dict:
