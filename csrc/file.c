@@ -137,7 +137,7 @@ static int parse_records(rwkv_file *f, char *err, size_t err_len) {
                              r.name, traits->name, (long long)r.ne[0], traits->block_len,
                              traits->block_len == RWKV_QK_K
                                  ? " (rwkv.cpp's quantizer writes such tensors with super-blocks running across "
-                                   "rows, which no reader can use; quantize the FP16/FP32 model again)"
+                                   "rows, which no reader can use; quantize the FP16/FP32 model to a 32-value format)"
                                  : "");
         r.nbytes = rwkv_row_bytes(type, r.ne[0]) * (size_t)r.ne[1] * (size_t)r.ne[2];
         if (r.nbytes > f->size - pos)

@@ -11,6 +11,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "rwkv.h"
 
@@ -44,16 +45,20 @@ typedef struct { block_k_head head; uint8_t qh[32]; uint8_t qs[128]; } block_q5_
 _Static_assert(sizeof(block_q4_k) == 144, "Q4_K super-block is 144 bytes");
 _Static_assert(sizeof(block_q5_k) == 176, "Q5_K super-block is 176 bytes");
 
-/* The 6-bit scales sc[j] and minimums m[j] of a K super-block: sub-blocks 0-3 have theirs in the
- * low six bits of bytes j and j + 4; sub-blocks 4-7 have their low four bits in the nibbles of
- * byte j + 4 and their top two bits in the top bits of bytes j - 4 (sc) and j (m). */
+/* The 6-bit scales sc[j] and minimums m[j] of a K super-block. For j < 4, sub-block j has its sc
+ * and m in the low six bits of bytes j and 4 + j, and sub-block 4 + j has the low four bits of
+ * its sc and m in the low and high nibble of byte 8 + j and their top two bits in the top bits of
+ * bytes j and 4 + j. Four bytes at a time, as little-endian words (the masks keep each byte's
+ * bits from its neighbours'). */
 static inline void rwkv_k_scales(const uint8_t s[12], uint8_t sc[8], uint8_t m[8]) {
-    for (int j = 0; j < 4; j++) {
-        sc[j] = s[j] & 63;
-        m[j] = s[j + 4] & 63;
-        sc[j + 4] = (uint8_t)((s[j + 8] & 0xf) | (s[j] >> 6) << 4);
-        m[j + 4] = (uint8_t)((s[j + 8] >> 4) | (s[j + 4] >> 6) << 4);
-    }
+    uint32_t w[3], out[4];
+    memcpy(w, s, sizeof w);
+    out[0] = w[0] & 0x3f3f3f3f;
+    out[1] = (w[2] & 0x0f0f0f0f) | ((w[0] >> 6) & 0x03030303) << 4;
+    out[2] = w[1] & 0x3f3f3f3f;
+    out[3] = ((w[2] >> 4) & 0x0f0f0f0f) | ((w[1] >> 6) & 0x03030303) << 4;
+    memcpy(sc, out, 8);
+    memcpy(m, out + 2, 8);
 }
 
 /* The activation format of quantized products: a row of n values in 32-value blocks, each with

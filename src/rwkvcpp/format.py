@@ -128,7 +128,7 @@ def tensor_nbytes(type_id_: int, shape: Sequence[int]) -> int:
         hint = ""
         if t.block_len > 32:
             hint = (" (rwkv.cpp's quantizer writes such tensors with super-blocks running across rows, which "
-                    "no reader can use; quantize the FP16/FP32 model again)")
+                    "no reader can use; quantize the FP16/FP32 model to a 32-value format)")
         raise ValueError(
             f"{t.name} needs the innermost size to be a multiple of {t.block_len}, got shape {shape}{hint}"
         )
