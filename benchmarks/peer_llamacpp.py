@@ -2,8 +2,9 @@
 
     python benchmarks/peer_llamacpp.py /path/to/llama-bench /tmp/rwkv-bench [--threads 2] [--ours]
 
-Every v7 .bin in the folder is converted with to_gguf.py (same block formats, same bytes; kept in
---gguf-dir and reused while newer than its .bin), then timed with
+Every v6/v7 .bin in the folder is converted to GGUF as `rwkvcpp convert model.bin model.gguf`
+does (rwkvcpp.conversion.gguf: same block formats, same bytes; kept in --gguf-dir and reused
+while newer than its .bin), then timed with
 `llama-bench -m FILE -t THREADS -p PROMPT -n TOKENS -r REPS`: decode is llama-bench's tg test
 (tokens generated one at a time), prompt its pp test (one batch). Other architectures are
 skipped with the reason. --ours adds rwkvcpp's figures for the same files (rwkvcpp.benchmark).
@@ -30,11 +31,8 @@ try:
 except ImportError:  # not on Windows; the column then shows "-"
     resource = None
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from to_gguf import convert  # noqa: E402
-
-from rwkvcpp import format as F  # noqa: E402
+from rwkvcpp import format as F
+from rwkvcpp.conversion.gguf import bin_to_gguf
 
 
 def llama_bench(binary: str, gguf: str, threads: int, prompt: int, tokens: int, reps: int) -> dict:
@@ -113,8 +111,7 @@ def main() -> None:
         gguf = os.path.join(args.gguf_dir, name + ".gguf")
         try:
             if not os.path.exists(gguf) or os.path.getmtime(gguf) < os.path.getmtime(path):
-                convert(path, gguf + ".part", quiet=True)
-                os.replace(gguf + ".part", gguf)
+                bin_to_gguf(path, gguf)  # written to a temporary name, renamed at the end
         except ValueError as e:
             print(f"skipped: {e}", file=sys.stderr, flush=True)
             continue

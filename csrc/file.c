@@ -85,7 +85,7 @@ static int parse_records(rwkv_file *f, char *err, size_t err_len) {
         if (!traits) {
             return rwkv_fail(err, err_len, RWKV_ERR_UNSUPPORTED,
                              "%s: tensor #%d has unknown type id %d (known: 0 FP32, 1 FP16, 2 Q4_0, 3 Q4_1, "
-                             "7 Q5_0, 8 Q5_1, 9 Q8_0)",
+                             "7 Q5_0, 8 Q5_1, 9 Q8_0, 13 Q4_K, 14 Q5_K)",
                              path, index, type);
         }
         if ((size_t)n_dims * 4 + (size_t)name_len > f->size - pos)
@@ -133,8 +133,12 @@ static int parse_records(rwkv_file *f, char *err, size_t err_len) {
                              path, r.name, traits->name);
         if (r.ne[0] % traits->block_len != 0)
             return rwkv_fail(err, err_len, RWKV_ERR_FORMAT,
-                             "%s: tensor '%s' is %s but its innermost size %lld is not a multiple of %d", path,
-                             r.name, traits->name, (long long)r.ne[0], traits->block_len);
+                             "%s: tensor '%s' is %s but its innermost size %lld is not a multiple of %d%s", path,
+                             r.name, traits->name, (long long)r.ne[0], traits->block_len,
+                             traits->block_len == RWKV_QK_K
+                                 ? " (rwkv.cpp's quantizer writes such tensors with super-blocks running across "
+                                   "rows, which no reader can use; quantize the FP16/FP32 model to a 32-value format)"
+                                 : "");
         r.nbytes = rwkv_row_bytes(type, r.ne[0]) * (size_t)r.ne[1] * (size_t)r.ne[2];
         if (r.nbytes > f->size - pos)
             return rwkv_fail(err, err_len, RWKV_ERR_FORMAT,

@@ -69,6 +69,7 @@ static int write_record(const rwkv_record *r, int type, FILE *out) {
 static int quantize_records(const rwkv_file *in, int fd, const char *tmp_path, int type_id, int quantize_head,
                             rwkv_progress_fn progress, void *user, char *err, size_t err_len) {
     const rwkv_arch_ops *arch = rwkv_arch_ops_of(rwkv_arch_detect(in));
+    const rwkv_type_traits *dst = rwkv_traits(type_id);
     int64_t widest = 1;
     for (int i = 0; i < in->n_records; i++) {
         const rwkv_record *r = &in->records[i];
@@ -76,10 +77,14 @@ static int quantize_records(const rwkv_file *in, int fd, const char *tmp_path, i
             return rwkv_fail(err, err_len, RWKV_ERR_ARGS,
                              "%s: tensor '%s' is already %s; quantize from an FP32 or FP16 model", in->path,
                              r->name, rwkv_type_name(r->type));
-        if (should_quantize(r, arch, quantize_head) && r->ne[0] % RWKV_QK != 0)
+        if (should_quantize(r, arch, quantize_head) && r->ne[0] % dst->block_len != 0)
             return rwkv_fail(err, err_len, RWKV_ERR_FORMAT,
-                             "%s: tensor '%s' cannot be quantized: its innermost size %lld is not a multiple of %d",
-                             in->path, r->name, (long long)r->ne[0], RWKV_QK);
+                             "%s: tensor '%s' cannot be quantized to %s: its rows have %lld values, not a multiple "
+                             "of %d%s",
+                             in->path, r->name, dst->name, (long long)r->ne[0], dst->block_len,
+                             dst->block_len > RWKV_QK && r->ne[0] % RWKV_QK == 0
+                                 ? " (a format with 32-value blocks, such as Q5_1 or Q8_0, can hold it)"
+                                 : "");
         if (r->ne[0] > widest) widest = r->ne[0];
     }
     quant_buffers b = {fdopen(fd, "wb"), malloc((size_t)widest * sizeof(float)),
@@ -116,7 +121,9 @@ rwkv_status rwkv_quantize_file(const char *src_path, const char *dst_path, int t
     const rwkv_type_traits *t = rwkv_traits(type_id);
     if (!t || !t->quantized)
         return rwkv_fail(err, err_len, RWKV_ERR_ARGS,
-                         "type id %d is not a quantized type (Q4_0 2, Q4_1 3, Q5_0 7, Q5_1 8, Q8_0 9)", type_id);
+                         "type id %d is not a quantized type (Q4_0 2, Q4_1 3, Q5_0 7, Q5_1 8, Q8_0 9, Q4_K 13, "
+                         "Q5_K 14)",
+                         type_id);
     rwkv_file in;
     int status = rwkv_file_open(&in, src_path, err, err_len);
     if (status != RWKV_OK) return status;

@@ -44,6 +44,8 @@ typedef enum {
     RWKV_TYPE_Q5_0 = 7,
     RWKV_TYPE_Q5_1 = 8,
     RWKV_TYPE_Q8_0 = 9,
+    RWKV_TYPE_Q4_K = 13, /* ggml's K formats: 256-value super-blocks */
+    RWKV_TYPE_Q5_K = 14,
 } rwkv_type;
 
 typedef struct rwkv_model rwkv_model;

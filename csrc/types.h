@@ -11,14 +11,16 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "rwkv.h"
 
-#define RWKV_QK 32 /* elements per quantized block */
+#define RWKV_QK 32    /* elements per quantized block, and per sub-block of a K super-block */
+#define RWKV_QK_K 256 /* elements per super-block of the K formats */
 
-/* Type ids are below this (the largest, Q8_0's, plus one): the table of formats and the kernel
+/* Type ids are below this (the largest, Q5_K's, plus one): the table of formats and the kernel
  * table have an entry per id. */
-#define RWKV_N_TYPE_IDS (RWKV_TYPE_Q8_0 + 1)
+#define RWKV_N_TYPE_IDS (RWKV_TYPE_Q5_K + 1)
 
 /* The file's block formats (docs/FORMAT.md): FP16 scale d (and minimum m), then the values; 5-bit
  * formats keep the fifth bits of all 32 values in qh. */
@@ -32,6 +34,32 @@ _Static_assert(sizeof(block_q4_1) == 20, "Q4_1 block is 20 bytes");
 _Static_assert(sizeof(block_q5_0) == 22, "Q5_0 block is 22 bytes");
 _Static_assert(sizeof(block_q5_1) == 24, "Q5_1 block is 24 bytes");
 _Static_assert(sizeof(block_q8_0) == 34, "Q8_0 block is 34 bytes");
+
+/* The K formats (ggml's Q4_K, Q5_K): a super-block of 256 values is eight sub-blocks of 32, and
+ * value i of sub-block j is d * sc[j] * q[i] - dmin * m[j], with FP16 d and dmin and 6-bit sc[j]
+ * and m[j] packed into 12 bytes (rwkv_k_scales). The quants of sub-blocks 2c and 2c + 1 share
+ * the 32 bytes qs[32c..32c+31], as low and high nibbles; Q5_K's fifth bits are bit j of qh[i]. */
+typedef struct { uint16_t d, dmin; uint8_t scales[12]; } block_k_head;
+typedef struct { block_k_head head; uint8_t qs[128]; } block_q4_k;
+typedef struct { block_k_head head; uint8_t qh[32]; uint8_t qs[128]; } block_q5_k;
+_Static_assert(sizeof(block_q4_k) == 144, "Q4_K super-block is 144 bytes");
+_Static_assert(sizeof(block_q5_k) == 176, "Q5_K super-block is 176 bytes");
+
+/* The 6-bit scales sc[j] and minimums m[j] of a K super-block. For j < 4, sub-block j has its sc
+ * and m in the low six bits of bytes j and 4 + j, and sub-block 4 + j has the low four bits of
+ * its sc and m in the low and high nibble of byte 8 + j and their top two bits in the top bits of
+ * bytes j and 4 + j. Four bytes at a time, as little-endian words (the masks keep each byte's
+ * bits from its neighbours'). */
+static inline void rwkv_k_scales(const uint8_t s[12], uint8_t sc[8], uint8_t m[8]) {
+    uint32_t w[3], out[4];
+    memcpy(w, s, sizeof w);
+    out[0] = w[0] & 0x3f3f3f3f;
+    out[1] = (w[2] & 0x0f0f0f0f) | ((w[0] >> 6) & 0x03030303) << 4;
+    out[2] = w[1] & 0x3f3f3f3f;
+    out[3] = ((w[2] >> 4) & 0x0f0f0f0f) | ((w[1] >> 6) & 0x03030303) << 4;
+    memcpy(sc, out, 8);
+    memcpy(m, out + 2, 8);
+}
 
 /* The activation format of quantized products: a row of n values in 32-value blocks, each with
  * int8 values q and a float scale d, plus s = d * sum(q), which lets "q*d + m" formats add

@@ -1,11 +1,11 @@
-"""Quantizes an rwkv.cpp model file from FP32 or FP16 to Q4_0, Q4_1, Q5_0, Q5_1 or Q8_0.
+"""Quantizes an rwkv.cpp model file from FP32 or FP16 to Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K or Q5_K.
 
 A drop-in for rwkv.cpp's python/quantize.py, with its argument order:
 
     python python/quantize.py C:\\rwkv.cpp-169M-FP16.bin C:\\rwkv.cpp-169M-Q5_1.bin Q5_1
 
 The format is a name (any case) or, as very old rwkv.cpp versions took, its numeric type id
-(2 Q4_0, 3 Q4_1, 7 Q5_0, 8 Q5_1, 9 Q8_0). It is a thin wrapper over ``rwkvcpp.quantize``; the
+(2 Q4_0, 3 Q4_1, 7 Q5_0, 8 Q5_1, 9 Q8_0, 13 Q4_K, 14 Q5_K). It is a thin wrapper over ``rwkvcpp.quantize``; the
 ``rwkvcpp quantize`` command does the same with a progress bar.
 """
 

@@ -122,6 +122,15 @@ def test_fla_folder_equals_native(container, dtype, shards, native, native_bins,
         assert_same_model(tmp_path / f"{out_type}.bin", expected[out_type])
 
 
+def test_fla_heads_of_32(tmp_path):
+    native = make_checkpoint("v7", 2, 128, N_VOCAB, seed=716, head_size=32)
+    write_model(tmp_path / "expected.bin", native)
+    folder = write_hf_folder(tmp_path / "fla", to_fla(native), fla_config(native))
+    assert json.loads((folder / "config.json").read_text())["head_dim"] == 32
+    convert(folder, tmp_path / "out.bin")
+    assert_same_model(tmp_path / "out.bin", tmp_path / "expected.bin")
+
+
 def test_fla_fused_mixes_of_early_fla(native, native_bins, tmp_path):
     folder = write_hf_folder(tmp_path / "fla", to_fla(native, fused_mixes=True), fla_config(native))
     convert(folder, tmp_path / "out.bin")

@@ -11,9 +11,14 @@ import pytest
 import rwkvcpp
 from rwkvcpp import _core
 from rwkvcpp.quantization import quantize
+from rwkvcpp.writer import write_model
+from support.checkpoints import make_checkpoint
 
-FORMATS = ["FP32", "FP16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"]
-TYPE_IDS = {"FP32": 0, "FP16": 1, "Q4_0": 2, "Q4_1": 3, "Q5_0": 7, "Q5_1": 8, "Q8_0": 9}
+FORMATS = ["FP32", "FP16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K"]
+TYPE_IDS = {"FP32": 0, "FP16": 1, "Q4_0": 2, "Q4_1": 3, "Q5_0": 7, "Q5_1": 8, "Q8_0": 9, "Q4_K": 13, "Q5_K": 14}
+BLOCK_LEN = {name: 256 if name.endswith("_K") else 32 for name in FORMATS}
+# The K formats' super-blocks need rows of a multiple of 256: their models are wider.
+K_WIDTH = {"v7": 256, "v5.2": 512}  # v5.2's FFN is 3.5 x n_embed
 
 
 def available_levels():
@@ -41,15 +46,17 @@ def level_guard():
 
 @pytest.fixture(scope="module")
 def format_files(model_files, tmp_path_factory):
-    """The v7 and v5.2 test models in every format."""
+    """The v7 and v5.2 test models in every format (K formats from wider ones)."""
     out = tmp_path_factory.mktemp("formats")
     files = {}
     for arch in ("v7", "v5.2"):
         files[arch, "FP32"] = model_files[arch].fp32
         files[arch, "FP16"] = model_files[arch].fp16
+        wide = out / f"{arch}-{K_WIDTH[arch]}.bin"
+        write_model(wide, make_checkpoint(arch, n_layer=2, n_embed=K_WIDTH[arch], n_vocab=256, seed=9), "FP32")
         for fmt in FORMATS[2:]:
             path = out / f"{arch}-{fmt}.bin"
-            quantize(model_files[arch].fp32, path, fmt)
+            quantize(wide if BLOCK_LEN[fmt] == 256 else model_files[arch].fp32, path, fmt)
             files[arch, fmt] = path
     return files
 
@@ -98,10 +105,12 @@ def test_model_logits_match_generic(level, arch, fmt, format_files, level_guard)
 
 @pytest.mark.parametrize("level", LEVELS)
 @pytest.mark.parametrize("fmt", FORMATS)
-@pytest.mark.parametrize("rows,cols", [(1, 32), (7, 96), (33, 4128), (50, 256)])
-def test_matvec_odd_sizes_match_float_math(level, fmt, rows, cols, level_guard):
+@pytest.mark.parametrize("rows,blocks", [(1, 1), (7, 3), (33, 129), (50, 8)])
+def test_matvec_odd_sizes_match_float_math(level, fmt, rows, blocks, level_guard):
     """The row kernels against numpy on the dequantized weights (activation rounding included for
-    the quantized formats, whose kernels take 8-bit activations)."""
+    the quantized formats, whose kernels take 8-bit activations), on rows of `blocks` blocks of
+    the format (32 values, 256 for the K formats)."""
+    cols = blocks * BLOCK_LEN[fmt]
     rng = np.random.default_rng(rows * 1000 + cols)
     w = rng.standard_normal((rows, cols)).astype(np.float32)
     x = rng.standard_normal(cols).astype(np.float32)

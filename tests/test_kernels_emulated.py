@@ -55,7 +55,8 @@ def _run(cmd, timeout=300):
     return out
 
 
-KERNEL_CHECKS = 7 * 4 + 1 + 10  # every format and size, the activation quantizer, every GEMM shape (x2)
+# Every format at four sizes and its decoder, the activation quantizer, every GEMM shape (x2).
+KERNEL_CHECKS = 9 * 4 + 9 + 1 + 10
 
 
 @pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="AVX-512 is x86-64 code")
@@ -87,6 +88,26 @@ def test_neon_engine_matches_portable_engine_on_a_model(arm_build, tmp_path):
     """The whole engine built for AArch64 (dispatch, threads, every architecture file): the built-in
     model and its quantized versions give the portable path's logits with the NEON level."""
     build_dir, qemu = arm_build
-    out = _run([qemu, build_dir / "model_check", builtin_model_path(), tmp_path])
+    types = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"]
+    out = _run([qemu, build_dir / "model_check", builtin_model_path(), tmp_path, *types])
     assert out.startswith("kernel level: neon")
     assert out.count(" ok") == 2 * 6  # serial and sequence, for the file and five block formats
+
+
+def test_neon_engine_runs_k_formats_and_quantizes_them_as_x86_does(arm_build, tmp_path):
+    """The K formats need rows of 256: a random v7 model 256 wide, quantized under AArch64 to Q4_K
+    and Q5_K, gives the portable path's logits with the NEON level, and the files it writes are
+    byte-identical to this machine's (the reference rounding does not depend on the CPU)."""
+    from rwkvcpp import quantize
+    from rwkvcpp.writer import write_model
+    from support.checkpoints import make_checkpoint
+
+    build_dir, qemu = arm_build
+    model = tmp_path / "v7-256.bin"
+    write_model(model, make_checkpoint("v7", n_layer=2, n_embed=256, n_vocab=300, seed=5), "FP16")
+    out = _run([qemu, build_dir / "model_check", model, tmp_path, "Q4_K", "Q5_K"])
+    assert out.count(" ok") == 2 * 3, out
+    for name in ("Q4_K", "Q5_K"):
+        here = tmp_path / f"{name}-x86.bin"
+        quantize(model, here, name, quantize_head=True)
+        assert (tmp_path / f"{name}.bin").read_bytes() == here.read_bytes(), f"{name} files differ"

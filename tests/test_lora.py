@@ -101,7 +101,16 @@ def tensors(path):
 @pytest.mark.parametrize("file_type", ["FP32", "FP16"])
 @pytest.mark.parametrize("arch", ARCHES)
 def test_merge_equals_numpy_merge(arch, file_type, dtype, checkpoints, tmp_path):
-    checkpoint = checkpoints[arch]
+    check_merge(checkpoints[arch], arch, file_type, dtype, tmp_path)
+
+
+@pytest.mark.parametrize("arch", ["v5.1", "v5.2", "v6", "v7"])
+def test_merge_with_heads_of_8(arch, tmp_path):
+    """Per-head tensors the LoRA replaces take the model's own head size."""
+    check_merge(make_checkpoint(arch, 2, 64, 256, seed=7, head_size=8), arch, "FP16", "bfloat16", tmp_path)
+
+
+def check_merge(checkpoint, arch, file_type, dtype, tmp_path):
     lora = make_lora(checkpoint, arch, dtype)
     save_lora(tmp_path / "lora.pth", lora, dtype)
     write_model(tmp_path / "model.bin", checkpoint, file_type)

@@ -91,6 +91,16 @@ static float q8_0_dot(const void *row, const void *act, int64_t n) {
     return sum_blocks(row, sizeof(block_q8_0), act, n, q8_0_sums, NO_TERM, 0.0f);
 }
 
+static inline __m256i k_sums(__m256i u, const int8_t *q) { return dot_u8_i8(u, load_q(q)); }
+
+static float q4_k_dot(const void *row, const void *act, int64_t n) {
+    return k_dot(row, sizeof(block_q4_k), act, n, q4_k_levels, k_sums);
+}
+
+static float q5_k_dot(const void *row, const void *act, int64_t n) {
+    return k_dot(row, sizeof(block_q5_k), act, n, q5_k_levels, k_sums);
+}
+
 /* 8-bit activation blocks, rounding half away from zero exactly as the portable roundf: adding
  * just under one half and truncating gives the same integers for |v| <= 127. */
 static void q8_act_from_float(const float *x, void *dst, int64_t n) {
@@ -216,12 +226,29 @@ static void q8_0_to_float(const void *src, float *y, int64_t n) {
         store_block(q8_0_values(&x[b]), 1, _cvtsh_ss(x[b].d), 0.0f, y);
 }
 
+/* Each sub-block's levels times d * sc minus dmin * m. */
+static inline __attribute__((always_inline)) void k_to_float(const uint8_t *src, size_t block_bytes, k_levels_fn levels,
+                                                             float *y, int64_t n) {
+    for (int64_t b = 0; b < n / RWKV_QK_K; b++) {
+        const uint8_t *block = src + (size_t)b * block_bytes;
+        const block_k_head *head = (const block_k_head *)block;
+        uint8_t sc[8], m[8];
+        rwkv_k_scales(head->scales, sc, m);
+        const float d = rwkv_fp16_table[head->d], dmin = rwkv_fp16_table[head->dmin];
+        for (int j = 0; j < 8; j++, y += RWKV_QK) store_block(levels(block, j), 0, d * sc[j], -(dmin * m[j]), y);
+    }
+}
+
+static void q4_k_to_float(const void *src, float *y, int64_t n) { k_to_float(src, sizeof(block_q4_k), q4_k_levels, y, n); }
+static void q5_k_to_float(const void *src, float *y, int64_t n) { k_to_float(src, sizeof(block_q5_k), q5_k_levels, y, n); }
+
 const rwkv_kernel_table rwkv_avx2_kernels = {
     .vec_dot = {[RWKV_TYPE_FP32] = fp32_dot, [RWKV_TYPE_FP16] = fp16_dot, [RWKV_TYPE_Q4_0] = q4_0_dot,
                 [RWKV_TYPE_Q4_1] = q4_1_dot, [RWKV_TYPE_Q5_0] = q5_0_dot, [RWKV_TYPE_Q5_1] = q5_1_dot,
-                [RWKV_TYPE_Q8_0] = q8_0_dot},
+                [RWKV_TYPE_Q8_0] = q8_0_dot, [RWKV_TYPE_Q4_K] = q4_k_dot, [RWKV_TYPE_Q5_K] = q5_k_dot},
     .to_float = {[RWKV_TYPE_FP16] = fp16_to_float, [RWKV_TYPE_Q4_0] = q4_0_to_float, [RWKV_TYPE_Q4_1] = q4_1_to_float,
-                 [RWKV_TYPE_Q5_0] = q5_0_to_float, [RWKV_TYPE_Q5_1] = q5_1_to_float, [RWKV_TYPE_Q8_0] = q8_0_to_float},
+                 [RWKV_TYPE_Q5_0] = q5_0_to_float, [RWKV_TYPE_Q5_1] = q5_1_to_float, [RWKV_TYPE_Q8_0] = q8_0_to_float,
+                 [RWKV_TYPE_Q4_K] = q4_k_to_float, [RWKV_TYPE_Q5_K] = q5_k_to_float},
     .gemm = {gemm_f32, pack_tokens, PANEL},
     .q8_act_from_float = q8_act_from_float,
 };

@@ -94,6 +94,15 @@ static float q8_0_dot(const void *row, const void *act, int64_t n) {
     return sum_blocks(row, sizeof(block_q8_0), act, n, q8_0_sums, 0, -128.0f);
 }
 
+/* The K formats' levels are unsigned already: VNNI takes them as they are. */
+static float q4_k_dot(const void *row, const void *act, int64_t n) {
+    return k_dot(row, sizeof(block_q4_k), act, n, q4_k_levels, dot_u8_i8_vnni);
+}
+
+static float q5_k_dot(const void *row, const void *act, int64_t n) {
+    return k_dot(row, sizeof(block_q5_k), act, n, q5_k_levels, dot_u8_i8_vnni);
+}
+
 /* ---- sequence mode: FP32 micro-GEMM on packed tokens ------------------------------------------------ */
 
 /* The AVX2 level's scheme at 16 lanes with 32 registers: 8 weight rows x 48 tokens (3 vectors),
@@ -133,6 +142,6 @@ static void gemm_f32(const float *w, int64_t ws, int64_t nr, const float *x, int
 const rwkv_kernel_table rwkv_avx512_kernels = {
     .vec_dot = {[RWKV_TYPE_FP32] = fp32_dot, [RWKV_TYPE_FP16] = fp16_dot, [RWKV_TYPE_Q4_0] = q4_0_dot,
                 [RWKV_TYPE_Q4_1] = q4_1_dot, [RWKV_TYPE_Q5_0] = q5_0_dot, [RWKV_TYPE_Q5_1] = q5_1_dot,
-                [RWKV_TYPE_Q8_0] = q8_0_dot},
+                [RWKV_TYPE_Q8_0] = q8_0_dot, [RWKV_TYPE_Q4_K] = q4_k_dot, [RWKV_TYPE_Q5_K] = q5_k_dot},
     .gemm = {gemm_f32, pack_tokens, PANEL},
 };

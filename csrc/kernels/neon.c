@@ -1,6 +1,6 @@
 /* NEON kernels for 64-bit ARM (every AArch64 CPU has NEON, so this level is always available
  * there). Quantized dots multiply signed bytes into 16-bit pairs (vmull/vmlal) and widen once per
- * 16 values; all five formats fit in signed bytes once their offset is taken off. */
+ * 16 values; all the formats fit in signed bytes once their offset is taken off. */
 #include <arm_neon.h>
 #include <string.h>
 
@@ -135,6 +135,103 @@ static float q8_0_dot(const void *row, const void *act, int64_t n) {
     return sum_blocks(row, sizeof(block_q8_0), act, n, q8_0_values, 0);
 }
 
+/* ---- the K formats: super-blocks of eight 32-value sub-blocks ---------------------------------- */
+
+/* The 32 levels of sub-block j of a Q4_K or Q5_K super-block: the low (even j) or high (odd j)
+ * nibbles of the 32 bytes the pair j / 2 shares. */
+static inline block_values k_nibbles(const uint8_t *qs, int j) {
+    const uint8x16_t lo = vld1q_u8(qs + 32 * (j / 2)), hi = vld1q_u8(qs + 32 * (j / 2) + 16);
+    if (j % 2) return (block_values){vreinterpretq_s8_u8(vshrq_n_u8(lo, 4)), vreinterpretq_s8_u8(vshrq_n_u8(hi, 4))};
+    const uint8x16_t low_nibble = vdupq_n_u8(0x0f);
+    return (block_values){vreinterpretq_s8_u8(vandq_u8(lo, low_nibble)), vreinterpretq_s8_u8(vandq_u8(hi, low_nibble))};
+}
+
+/* Adds 16 to the values of Q5_K's sub-block j whose bit j of qh[i] is set. */
+static inline block_values k_add_fifth_bits(block_values v, const uint8_t *qh, int j) {
+    const uint8x16_t bit = vdupq_n_u8((uint8_t)(1 << j)), sixteen = vdupq_n_u8(0x10);
+    const uint8x16_t lo = vandq_u8(vtstq_u8(vld1q_u8(qh), bit), sixteen);
+    const uint8x16_t hi = vandq_u8(vtstq_u8(vld1q_u8(qh + 16), bit), sixteen);
+    return (block_values){vaddq_s8(v.lo, vreinterpretq_s8_u8(lo)), vaddq_s8(v.hi, vreinterpretq_s8_u8(hi))};
+}
+
+typedef block_values (*k_levels_fn)(const void *block, int j);
+static inline block_values q4_k_levels(const void *block, int j) { return k_nibbles(((const block_q4_k *)block)->qs, j); }
+static inline block_values q5_k_levels(const void *block, int j) {
+    const block_q5_k *x = block;
+    return k_add_fifth_bits(k_nibbles(x->qs, j), x->qh, j);
+}
+
+/* A super-block's eight sc[j] or m[j] as floats, four and four. */
+static inline void k_scales_f32(const uint8_t v[8], float32x4_t out[2]) {
+    const uint16x8_t wide = vmovl_u8(vld1_u8(v));
+    out[0] = vcvtq_f32_u32(vmovl_u16(vget_low_u16(wide)));
+    out[1] = vcvtq_f32_u32(vmovl_u16(vget_high_u16(wide)));
+}
+
+/* sum over sub-blocks of d * sc * d_x * (integer dot product) - dmin * m * s_x; a super-block's
+ * eight d_x and s_x are consecutive, so its scales and minimum terms are two vectors each. */
+static inline __attribute__((always_inline)) float k_dot(const uint8_t *row, size_t block_bytes, const void *act,
+                                                         int64_t n, k_levels_fn levels) {
+    const rwkv_q8_row y = rwkv_q8_row_at(act, n);
+    float32x4_t acc = vdupq_n_f32(0.0f), mins = vdupq_n_f32(0.0f);
+    for (int64_t b = 0; b < n / RWKV_QK_K; b++) {
+        const uint8_t *block = row + (size_t)b * block_bytes;
+        const block_k_head *head = (const block_k_head *)block;
+        const int64_t a = b * (RWKV_QK_K / RWKV_QK);
+        uint8_t sc[8], m[8];
+        rwkv_k_scales(head->scales, sc, m);
+        float32x4_t scf[2], mf[2];
+        k_scales_f32(sc, scf);
+        k_scales_f32(m, mf);
+        const float d = half_to_float(head->d), dmin = half_to_float(head->dmin);
+        float scale[8];
+        for (int h = 0; h < 2; h++) {
+            vst1q_f32(scale + 4 * h, vmulq_f32(vmulq_n_f32(scf[h], d), vld1q_f32(y.d + a + 4 * h)));
+            mins = vfmaq_f32(mins, vmulq_n_f32(mf[h], dmin), vld1q_f32(y.s + a + 4 * h));
+        }
+        for (int j = 0; j < 8; j++)
+            acc = vfmaq_n_f32(acc, vcvtq_f32_s32(dot_block(levels(block, j), y.q[a + j])), scale[j]);
+    }
+    return vaddvq_f32(acc) - vaddvq_f32(mins);
+}
+
+static float q4_k_dot(const void *row, const void *act, int64_t n) {
+    return k_dot(row, sizeof(block_q4_k), act, n, q4_k_levels);
+}
+static float q5_k_dot(const void *row, const void *act, int64_t n) {
+    return k_dot(row, sizeof(block_q5_k), act, n, q5_k_levels);
+}
+
+/* Sixteen levels times scale minus offset, stored as floats. */
+static inline void k_store16(int8x16_t v, float scale, float offset, float *y) {
+    const int16x8_t halves[2] = {vmovl_s8(vget_low_s8(v)), vmovl_s8(vget_high_s8(v))};
+    const float32x4_t minus_offset = vdupq_n_f32(-offset);
+    for (int h = 0; h < 2; h++) {
+        vst1q_f32(y + 8 * h, vfmaq_n_f32(minus_offset, vcvtq_f32_s32(vmovl_s16(vget_low_s16(halves[h]))), scale));
+        vst1q_f32(y + 8 * h + 4, vfmaq_n_f32(minus_offset, vcvtq_f32_s32(vmovl_s16(vget_high_s16(halves[h]))), scale));
+    }
+}
+
+/* Each sub-block's levels times d * sc minus dmin * m. */
+static inline __attribute__((always_inline)) void k_to_float(const uint8_t *src, size_t block_bytes, k_levels_fn levels,
+                                                             float *y, int64_t n) {
+    for (int64_t b = 0; b < n / RWKV_QK_K; b++) {
+        const uint8_t *block = src + (size_t)b * block_bytes;
+        const block_k_head *head = (const block_k_head *)block;
+        uint8_t sc[8], m[8];
+        rwkv_k_scales(head->scales, sc, m);
+        const float d = half_to_float(head->d), dmin = half_to_float(head->dmin);
+        for (int j = 0; j < 8; j++, y += RWKV_QK) {
+            const block_values v = levels(block, j);
+            k_store16(v.lo, d * sc[j], dmin * m[j], y);
+            k_store16(v.hi, d * sc[j], dmin * m[j], y + 16);
+        }
+    }
+}
+
+static void q4_k_to_float(const void *src, float *y, int64_t n) { k_to_float(src, sizeof(block_q4_k), q4_k_levels, y, n); }
+static void q5_k_to_float(const void *src, float *y, int64_t n) { k_to_float(src, sizeof(block_q5_k), q5_k_levels, y, n); }
+
 /* 8-bit activation blocks; vcvtaq rounds half away from zero, as the portable roundf. */
 static void q8_act_from_float(const float *x, void *dst, int64_t n) {
     const rwkv_q8_row y = rwkv_q8_row_at(dst, n);
@@ -191,7 +288,8 @@ static void gemm_f32(const float *w, int64_t ws, int64_t nr, const float *x, int
 const rwkv_kernel_table rwkv_neon_kernels = {
     .vec_dot = {[RWKV_TYPE_FP32] = fp32_dot, [RWKV_TYPE_FP16] = fp16_dot, [RWKV_TYPE_Q4_0] = q4_0_dot,
                 [RWKV_TYPE_Q4_1] = q4_1_dot, [RWKV_TYPE_Q5_0] = q5_0_dot, [RWKV_TYPE_Q5_1] = q5_1_dot,
-                [RWKV_TYPE_Q8_0] = q8_0_dot},
+                [RWKV_TYPE_Q8_0] = q8_0_dot, [RWKV_TYPE_Q4_K] = q4_k_dot, [RWKV_TYPE_Q5_K] = q5_k_dot},
+    .to_float = {[RWKV_TYPE_Q4_K] = q4_k_to_float, [RWKV_TYPE_Q5_K] = q5_k_to_float},
     .gemm = {gemm_f32, NULL, 0},
     .q8_act_from_float = q8_act_from_float,
 };

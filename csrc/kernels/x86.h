@@ -183,4 +183,62 @@ static inline __attribute__((always_inline)) float sum_blocks(const uint8_t *row
     return hsum256(_mm256_add_ps(a0, a1)) + factor * _mm256_cvtss_f32(_mm256_add_ps(t0, t1));
 }
 
+/* ---- the K formats: super-blocks of eight 32-value sub-blocks ------------------------------- */
+
+/* The 32 levels of sub-block j of a Q4_K or Q5_K super-block as bytes: the low (even j) or high
+ * (odd j) nibbles of the 32 bytes the pair j / 2 shares. */
+static inline __m256i k_nibbles(const uint8_t *qs, int j) {
+    const __m256i packed = _mm256_loadu_si256((const __m256i *)(qs + 32 * (j / 2)));
+    return _mm256_and_si256(j % 2 ? _mm256_srli_epi16(packed, 4) : packed, _mm256_set1_epi8(0x0f));
+}
+
+/* 0x10 in byte i where bit j of qh[i] is set: the fifth bits of Q5_K's sub-block j. */
+static inline __m256i k_fifth_bits(const uint8_t *qh, int j) {
+    const __m256i bit = _mm256_set1_epi8((char)(1 << j));
+    const __m256i set = _mm256_cmpeq_epi8(_mm256_and_si256(_mm256_loadu_si256((const __m256i *)qh), bit), bit);
+    return _mm256_and_si256(set, _mm256_set1_epi8(0x10));
+}
+
+/* Sub-block j's levels (0-15, 0-31) as unsigned bytes. */
+typedef __m256i (*k_levels_fn)(const void *block, int j);
+static inline __m256i q4_k_levels(const void *block, int j) { return k_nibbles(((const block_q4_k *)block)->qs, j); }
+static inline __m256i q5_k_levels(const void *block, int j) {
+    const block_q5_k *x = block;
+    return _mm256_or_si256(k_nibbles(x->qs, j), k_fifth_bits(x->qh, j));
+}
+
+/* Unsigned bytes times an activation block's 32 signed bytes, as 8 int32 partial sums: the
+ * level's own instructions. */
+typedef __m256i (*u8_i8_sums_fn)(__m256i u, const int8_t *q);
+
+/* A super-block's eight sc[j] or m[j] as floats. */
+static inline __m256 k_scales_ps(const uint8_t v[8]) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)v)));
+}
+
+/* sum over sub-blocks of d * sc * d_x * (integer dot product) - dmin * m * s_x. The activation
+ * blocks line up with the sub-blocks, so a super-block's eight d_x and s_x are consecutive: the
+ * eight scales and the minimum terms come in one vector each. */
+static inline __attribute__((always_inline)) float k_dot(const uint8_t *row, size_t block_bytes, const void *act,
+                                                         int64_t n, k_levels_fn levels, u8_i8_sums_fn sums) {
+    const rwkv_q8_row y = rwkv_q8_row_at(act, n);
+    __m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()}, mins = _mm256_setzero_ps();
+    for (int64_t b = 0; b < n / RWKV_QK_K; b++) {
+        const uint8_t *block = row + (size_t)b * block_bytes;
+        const block_k_head *head = (const block_k_head *)block;
+        const int64_t a = b * (RWKV_QK_K / RWKV_QK); /* its first activation block */
+        uint8_t sc[8], m[8];
+        rwkv_k_scales(head->scales, sc, m);
+        float scale[8];
+        _mm256_storeu_ps(scale, _mm256_mul_ps(_mm256_mul_ps(_mm256_broadcast_ss(&rwkv_fp16_table[head->d]), k_scales_ps(sc)),
+                                              _mm256_loadu_ps(y.d + a)));
+        mins = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_broadcast_ss(&rwkv_fp16_table[head->dmin]), k_scales_ps(m)),
+                               _mm256_loadu_ps(y.s + a), mins);
+        for (int j = 0; j < 8; j++)
+            acc[j % 2] = _mm256_fmadd_ps(_mm256_broadcast_ss(&scale[j]), _mm256_cvtepi32_ps(sums(levels(block, j), y.q[a + j])),
+                                         acc[j % 2]);
+    }
+    return hsum256(_mm256_add_ps(acc[0], acc[1])) - hsum256(mins);
+}
+
 #endif

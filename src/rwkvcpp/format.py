@@ -52,6 +52,8 @@ Q4_1 = 3
 Q5_0 = 7
 Q5_1 = 8
 Q8_0 = 9
+Q4_K = 13
+Q5_K = 14
 
 TYPES: dict[int, TensorType] = {
     t.id: t
@@ -63,11 +65,16 @@ TYPES: dict[int, TensorType] = {
         TensorType(Q5_0, "Q5_0", 32, 22),  # half d, uint32 high bits, 16 bytes of nibbles
         TensorType(Q5_1, "Q5_1", 32, 24),  # half d, half m, uint32 high bits, 16 bytes
         TensorType(Q8_0, "Q8_0", 32, 34),  # half d, 32 int8
+        # ggml's K formats: super-blocks of 8 sub-blocks of 32 with 6-bit scales and minimums
+        TensorType(Q4_K, "Q4_K", 256, 144),  # half d, half dmin, 12 bytes of scales, 128 of nibbles
+        TensorType(Q5_K, "Q5_K", 256, 176),  # the same plus 32 bytes of fifth bits before the nibbles
     )
 }
 
 #: Ids that old rwkv.cpp versions used for formats that no longer exist (Q4_1_O, Q4_2, Q4_3).
 _RETIRED_TYPES = {4: "Q4_1_O", 5: "Q4_2", 6: "Q4_3"}
+#: Ids of ggml formats that rwkv.cpp's file format names but that are not read here.
+_UNSUPPORTED_TYPES = {10: "Q8_1", 11: "Q2_K", 12: "Q3_K", 15: "Q6_K", 16: "Q8_K"}
 
 _TYPE_BY_NAME = {t.name: t.id for t in TYPES.values()}
 
@@ -118,8 +125,12 @@ def tensor_nbytes(type_id_: int, shape: Sequence[int]) -> int:
     if not shape or any(s <= 0 for s in shape):
         raise ValueError(f"invalid tensor shape {shape}: sizes must be positive and at least one")
     if shape[-1] % t.block_len:
+        hint = ""
+        if t.block_len > 32:
+            hint = (" (rwkv.cpp's quantizer writes such tensors with super-blocks running across rows, which "
+                    "no reader can use; quantize the FP16/FP32 model to a 32-value format)")
         raise ValueError(
-            f"{t.name} needs the innermost size to be a multiple of {t.block_len}, got shape {shape}"
+            f"{t.name} needs the innermost size to be a multiple of {t.block_len}, got shape {shape}{hint}"
         )
     n_elements = 1
     for s in shape:
@@ -175,6 +186,9 @@ def _parse_header(raw: bytes, path) -> Header:
 def _describe_bad_type(tid: int) -> str:
     if tid in _RETIRED_TYPES:
         return f"{tid} is the retired format {_RETIRED_TYPES[tid]}; re-quantize from an FP16/FP32 file"
+    if tid in _UNSUPPORTED_TYPES:
+        return (f"{tid} is ggml's {_UNSUPPORTED_TYPES[tid]}, which is not supported "
+                f"(supported: {_describe_types()}); re-quantize from an FP16/FP32 file")
     return f"{tid} is not a known tensor type (valid: {_describe_types()})"
 
 

@@ -1,4 +1,4 @@
-"""Quantizing an FP32/FP16 rwkv.cpp model file to Q4_0, Q4_1, Q5_0, Q5_1 or Q8_0.
+"""Quantizing an FP32/FP16 rwkv.cpp model file to Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K or Q5_K.
 
 The work is done by the C engine (``_core.quantize_file``), which streams the source tensor by
 tensor and follows docs/FORMAT.md's reference rounding, so the output is byte-identical to rwkv.cpp's.
@@ -95,7 +95,9 @@ def quantize(
 ) -> QuantizeSummary:
     """Quantizes the FP32/FP16 model ``src`` into a new file ``dst``.
 
-    ``type`` is one of Q4_0, Q4_1, Q5_0, Q5_1 (the default) and Q8_0, in any case. As docs/FORMAT.md
+    ``type`` is one of Q4_0, Q4_1, Q5_0, Q5_1 (the default), Q8_0, Q4_K and Q5_K, in any case. The K
+    formats' 256-value super-blocks need every quantized matrix's rows to be a multiple of 256 long;
+    a model with other rows is refused, naming the tensor. As docs/FORMAT.md
     says, only 2-D matrices are quantized, never ``emb.weight``, the v7 LoRA matrices or
     ``att.r_k``; ``head.weight`` only with ``quantize_head`` (faster, but files stay compatible
     with more readers without it). Everything else is copied unchanged.

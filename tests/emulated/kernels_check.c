@@ -1,6 +1,7 @@
 /* Runs a kernel level this CPU lacks and compares it with the portable C kernels, for every weight
- * format, odd sizes, the activation quantizer and the sequence-mode micro-GEMM. Built by CMake
- * (RWKV_BUILD_CHECKS) for tests/test_kernels_emulated.py in one of two ways:
+ * format (dot products and decoders), odd sizes, the activation quantizer and the sequence-mode
+ * micro-GEMM. Built by CMake (RWKV_BUILD_CHECKS) for tests/test_kernels_emulated.py in one of two
+ * ways:
  *   avx512_check (-DCHECK_AVX512): the AVX-512 kernels compiled against SIMDe (portable
  *                implementations of the Intel intrinsics), run on any x86-64 CPU;
  *   neon_check (-DCHECK_NEON): the NEON kernels cross-compiled for AArch64, run under qemu-aarch64.
@@ -40,6 +41,7 @@ static float _mm512_reduce_add_ps(simde__m512 v) {
 #include "../../csrc/kernels/avx512.c"
 #define LEVEL "avx512"
 #define LEVEL_KERNELS rwkv_avx512_kernels
+#define LEVEL_BELOW rwkv_avx2_kernels /* installed first, as on a CPU with AVX-512 */
 #elif defined(CHECK_NEON)
 #include "../../csrc/kernels/neon.c"
 #define LEVEL "neon"
@@ -51,23 +53,35 @@ static float _mm512_reduce_add_ps(simde__m512 v) {
 #include "../../csrc/matmul.h"
 #include "../../csrc/rwkv_testing.h"
 
-static const int formats[] = {RWKV_TYPE_FP32, RWKV_TYPE_FP16, RWKV_TYPE_Q4_0, RWKV_TYPE_Q4_1,
-                              RWKV_TYPE_Q5_0, RWKV_TYPE_Q5_1, RWKV_TYPE_Q8_0};
-static const int64_t sizes[] = {32, 96, 160, 4128};
+static const int formats[] = {RWKV_TYPE_FP32, RWKV_TYPE_FP16, RWKV_TYPE_Q4_0, RWKV_TYPE_Q4_1, RWKV_TYPE_Q5_0,
+                              RWKV_TYPE_Q5_1, RWKV_TYPE_Q8_0, RWKV_TYPE_Q4_K, RWKV_TYPE_Q5_K};
+#define N_FORMATS (sizeof formats / sizeof formats[0])
+/* Row lengths in blocks of the format (one block, odd counts, a long row). */
+static const int64_t sizes_in_blocks[] = {1, 3, 5, 129};
+#define N_SIZES (sizeof sizes_in_blocks / sizeof sizes_in_blocks[0])
+#define MAX_N (129 * RWKV_QK_K)
 
 static float uniform(void) { return (float)rand() / (float)RAND_MAX * 2.0f - 1.0f; }
+
+/* Random weights of n values (with a per-row offset, so the minimums of "q*d + m" formats matter)
+ * in the format, through its portable quantizer. */
+static void random_row(const rwkv_type_traits *t, float *w, uint8_t *row, int64_t n) {
+    const float offset = uniform() * 0.5f;
+    for (int64_t i = 0; i < n; i++) w[i] = uniform() + offset;
+    t->from_float(w, row, n);
+}
 
 /* The level's dots against the portable ones (types.c), on activations converted as decoding does. */
 static int check_dots(void) {
     int failures = 0;
-    float *w = malloc(4128 * sizeof(float)), *x = malloc(4128 * sizeof(float));
-    uint8_t *row = malloc(4128 * 4), *act = malloc(4128 * 4);
-    for (size_t f = 0; f < sizeof formats / sizeof formats[0]; f++)
-        for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; s++) {
+    float *w = malloc(MAX_N * sizeof(float)), *x = malloc(MAX_N * sizeof(float));
+    uint8_t *row = malloc(MAX_N * 4), *act = malloc(MAX_N * 4);
+    for (size_t f = 0; f < N_FORMATS; f++)
+        for (size_t s = 0; s < N_SIZES; s++) {
             const rwkv_type_traits *generic = rwkv_traits(formats[f]);
-            const int64_t n = sizes[s];
-            for (int64_t i = 0; i < n; i++) w[i] = uniform(), x[i] = uniform() * 3.0f;
-            generic->from_float(w, row, n);
+            const int64_t n = sizes_in_blocks[s] * (generic->block_len > 1 ? generic->block_len : RWKV_QK);
+            random_row(generic, w, row, n);
+            for (int64_t i = 0; i < n; i++) x[i] = uniform() * 3.0f;
             rwkv_act_from_float(generic->act_type, x, act, n);
             const float want = generic->vec_dot(row, act, n);
             const float got = rwkv_kernels.vec_dot[formats[f]](row, act, n);
@@ -78,6 +92,28 @@ static int check_dots(void) {
             failures += !ok;
         }
     free(w), free(x), free(row), free(act);
+    return failures;
+}
+
+/* The level's decoders (sequence mode's weight tiles) against the portable ones. */
+static int check_to_float(void) {
+    int failures = 0;
+    float *w = malloc(MAX_N * sizeof(float)), *want = malloc(MAX_N * sizeof(float)), *got = malloc(MAX_N * sizeof(float));
+    uint8_t *row = malloc(MAX_N * 4);
+    for (size_t f = 0; f < N_FORMATS; f++) {
+        const rwkv_type_traits *generic = rwkv_traits(formats[f]);
+        const int64_t n = 5 * (generic->block_len > 1 ? generic->block_len : RWKV_QK);
+        random_row(generic, w, row, n);
+        generic->to_float(row, want, n);
+        rwkv_kernels.to_float[formats[f]](row, got, n);
+        float worst = 0.0f;
+        for (int64_t i = 0; i < n; i++) worst = fmaxf(worst, fabsf(got[i] - want[i]) / (1.0f + fabsf(want[i])));
+        const int ok = worst <= 1e-6f;
+        printf("%-4s to_float n=%-5lld worst relative error %.2e %s\n", generic->name, (long long)n, worst,
+               ok ? "ok" : "MISMATCH");
+        failures += !ok;
+    }
+    free(w), free(want), free(got), free(row);
     return failures;
 }
 
@@ -134,10 +170,13 @@ static int check_gemm(void) {
 }
 
 int main(void) {
-    rwkv_set_kernel_level("generic"); /* the portable kernels, then this level's on top */
+    rwkv_set_kernel_level("generic"); /* the portable kernels, then the levels up to this one on top */
+#ifdef LEVEL_BELOW
+    rwkv_install_kernels(&LEVEL_BELOW);
+#endif
     rwkv_install_kernels(&LEVEL_KERNELS);
     srand(7);
-    const int failures = check_dots() + check_activations() + check_gemm();
+    const int failures = check_dots() + check_to_float() + check_activations() + check_gemm();
     printf("%d mismatches\n", failures);
     return failures != 0;
 }

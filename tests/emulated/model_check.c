@@ -1,8 +1,9 @@
 /* Whole-model check for a foreign architecture: evaluates a model with the portable kernels and
  * with the best level this build has, one token at a time and as a sequence, in the model's own
- * format and quantized to each block format, and compares the logits. Built by CMake for AArch64
- * (RWKV_BUILD_CHECKS) and run under qemu by tests/test_kernels_emulated.py.
- * Usage: model_check MODEL.bin SCRATCH_DIR */
+ * format and quantized to the block formats named (into SCRATCH_DIR/TYPE.bin), and compares the
+ * logits. Built by CMake for AArch64 (RWKV_BUILD_CHECKS) and run under qemu by
+ * tests/test_kernels_emulated.py.
+ * Usage: model_check MODEL.bin SCRATCH_DIR [TYPE...] (TYPE: Q4_0, Q5_K...) */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -71,24 +72,31 @@ static int compare(const char *path, const char *label, const char *best, int qu
     return failures;
 }
 
+/* The type id of a name such as "Q5_1", or -1. */
+static int type_id(const char *name) {
+    for (int id = 0; id < 256; id++)
+        if (rwkv_type_name(id) && strcmp(rwkv_type_name(id), name) == 0) return id;
+    return -1;
+}
+
 int main(int argc, char **argv) {
-    if (argc != 3) {
-        fprintf(stderr, "usage: %s MODEL.bin SCRATCH_DIR\n", argv[0]);
+    if (argc < 3) {
+        fprintf(stderr, "usage: %s MODEL.bin SCRATCH_DIR [TYPE...]\n", argv[0]);
         return 2;
     }
     char best[32];
     snprintf(best, sizeof best, "%s", rwkv_kernel_level());
     printf("kernel level: %s (features: %s)\n", best, rwkv_cpu_features());
     int failures = compare(argv[1], "file", best, 0);
-    static const int types[] = {RWKV_TYPE_Q4_0, RWKV_TYPE_Q4_1, RWKV_TYPE_Q5_0, RWKV_TYPE_Q5_1, RWKV_TYPE_Q8_0};
-    for (size_t i = 0; i < sizeof types / sizeof types[0]; i++) {
+    for (int i = 3; i < argc; i++) {
+        const int type = type_id(argv[i]);
         char path[4096], err[512];
-        snprintf(path, sizeof path, "%s/%s.bin", argv[2], rwkv_type_name(types[i]));
-        if (rwkv_quantize_file(argv[1], path, types[i], 1, NULL, NULL, err, sizeof err) != RWKV_OK) {
-            fprintf(stderr, "%s\n", err);
+        snprintf(path, sizeof path, "%s/%s.bin", argv[2], argv[i]);
+        if (type < 0 || rwkv_quantize_file(argv[1], path, type, 1, NULL, NULL, err, sizeof err) != RWKV_OK) {
+            fprintf(stderr, "%s: %s\n", argv[i], type < 0 ? "not a type name" : err);
             return 1;
         }
-        failures += compare(path, rwkv_type_name(types[i]), best, 1);
+        failures += compare(path, argv[i], best, 1);
     }
     printf("%d mismatches\n", failures);
     return failures != 0;

@@ -9,8 +9,8 @@ import importlib
 import sys
 
 COMMANDS = {
-    "convert": "convert a .pth / .safetensors / Hugging Face checkpoint to a .bin model",
-    "quantize": "quantize an FP32/FP16 .bin model to Q4_0, Q4_1, Q5_0, Q5_1 or Q8_0",
+    "convert": "convert a .pth / .safetensors / Hugging Face checkpoint or a GGUF to a .bin model, or a model to GGUF",
+    "quantize": "quantize an FP32/FP16 .bin model to Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K or Q5_K",
     "merge-lora": "merge a LoRA checkpoint into an FP32/FP16 .bin model",
     "info": "print the header, architecture, sizes and tensors of a model or checkpoint",
     "chat": "chat with a model in the terminal",

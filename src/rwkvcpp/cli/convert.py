@@ -1,5 +1,6 @@
 """``rwkvcpp convert SRC DST [--dtype FP16|FP32] [--quantize TYPE] [--quantize-head]``: turn a
-PyTorch / safetensors / Hugging Face checkpoint into an rwkv.cpp model file."""
+PyTorch / safetensors / Hugging Face checkpoint or a llama.cpp GGUF into an rwkv.cpp model file,
+or (DST ending in .gguf) a model into a GGUF file for llama.cpp."""
 
 from __future__ import annotations
 
@@ -11,10 +12,13 @@ from ._progress import Progress, step_callback
 
 def add_arguments(parser) -> None:
     parser.add_argument("src", metavar="SRC",
-                        help="checkpoint: .pth/.pt, .safetensors, a sharded *.index.json or a Hugging Face folder")
-    parser.add_argument("dst", metavar="DST", help="output .bin file (replaced if it exists)")
+                        help="checkpoint: .pth/.pt, .safetensors, a sharded *.index.json or a Hugging Face folder; "
+                        "a llama.cpp RWKV-6/7 .gguf; or, for a .gguf DST, an rwkv.cpp .bin")
+    parser.add_argument("dst", metavar="DST",
+                        help="output .bin file, or .gguf for llama.cpp (RWKV-6/7; replaced if it exists)")
     parser.add_argument("--dtype", default="FP16", type=str.upper, choices=["FP16", "FP32"],
-                        help="FP16 (default: matrices FP16, the rest FP32, as rwkv.cpp writes) or FP32")
+                        help="for checkpoints: FP16 (default: matrices FP16, the rest FP32, as rwkv.cpp writes) or FP32; "
+                        ".bin and GGUF tensors keep their types")
     # Not argparse choices: names are case-insensitive, and a bad one gets a one-line error.
     parser.add_argument("--quantize", metavar="TYPE",
                         help=f"quantize the result in the same step: {', '.join(QUANTIZED_TYPES)}")

@@ -1,7 +1,9 @@
 """``rwkvcpp info FILE [--json]``: what a model file or a checkpoint holds, from headers alone.
 
 For an rwkv.cpp ``.bin``: the header (magic, version, data type), the architecture, sizes,
-parameter count, file size and one row per tensor (name, type, shape, bytes). For a checkpoint
+parameter count, file size and one row per tensor (name, type, shape, bytes). For a llama.cpp
+GGUF: its version, metadata (long arrays such as the vocabulary summarized) and tensors (ggml
+types). For a checkpoint
 (``.pth``, ``.safetensors``, a Hugging Face folder or index): the format, architecture, sizes and
 one row per tensor (name, dtype, shape, bytes). No tensor data is read, so this is instant even
 for large models; shapes are given in PyTorch order (outermost first) for both.
@@ -16,6 +18,7 @@ from collections import Counter
 
 from .. import format as fmt
 from ..arch import detect
+from ..conversion.gguf import describe as describe_gguf, is_gguf
 from ..quantization import format_size
 
 _FILE_KINDS = {b"PK\x03\x04": "PyTorch zip (torch.save)", b"\x80": "legacy PyTorch pickle"}
@@ -23,7 +26,8 @@ _FILE_KINDS = {b"PK\x03\x04": "PyTorch zip (torch.save)", b"\x80": "legacy PyTor
 
 def add_arguments(parser) -> None:
     parser.add_argument("file", metavar="FILE",
-                        help="rwkv.cpp .bin model, or a .pth / .safetensors checkpoint or Hugging Face folder")
+                        help="rwkv.cpp .bin model, a llama.cpp .gguf, or a .pth / .safetensors checkpoint or "
+                        "Hugging Face folder")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
 
@@ -142,7 +146,12 @@ def _text(info: dict) -> str:
     from ..conversion.schema import format_count
 
     lines = [f"{info['path']}: {info['kind']}"]
-    if info["kind"] == "rwkv.cpp model":
+    if info["kind"] == "GGUF model":
+        lines.append(f"  header:       GGUF version {info['version']}, llama.cpp architecture {info['gguf_arch']}")
+        lines.extend(f"  {key}: {value}" for key, value in info["metadata"].items())
+        types = ", ".join(f"{n} {t}" for t, n in info["type_counts"].items())
+        tensor_line = f"{len(info['tensors'])} ({types})"
+    elif info["kind"] == "rwkv.cpp model":
         lines.append(f"  header:       magic {info['magic']}, version {info['version']}, "
                      f"data type {info['data_type']}")
         types = ", ".join(f"{n} {t}" for t, n in info["type_counts"].items())
@@ -166,7 +175,7 @@ def _text(info: dict) -> str:
                      f"{engine['default_threads']} threads by default")
     if info.get("unused"):
         lines.append(f"  not used by the engine: {', '.join(info['unused'])}")
-    lines.extend(_table(info["tensors"], "type" if info["kind"] == "rwkv.cpp model" else "dtype"))
+    lines.extend(_table(info["tensors"], "dtype" if info["kind"] == "checkpoint" else "type"))
     return "\n".join(lines)
 
 
@@ -176,6 +185,8 @@ def run(args) -> int:
         from ..model import system_info
 
         info = dict(describe_model_file(path), engine=system_info())  # what running it would use
+    elif is_gguf(path):
+        info = describe_gguf(path)
     else:
         info = describe_checkpoint(path)
     print(json.dumps(info, indent=1) if args.json else _text(info))

@@ -126,7 +126,9 @@ def _sniff(path: str) -> str:
     if head[:4] == b"fmgg":
         raise CheckpointError(f"{filename}: already an rwkv.cpp model file, not a checkpoint")
     if head[:4] == b"GGUF":
-        raise CheckpointError(f"{filename}: a GGUF file, not a PyTorch/safetensors checkpoint")
+        raise CheckpointError(f"{filename}: a llama.cpp GGUF model, not a PyTorch/safetensors checkpoint; "
+                              "rwkvcpp.convert(src, dst) and `rwkvcpp convert` turn it into a .bin "
+                              "(rwkvcpp.conversion.gguf)")
     if len(head) >= 262 and head[257:262] == b"ustar":
         raise CheckpointError(f"{filename}: the tar-based torch serialization (torch < 0.4) is "
                               "not supported; re-save it with a recent torch")

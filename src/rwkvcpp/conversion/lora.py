@@ -128,13 +128,13 @@ def _replacements(record: str, arch: Architecture, lora: LazyCheckpoint) -> list
     return []
 
 
-def _as_record(name: str, value: np.ndarray, arch: Architecture, n_embed: int) -> np.ndarray:
+def _as_record(name: str, value: np.ndarray, arch: Architecture, n_head: int) -> np.ndarray:
     """A checkpoint tensor as the file stores it (transform_checkpoint's steps for one tensor)."""
     if ".time_" in name:
         value = np.squeeze(value)
     match = _ATT_NAME.match(name)
     if match:
-        value = arch.transform(match.group(2), value, arch.n_head(n_embed), name)
+        value = arch.transform(match.group(2), value, n_head, name)
     return np.ascontiguousarray(value, dtype=np.float32)
 
 
@@ -208,6 +208,10 @@ def merge_lora(src: PathLike, lora: PathLike, dst: PathLike, alpha: float, arch:
             raise ValueError(f"{src}: {what} is {fmt.type_name(tid)}; only FP32 and FP16 models take a LoRA "
                              "(merge into the FP16/FP32 file, then quantize the result)")
     model_arch = _model_arch(src, records, arch)
+    try:  # the model's own head count (not every model has heads of 64), as the engine reads it
+        n_head, _ = model_arch.file_heads({r.name: r.shape for r in records}, header.n_embed)
+    except ValueError as exc:
+        raise ValueError(f"{src}: {exc}") from None
     checkpoint = load_checkpoint(lora_path)
     where = os.path.basename(lora_path)
 
@@ -230,7 +234,7 @@ def merge_lora(src: PathLike, lora: PathLike, dst: PathLike, alpha: float, arch:
             value = fmt.read_tensor_f32(src, record)
             if replacing or pair:
                 value = _merged_record(record, value, replacing, pair, checkpoint, model_arch,
-                                       header.n_embed, alpha, where)
+                                       n_head, alpha, where)
             if replacing:
                 replaced.append(record.name)
             if pair:
@@ -243,14 +247,14 @@ def merge_lora(src: PathLike, lora: PathLike, dst: PathLike, alpha: float, arch:
 
 
 def _merged_record(record: fmt.Record, value: np.ndarray, replacing: list, pair: Optional[tuple],
-                   checkpoint: LazyCheckpoint, arch: Architecture, n_embed: int, alpha: float,
+                   checkpoint: LazyCheckpoint, arch: Architecture, n_head: int, alpha: float,
                    where: str) -> np.ndarray:
     """One record with its replacements, then its LoRA pair, applied; rounded to FP16 after each
     step when the record is FP16 (as rwkv.cpp's script does)."""
     fp16 = record.type_id == fmt.FP16
     value = np.array(value, dtype=np.float32)  # a writable copy
     for name, slot in replacing:
-        new = _as_record(name, as_float32(name, checkpoint[name]), arch, n_embed)
+        new = _as_record(name, as_float32(name, checkpoint[name]), arch, n_head)
         target = value if slot is None else value[slot]
         if new.size != target.size or (slot is None and new.shape != target.shape):
             raise ValueError(f"{where}: tensor {name!r} becomes {new.shape} in the model file, where "

@@ -1,4 +1,5 @@
-"""Converting a checkpoint (``.pth``, ``.safetensors``, Hugging Face folder) into an rwkv.cpp model.
+"""Converting a checkpoint (``.pth``, ``.safetensors``, Hugging Face folder) into an rwkv.cpp model,
+and models to and from llama.cpp's GGUF (the destination's extension decides).
 
 ``convert(src, dst)`` reads the checkpoint lazily (:func:`rwkvcpp.conversion.load.load_checkpoint`),
 maps Hugging Face names back to BlinkDL's, checks the whole model from tensor shapes alone (no
@@ -14,6 +15,7 @@ on errors and on Ctrl-C alike.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import time
@@ -25,6 +27,7 @@ from .. import format as fmt
 from ..arch import get as get_arch
 from ..quantization import format_size, quantized_type_id
 from ..writer import write_model
+from .gguf import bin_to_gguf, gguf_to_bin, is_gguf
 from .hf import is_hf_layout, to_native_names
 from .lazy import CheckpointError, LazyCheckpoint
 from .load import load_checkpoint
@@ -179,6 +182,10 @@ def convert(
     summary at the end. ``progress(done, total, name)`` is called as each tensor is read (and,
     when quantizing, as each is quantized; ``total`` counts both passes).
 
+    A llama.cpp GGUF ``src`` (RWKV-6/7) becomes a ``.bin`` with the same tensors; a ``dst`` ending
+    in ``.gguf`` gets a GGUF file llama.cpp runs, from a ``.bin`` or, through a ``.bin`` beside it,
+    from a checkpoint (:mod:`rwkvcpp.conversion.gguf`).
+
     Raises ValueError (one line naming the file) for a checkpoint that cannot be converted, and
     OSError when a file cannot be read or written. Whatever happens, ``dst`` is either the
     complete new model or left as it was, and no temporary file remains.
@@ -191,6 +198,8 @@ def convert(
     elif quantize_head:
         raise ValueError("quantize_head needs a quantized type (quantize=...)")
     _check_destination(src, dst)
+    if dst.lower().endswith(".gguf") or is_gguf(src):
+        return _convert_gguf(src, dst, file_type, qtype, quantize_head, progress, log)
 
     start = time.perf_counter()
     checkpoint, shape = open_checkpoint(src)
@@ -243,6 +252,70 @@ def convert(
         src=src, dst=dst, shape=shape, type=fmt.type_name(header.data_type),
         n_tensors=n_records, dst_bytes=os.path.getsize(dst), seconds=time.perf_counter() - start,
     )
+    if log is not None:
+        log(str(summary))
+    return summary
+
+
+# --------------------------------------------------------------------------------------------
+# GGUF on either side
+# --------------------------------------------------------------------------------------------
+
+
+def _starts_with(path: str, magic: bytes) -> bool:
+    with open(path, "rb") as f:
+        return f.read(len(magic)) == magic
+
+
+@contextlib.contextmanager
+def _scratch_file(dst: str) -> Iterator[str]:
+    """A temporary path beside ``dst`` (same file system, where the user expects disk space to
+    be used), removed afterwards."""
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(dst)), prefix=f".{os.path.basename(dst)}.",
+                               suffix=".tmp")
+    os.close(fd)
+    try:
+        yield tmp
+    finally:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+
+
+def _convert_gguf(src: str, dst: str, file_type: str, qtype: Optional[int], quantize_head: bool,
+                  progress: Optional[ProgressFn], log: Optional[LogFn]) -> ConvertSummary:
+    """A llama.cpp GGUF file to a .bin, or anything to a GGUF (the destination ends in .gguf):
+    a .bin directly, a checkpoint or a quantization through a .bin beside ``dst``
+    (:mod:`rwkvcpp.conversion.gguf`). A GGUF keeps its tensors' types; ``dtype`` applies to
+    checkpoints only."""
+    from ..quantization import quantize as quantize_file  # imports the C engine
+
+    start = time.perf_counter()
+    to_gguf = dst.lower().endswith(".gguf")
+    if is_gguf(src):
+        if to_gguf:
+            raise ValueError(f"{src}: already a GGUF file; give a .bin destination")
+        if qtype is None:
+            result = gguf_to_bin(src, dst, progress, log)
+        else:
+            with _scratch_file(dst) as tmp:
+                result = gguf_to_bin(src, tmp, log=log)
+                quantize_file(tmp, dst, qtype, quantize_head=quantize_head, progress=progress)
+    else:
+        is_model_file = os.path.isfile(src) and _starts_with(src, fmt.MAGIC.to_bytes(4, "little"))
+        if is_model_file and qtype is None:
+            result = bin_to_gguf(src, dst, progress, log)
+        else:
+            with _scratch_file(dst) as tmp:
+                if is_model_file:
+                    quantize_file(src, tmp, qtype, quantize_head=quantize_head)
+                else:
+                    convert(src, tmp, file_type, quantize=qtype, quantize_head=quantize_head, log=log)
+                result = bin_to_gguf(tmp, dst, progress, name=os.path.splitext(os.path.basename(dst))[0])
+    file_kind = "GGUF" if to_gguf else fmt.type_name(fmt.read_header(dst).data_type)
+    summary = ConvertSummary(src=src, dst=dst, shape=result.shape, type=file_kind, n_tensors=result.n_tensors,
+                             dst_bytes=os.path.getsize(dst), seconds=time.perf_counter() - start)
     if log is not None:
         log(str(summary))
     return summary
