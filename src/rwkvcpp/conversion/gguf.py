@@ -310,8 +310,8 @@ def _bin_type(gguf: GGUFFile, tensor: GGUFTensor) -> int:
         return ggml.bin_id
     hint = ""
     if ggml.name.endswith("_K"):
-        hint = (" (llama-quantize uses K-quants for some tensors, the output matrix even in Q4_0-Q5_1 "
-                "files; quantize with --pure, or --output-tensor-type q8_0, or from an F16 GGUF)")
+        hint = ("; llama-quantize puts the output matrix in Q6_K even in Q4_0-Q5_1 files: quantize with its "
+                "--pure or --output-tensor-type q8_0, or convert the F16 GGUF and quantize with rwkvcpp")
     gguf.fail(f"tensor {tensor.name!r} is {ggml.name}, which rwkv.cpp model files cannot hold; "
                f"convertible: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0{hint}")
 
