@@ -32,7 +32,7 @@ typedef struct {
     rwkv_vec_dot_fn vec_dot[RWKV_N_TYPE_IDS];   /* decoding: a weight row times activations */
     rwkv_to_float_fn to_float[RWKV_N_TYPE_IDS]; /* rows into floats: sequence mode's weight tiles */
     rwkv_gemm_kernel gemm;
-    rwkv_from_float_fn q8_act_from_float; /* FP32 rows into RWKV_ACT_Q8 activations */
+    rwkv_from_float_fn q8_act_from_float; /* FP32 rows into 8-bit activations, float scales */
 } rwkv_kernel_table;
 
 /* The kernels in use: written at start-up and by rwkv_set_kernel_level, read everywhere else. */

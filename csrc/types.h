@@ -79,8 +79,13 @@ static inline rwkv_q8_row rwkv_q8_row_at(const void *act, int64_t n) {
     return (rwkv_q8_row){base, base + nb, (int8_t(*)[RWKV_QK])(base + 2 * nb)};
 }
 
-/* Internal id for the activation format above; not a file type. */
+/* Internal ids for the activation formats above; not file types. Both have the layout above. The
+ * 32-value formats take RWKV_ACT_Q8, whose d and s are then rounded to half precision, as ggml's
+ * Q8_0 and Q8_1 activations are: rwkv.cpp's recorded logits follow that rounding (with float
+ * scales its tiny v5.1 and v7 models ended outside its own 5% band). The K formats take
+ * RWKV_ACT_Q8_FLOAT_SCALES, keeping d and s in float, as ggml's Q8_K does. */
 #define RWKV_ACT_Q8 100
+#define RWKV_ACT_Q8_FLOAT_SCALES 101
 
 typedef void (*rwkv_to_float_fn)(const void *src, float *dst, int64_t n);
 typedef void (*rwkv_from_float_fn)(const float *src, void *dst, int64_t n);
@@ -96,7 +101,7 @@ typedef struct {
     int quantized;
     rwkv_to_float_fn to_float;
     rwkv_from_float_fn from_float; /* reference rounding (the file format's truth) */
-    int act_type;                  /* RWKV_TYPE_FP32 or RWKV_ACT_Q8 */
+    int act_type;                  /* RWKV_TYPE_FP32, RWKV_ACT_Q8 or RWKV_ACT_Q8_FLOAT_SCALES */
     rwkv_vec_dot_fn vec_dot;
 } rwkv_type_traits;
 
