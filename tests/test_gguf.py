@@ -362,7 +362,8 @@ def test_gguf_written_here_matches_llama_cpp_converter(llama_cpp_ggufs, tmp_path
             mine = ours.tensors[name]
             assert (t.type_id, _squeezed(t.shape)) == (mine.type_id, _squeezed(mine.shape)), name
             a, b = np.frombuffer(bytes(theirs.data(t)), "<f4"), np.frombuffer(bytes(ours.data(mine)), "<f4")
-            factor = 2 if arch == "v6" and name in ("blk.1.time_mix_output.weight", "blk.1.channel_mix_value.weight") else 1
+            rescaled = arch == "v6" and name in ("blk.1.time_mix_output.weight", "blk.1.channel_mix_value.weight")
+            factor = 2 if rescaled else 1
             assert np.array_equal(a * factor, b), name
         for key in ("embedding_length", "block_count", "feed_forward_length", "wkv.head_size", "attention.head_count"):
             key = f"rwkv{arch[1]}.{key}"
