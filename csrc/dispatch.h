@@ -39,7 +39,7 @@ typedef struct {
     rwkv_vec_dot_fn vec_dot[RWKV_N_TYPE_IDS];   /* decoding: a weight row times activations */
     rwkv_to_float_fn to_float[RWKV_N_TYPE_IDS]; /* rows into floats: sequence mode's weight tiles */
     rwkv_gemm_kernel gemm;
-    rwkv_from_float_fn q8_act_from_float; /* FP32 rows into RWKV_ACT_Q8 activations */
+    rwkv_from_float_fn q8_act_from_float; /* FP32 rows into 8-bit activations, float scales */
     /* Several activation rows at once, the level's vec_dot of the same type row by row. Installed
      * with that vec_dot: where a level has none, its vec_dot takes the rows one at a time. */
     rwkv_rows_dot_fn rows_dot[RWKV_N_TYPE_IDS];

@@ -48,8 +48,23 @@ void rwkv_matmul_scratch_carve(rwkv_matmul_ctx *ctx, rwkv_pool *pool, void *scra
 }
 
 void rwkv_act_from_float(int act_type, const float *src, void *dst, int64_t n) {
-    if (act_type == RWKV_ACT_Q8) rwkv_kernels.q8_act_from_float(src, dst, n);
-    else memcpy(dst, src, (size_t)n * sizeof(float));
+    if (act_type == RWKV_TYPE_FP32) {
+        memcpy(dst, src, (size_t)n * sizeof(float));
+        return;
+    }
+    rwkv_kernels.q8_act_from_float(src, dst, n);
+    const rwkv_q8_row y = rwkv_q8_row_at(dst, n);
+    for (int64_t b = 0; b < n / RWKV_QK; b++) {
+        if (act_type == RWKV_ACT_Q8) {
+            /* ggml's rounding: d to half precision after the values were rounded with the float
+             * d, and s = d * sum(q), computed with the float d, rounded on its own */
+            y.d[b] = rwkv_fp16_table[rwkv_fp32_to_fp16(y.d[b])];
+            y.s[b] = rwkv_fp16_table[rwkv_fp32_to_fp16(y.s[b])];
+        }
+        int32_t sum = 0;
+        for (int j = 0; j < RWKV_QK; j++) sum += y.q[b][j];
+        y.dsum[b] = y.d[b] * (float)sum;
+    }
 }
 
 /* ---- row kernels -------------------------------------------------------------------------- */

@@ -82,10 +82,10 @@ static float fp16_dot(const void *row, const void *act, int64_t n) {
 /* ---- the table ---------------------------------------------------------------------------- */
 
 /* A quantized format: blocks of `len` values of its block struct, its reference codecs in quant.c
- * or quant_k.c, and 8-bit activations. */
-#define QUANTIZED(NAME, fmt, len)                                                                           \
+ * or quant_k.c, and 8-bit activations `act`. */
+#define QUANTIZED(NAME, fmt, len, act)                                                                      \
     {.name = #NAME, .block_len = len, .block_bytes = sizeof(block_##fmt), .quantized = 1,                   \
-     .to_float = rwkv_##fmt##_to_float, .from_float = rwkv_##fmt##_from_float, .act_type = RWKV_ACT_Q8,      \
+     .to_float = rwkv_##fmt##_to_float, .from_float = rwkv_##fmt##_from_float, .act_type = act,              \
      .vec_dot = rwkv_##fmt##_dot}
 
 static const rwkv_type_traits table[RWKV_N_TYPE_IDS] = {
@@ -93,13 +93,13 @@ static const rwkv_type_traits table[RWKV_N_TYPE_IDS] = {
                         .from_float = fp32_from_float, .act_type = RWKV_TYPE_FP32, .vec_dot = rwkv_fp32_dot},
     [RWKV_TYPE_FP16] = {.name = "FP16", .block_len = 1, .block_bytes = sizeof(uint16_t), .to_float = fp16_to_float,
                         .from_float = fp16_from_float, .act_type = RWKV_TYPE_FP32, .vec_dot = fp16_dot},
-    [RWKV_TYPE_Q4_0] = QUANTIZED(Q4_0, q4_0, RWKV_QK),
-    [RWKV_TYPE_Q4_1] = QUANTIZED(Q4_1, q4_1, RWKV_QK),
-    [RWKV_TYPE_Q5_0] = QUANTIZED(Q5_0, q5_0, RWKV_QK),
-    [RWKV_TYPE_Q5_1] = QUANTIZED(Q5_1, q5_1, RWKV_QK),
-    [RWKV_TYPE_Q8_0] = QUANTIZED(Q8_0, q8_0, RWKV_QK),
-    [RWKV_TYPE_Q4_K] = QUANTIZED(Q4_K, q4_k, RWKV_QK_K),
-    [RWKV_TYPE_Q5_K] = QUANTIZED(Q5_K, q5_k, RWKV_QK_K),
+    [RWKV_TYPE_Q4_0] = QUANTIZED(Q4_0, q4_0, RWKV_QK, RWKV_ACT_Q8),
+    [RWKV_TYPE_Q4_1] = QUANTIZED(Q4_1, q4_1, RWKV_QK, RWKV_ACT_Q8),
+    [RWKV_TYPE_Q5_0] = QUANTIZED(Q5_0, q5_0, RWKV_QK, RWKV_ACT_Q8),
+    [RWKV_TYPE_Q5_1] = QUANTIZED(Q5_1, q5_1, RWKV_QK, RWKV_ACT_Q8),
+    [RWKV_TYPE_Q8_0] = QUANTIZED(Q8_0, q8_0, RWKV_QK, RWKV_ACT_Q8),
+    [RWKV_TYPE_Q4_K] = QUANTIZED(Q4_K, q4_k, RWKV_QK_K, RWKV_ACT_Q8_FLOAT_SCALES),
+    [RWKV_TYPE_Q5_K] = QUANTIZED(Q5_K, q5_k, RWKV_QK_K, RWKV_ACT_Q8_FLOAT_SCALES),
 };
 
 void rwkv_types_init(void) {
@@ -117,7 +117,7 @@ size_t rwkv_row_bytes(int type_id, int64_t n) {
 }
 
 size_t rwkv_act_row_bytes(int act_type, int64_t n) {
-    if (act_type == RWKV_ACT_Q8) return (size_t)(n / RWKV_QK) * RWKV_ACT_Q8_BLOCK_BYTES;
+    if (act_type != RWKV_TYPE_FP32) return (size_t)(n / RWKV_QK) * RWKV_ACT_Q8_BLOCK_BYTES;
     return (size_t)n * sizeof(float);
 }
 

@@ -63,12 +63,15 @@ static inline void rwkv_k_scales(const uint8_t s[12], uint8_t sc[8], uint8_t m[8
 
 /* The activation format of quantized products: a row of n values in 32-value blocks, each with
  * int8 values q and a float scale d, plus s = d * sum(q), which lets "q*d + m" formats add
- * m * sum(x) without touching x again. The row is stored as three arrays, d[nb], s[nb], then
- * q[nb][32], so that kernels can load the scales of eight blocks at once. */
-#define RWKV_ACT_Q8_BLOCK_BYTES (2 * sizeof(float) + RWKV_QK)
+ * m * sum(x) without touching x again, and dsum = d * sum(q) with d exactly as stored, for kernels
+ * that shift the weights' values into unsigned bytes and take the shift back out (s may be rounded
+ * apart from d: see RWKV_ACT_Q8). The row is stored as four arrays, d[nb], s[nb], dsum[nb], then
+ * q[nb][32], so that kernels can load the scales of eight blocks at once. Quantizers of a kernel
+ * level fill d, s and q; rwkv_act_from_float (matmul.c) rounds and fills dsum. */
+#define RWKV_ACT_Q8_BLOCK_BYTES (3 * sizeof(float) + RWKV_QK)
 
 typedef struct {
-    float *d, *s;
+    float *d, *s, *dsum;
     int8_t (*q)[RWKV_QK];
 } rwkv_q8_row;
 
@@ -76,11 +79,16 @@ typedef struct {
 static inline rwkv_q8_row rwkv_q8_row_at(const void *act, int64_t n) {
     float *base = (float *)act;
     const int64_t nb = n / RWKV_QK;
-    return (rwkv_q8_row){base, base + nb, (int8_t(*)[RWKV_QK])(base + 2 * nb)};
+    return (rwkv_q8_row){base, base + nb, base + 2 * nb, (int8_t(*)[RWKV_QK])(base + 3 * nb)};
 }
 
-/* Internal id for the activation format above; not a file type. */
+/* Internal ids for the activation formats above; not file types. Both have the layout above. The
+ * 32-value formats take RWKV_ACT_Q8, whose d and s are then rounded to half precision, as ggml's
+ * Q8_0 and Q8_1 activations are: rwkv.cpp's recorded logits follow that rounding (with float
+ * scales its tiny v5.1 and v7 models ended outside its own 5% band). The K formats take
+ * RWKV_ACT_Q8_FLOAT_SCALES, keeping d and s in float, as ggml's Q8_K does. */
 #define RWKV_ACT_Q8 100
+#define RWKV_ACT_Q8_FLOAT_SCALES 101
 
 typedef void (*rwkv_to_float_fn)(const void *src, float *dst, int64_t n);
 typedef void (*rwkv_from_float_fn)(const float *src, void *dst, int64_t n);
@@ -96,7 +104,7 @@ typedef struct {
     int quantized;
     rwkv_to_float_fn to_float;
     rwkv_from_float_fn from_float; /* reference rounding (the file format's truth) */
-    int act_type;                  /* RWKV_TYPE_FP32 or RWKV_ACT_Q8 */
+    int act_type;                  /* RWKV_TYPE_FP32, RWKV_ACT_Q8 or RWKV_ACT_Q8_FLOAT_SCALES */
     rwkv_vec_dot_fn vec_dot;
 } rwkv_type_traits;
 

@@ -547,6 +547,20 @@ def test_safetensors_roundtrip(tmp_path, dtype):
     assert set(checkpoint) == set(expected)
 
 
+@pytest.mark.parametrize("padding", [0x80 - 8, 0x180 - 8])
+def test_safetensors_whose_header_length_starts_like_a_pickle(tmp_path, padding):
+    """A header length whose low byte is 0x80 (pickle's PROTO opcode) is still a safetensors file:
+    formats are told apart by their whole signature, not by the first byte alone."""
+    path = tmp_path / "model.safetensors"
+    write_safetensors(path, {"emb.weight": (np.ones((2, 2)), "float32")}, metadata={"pad": "x" * padding})
+    length = int.from_bytes(path.read_bytes()[:8], "little")
+    pad = 0x80 - length % 256
+    write_safetensors(path, {"emb.weight": (np.ones((2, 2)), "float32")},
+                      metadata={"pad": "x" * (padding + pad)})
+    assert path.read_bytes()[0] == 0x80
+    np.testing.assert_array_equal(load_checkpoint(path)["emb.weight"], np.ones((2, 2)))
+
+
 def test_safetensors_model_order(tmp_path):
     names = ["head.weight", "blocks.10.ln1.weight", "ln_out.weight", "blocks.2.att.key.weight",
              "blocks.2.ln1.weight", "emb.weight", "extra"]

@@ -71,6 +71,19 @@ def test_bin_gguf_bin_is_byte_identical(bins, tmp_path, arch, name):
         assert gguf.metadata[f"rwkv{arch[1]}.wkv.head_size"] == 64
 
 
+@pytest.mark.parametrize("name", ("Q4_K", "Q5_K"))
+def test_k_formats_both_ways(tmp_path, name):
+    """Q4_K and Q5_K's super-blocks are ggml's too; they need rows of a multiple of 256, which
+    only v7 models 256 wide or more have (v6's time_decay_w2 has rows of 64)."""
+    write_model(tmp_path / "wide.bin", make_checkpoint("v7", 2, 256, 256, seed=6), "FP16")
+    quantize(tmp_path / "wide.bin", tmp_path / "k.bin", name)
+    bin_to_gguf(tmp_path / "k.bin", tmp_path / "k.gguf")
+    with GGUFFile(tmp_path / "k.gguf") as gguf:
+        assert gguf.tensors["blk.1.channel_mix_key.weight"].type_name == name
+    gguf_to_bin(tmp_path / "k.gguf", tmp_path / "back.bin")
+    assert (tmp_path / "back.bin").read_bytes() == (tmp_path / "k.bin").read_bytes()
+
+
 @pytest.mark.parametrize("arch", GGUF_ARCHES)
 def test_heads_of_another_size(tmp_path, arch):
     """The head size is the file's (v6's time_faaaa, v7's r_k): heads of 32 here."""
@@ -349,7 +362,8 @@ def test_gguf_written_here_matches_llama_cpp_converter(llama_cpp_ggufs, tmp_path
             mine = ours.tensors[name]
             assert (t.type_id, _squeezed(t.shape)) == (mine.type_id, _squeezed(mine.shape)), name
             a, b = np.frombuffer(bytes(theirs.data(t)), "<f4"), np.frombuffer(bytes(ours.data(mine)), "<f4")
-            factor = 2 if arch == "v6" and name in ("blk.1.time_mix_output.weight", "blk.1.channel_mix_value.weight") else 1
+            rescaled = arch == "v6" and name in ("blk.1.time_mix_output.weight", "blk.1.channel_mix_value.weight")
+            factor = 2 if rescaled else 1
             assert np.array_equal(a * factor, b), name
         for key in ("embedding_length", "block_count", "feed_forward_length", "wkv.head_size", "attention.head_count"):
             key = f"rwkv{arch[1]}.{key}"
@@ -452,9 +466,9 @@ def _zeros(name: str, type_id: int, shape: tuple, block=(1, 4)) -> OutTensor:
     ({"tensors": {"blk.0.time_mix_w0.weight": _zeros("blk.0.time_mix_w0.weight", 0, (64,))}},
      r"tensor 'blk.0.time_mix_w0.weight' has shape \(64,\); expected \(128,\)"),
     ({"extra": [_zeros("extra", 0, (8,))]}, "tensor 'extra' is not part of an rwkv7 model"),
-    ({"tensors": {"blk.0.channel_mix_value.weight": _zeros("blk.0.channel_mix_value.weight", 12, (128, 512),
-                                                           (256, 144))}},
-     "tensor 'blk.0.channel_mix_value.weight' is Q4_K, which rwkv.cpp model files cannot hold.*--pure"),
+    ({"tensors": {"blk.0.channel_mix_value.weight": _zeros("blk.0.channel_mix_value.weight", 14, (128, 512),
+                                                           (256, 210))}},
+     "tensor 'blk.0.channel_mix_value.weight' is Q6_K, which rwkv.cpp model files cannot hold.*--pure"),
     ({"tensors": {"blk.0.channel_mix_key.weight": _zeros("blk.0.channel_mix_key.weight", 20, (512, 128),
                                                          (32, 18))}}, "is IQ4_NL"),
     ({"metadata": {"rwkv7.wkv.head_size": (UINT32, 48)}}, "embedding_length 128 is not a multiple"),

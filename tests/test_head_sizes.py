@@ -173,13 +173,13 @@ def _random_wkv_state(model, seed):
 
 @pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
 @pytest.mark.parametrize("arch", ARCHES)
-def test_state_file_round_trip(models, arch, suffix, tmp_path):
+def test_tuned_state_file_round_trip(models, arch, suffix, tmp_path):
     _, fp32, _, _ = models[arch, 8]
     model = rwkvcpp.Model(fp32, threads=1)
     state = _random_wkv_state(model, seed=2)
     path = tmp_path / f"state{suffix}"
-    model.save_state_file(path, state)
-    np.testing.assert_array_equal(model.load_state_file(path), state)
+    model.save_tuned_state(path, state)
+    np.testing.assert_array_equal(model.load_tuned_state(path), state)
 
 
 @pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
@@ -194,7 +194,7 @@ def test_state_tuned_file_matches_reference(models, arch, suffix, tmp_path):
                for i in range(N_LAYER)}
     path = tmp_path / f"tuned{suffix}"
     (save_pth if suffix == ".pth" else save_safetensors)(path, tensors)
-    state = model.load_state_file(path)
+    state = model.load_tuned_state(path)
 
     ref = Reference(checkpoint)
     ref_state = ref.init_state()
@@ -214,7 +214,7 @@ def test_state_file_for_other_heads_is_refused(models, tmp_path):
     save_safetensors(tmp_path / "released.safetensors", released)
     with pytest.raises(ValueError, match=r"\(1, 64, 64\) \(1 heads of 64, n_embed 64\); this model \(n_embed 96, "
                                          r"6 heads of 16\) needs \(6, 16, 16\)"):
-        model.load_state_file(tmp_path / "released.safetensors")
+        model.load_tuned_state(tmp_path / "released.safetensors")
 
 
 # ---- the official package ----------------------------------------------------------------------------

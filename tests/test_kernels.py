@@ -121,13 +121,21 @@ def test_matvec_odd_sizes_match_float_math(level, fmt, rows, blocks, level_guard
     for r in range(rows):
         _core.quantize_row(tid, w[r], encoded[r * size:(r + 1) * size])
         _core.dequantize_row(tid, encoded[r * size:(r + 1) * size], dequant[r])
+    expected = dequant.astype(np.float64) @ x.astype(np.float64)
     if tid >= 2:  # 8-bit blocks of the activations, as the kernels see them
         blocks = x.reshape(-1, 32)
-        d = np.abs(blocks).max(axis=1, keepdims=True) / 127
-        x_used = (np.round(np.divide(blocks, d, out=np.zeros_like(blocks), where=d > 0)) * d).reshape(-1)
-    else:
-        x_used = x
-    expected = dequant.astype(np.float64) @ x_used.astype(np.float64)
+        d = np.abs(blocks).max(axis=1, keepdims=True) / np.float32(127)
+        q = np.round(np.divide(blocks, d, out=np.zeros_like(blocks), where=d > 0))
+        if fmt.endswith("_K"):  # float scales
+            expected = dequant.astype(np.float64) @ (q * d).reshape(-1).astype(np.float64)
+        else:  # d and s = d * sum(q) at half precision; "q*d + m" formats add m * s per block
+            d_half = d.astype(np.float16).astype(np.float64)
+            expected = dequant.astype(np.float64) @ (q * d_half).reshape(-1)
+            if fmt in ("Q4_1", "Q5_1"):
+                sums = q.sum(axis=1)
+                s_half = (d[:, 0] * sums.astype(np.float32)).astype(np.float16).astype(np.float64)
+                m = encoded.reshape(rows, cols // 32, -1)[:, :, 2:4].copy().view("<f2")[:, :, 0]
+                expected += m.astype(np.float64) @ (s_half - d_half[:, 0] * sums)
     _core.set_kernel_level(level)
     y = np.empty(rows, np.float32)
     _core.matvec(tid, encoded, rows, x, y)

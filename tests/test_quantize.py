@@ -300,12 +300,17 @@ def kernel_level(name: str):
 
 
 def q8_activations(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Activations as the kernels see them: 8-bit blocks with d = amax/127, q = roundf(x/d).
-    Returns (the values q*d in float64, their per-element magnitude scale d)."""
+    """Activations as the kernels of the 32-value formats see them: 8-bit blocks with d = amax/127
+    and q = roundf(x/d) in float32, then d and s = d * sum(q) kept at half precision, as ggml's
+    Q8_0/Q8_1 activations. Returns (the values q * half(d) in float64, per block the amount by which
+    s exceeds half(d) * sum(q): a "q*d + m" format's product adds m times it)."""
     blocks = x.reshape(-1, QK)
     d = np.max(np.abs(blocks), axis=1) / F32(127)
     q = roundf(blocks * reciprocal(d)[:, None])
-    return (q * d[:, None].astype(np.float64)).reshape(-1), d
+    sums = q.sum(axis=1)
+    d_half = d.astype(np.float16).astype(np.float64)
+    s_half = (d * sums.astype(F32)).astype(np.float16).astype(np.float64)
+    return (q * d_half[:, None]).reshape(-1), s_half - d_half * sums
 
 
 def matvec(type_id, encoded, rows, x) -> np.ndarray:
@@ -335,9 +340,10 @@ def test_matvec_adds_only_activation_rounding(type_id, cols):
     x[:QK] = 0  # one all-zero activation block (d = 0)
     encoded = np.frombuffer(ref_quantize(type_id, w), dtype=np.uint8).copy()
     values, _, m = ref_decode(type_id, encoded)
-    values, m = values.reshape(rows, cols).astype(np.float64), np.repeat(m, QK).reshape(rows, cols)
-    act, _ = q8_activations(x)
-    expected = values @ act
+    act, s_excess = q8_activations(x)
+    values = values.reshape(rows, cols).astype(np.float64)
+    expected = values @ act + m.reshape(rows, -1).astype(np.float64) @ s_excess
+    m = np.repeat(m, QK).reshape(rows, cols)
     # float32 accumulation over cols/32 blocks; the m * sum(q) terms count in the magnitude.
     magnitude = np.abs(values) @ np.abs(act) + np.abs(m) @ np.abs(act)
     tol = (cols // QK + 5) * 1.2e-7 * magnitude + 1e-30
@@ -360,16 +366,19 @@ def test_matvec_levels_agree(type_id, cols, rows):
     x = rng.standard_normal(cols).astype(F32)
     if fmt.TYPES[type_id].quantized:
         encoded = np.frombuffer(ref_quantize(type_id, w), dtype=np.uint8).copy()
-        values = ref_decode(type_id, encoded)[0].reshape(rows, cols).astype(np.float64)
-        act = q8_activations(x)[0]
+        values, _, m = ref_decode(type_id, encoded)
+        values = values.reshape(rows, cols).astype(np.float64)
+        act, s_excess = q8_activations(x)
+        expected = values @ act + m.reshape(rows, -1).astype(np.float64) @ s_excess
     else:
         encoded = float_rows(type_id, w)
         values = (w if type_id == fmt.FP32 else w.astype(np.float16)).astype(np.float64)
         act = x.astype(np.float64)
+        expected = values @ act
     tol = (cols + 5) * 1.2e-7 * (np.abs(values) @ np.abs(act)) + 1e-30
     with kernel_level("generic"):
         generic = matvec(type_id, encoded, rows, x)
-    assert np.all(np.abs(generic - values @ act) <= tol)
+    assert np.all(np.abs(generic - expected) <= tol)
     for level in levels:
         with kernel_level(level):
             y = matvec(type_id, encoded, rows, x)

@@ -159,7 +159,9 @@ static inline __attribute__((always_inline)) void add_block(const uint8_t *row, 
     if (term >= 0) {
         uint16_t h;
         memcpy(&h, block + 2 * term, 2);
-        *term_acc = _mm256_fmadd_ps(_mm256_broadcast_ss(&rwkv_fp16_table[h]), _mm256_broadcast_ss(y.s + b), *term_acc);
+        /* term 0 is the block's own d (an offset times d: exact d * sum(q) wanted), else its m */
+        const float *x_sums = term == 0 ? y.dsum : y.s;
+        *term_acc = _mm256_fmadd_ps(_mm256_broadcast_ss(&rwkv_fp16_table[h]), _mm256_broadcast_ss(x_sums + b), *term_acc);
     }
 }
 

@@ -3,17 +3,18 @@
 ``gguf_to_bin(src, dst)`` reads the ``rwkv6`` / ``rwkv7`` GGUF files that llama.cpp's
 ``convert_hf_to_gguf.py`` writes (from Hugging Face ``Rwkv6ForCausalLM`` and fla's
 ``RWKV7ForCausalLM`` folders) and that ``llama-quantize`` makes of them; ``bin_to_gguf(src, dst)``
-writes GGUF files llama.cpp runs. The block formats F32, F16, Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0 are
-ggml's in both files (docs/FORMAT.md), so block data is copied byte for byte both ways, and
-``.bin -> GGUF -> .bin`` gives back the same file. BF16 tensors are widened to FP32 (exact); the
-K-quants have no ``.bin`` type and are refused.
+writes GGUF files llama.cpp runs. The block formats F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K
+and Q5_K are ggml's in both files (docs/FORMAT.md), so block data is copied byte for byte both
+ways, and ``.bin -> GGUF -> .bin`` gives back the same file. BF16 tensors are widened to FP32
+(exact); the other K-quants (Q6_K, ...) have no ``.bin`` type and are refused.
 
-A reader and writer of our own rather than the ``gguf`` package: the container is small (a
-header, typed key/value metadata, tensor infos, aligned data), and owning it gives what the
-package does not: every malformed file refused with a message naming what is wrong and where
-(the package fails with numpy or struct errors on truncated or absurd files), the file mapped
-rather than read, output written atomically and streamed tensor by tensor, and no dependency
-beyond numpy (the package pins its own numpy range and pulls in PyYAML, tqdm and requests).
+A reader and writer of our own (:mod:`rwkvcpp.conversion.gguf_file`) rather than the ``gguf``
+package: the container is small (a header, typed key/value metadata, tensor infos, aligned
+data), and owning it gives what the package does not: every malformed file refused with a
+message naming what is wrong and where (the package's reader stops a truncated data section
+with a numpy reshape error that names no tensor), output written atomically and streamed tensor
+by tensor, and no dependency beyond numpy (the package wants numpy >= 2.2.6, PyYAML, tqdm and
+requests). The file is mapped, never read whole.
 
 What llama.cpp does differently from rwkv.cpp's files (from llama.cpp's ``convert_hf_to_gguf``
 RWKV classes, ``src/models/rwkv6.cpp``/``rwkv7.cpp`` and gguf-py's tensor names):
@@ -26,8 +27,9 @@ RWKV classes, ``src/models/rwkv6.cpp``/``rwkv7.cpp`` and gguf-py's tensor names)
   ``.bin``'s ``att.x_rwkvag``;
 * v6 Hugging Face models may carry ``rescale_every``: llama.cpp's converter then divides layer
   N's ``time_mix_output`` and ``channel_mix_value`` by 2^(N // rescale_every) and llama.cpp halves
-  the residual every that many layers. Reading undoes it, exactly, by multiplying the values (or
-  the blocks' FP16 scales) by that power of two; files written here use no rescaling;
+  the residual every that many layers. Reading undoes it by multiplying the values (or the
+  blocks' FP16 scales) by that power of two, exactly, except for what the division already lost
+  (FP16 values pushed below 2^-14); files written here use no rescaling;
 * v7's layer 0 needs ``time_mix_v0/v1/v2``, which RWKV-7 does not use there: llama.cpp's
   converter stores copies of ``a0/a1/a2`` under those names; so does the writer, and the reader
   drops them;
@@ -60,9 +62,11 @@ __all__ = ["gguf_to_bin", "bin_to_gguf", "describe", "is_gguf", "GGUFError", "GG
 ProgressFn = Callable[[int, int, str], None]
 LogFn = Callable[[str], None]
 
-# llama.cpp's file types (general.file_type) of the .bin's header types; 32 is MOSTLY_BF16.
-_FILE_TYPES = {fmt.FP32: 0, fmt.FP16: 1, fmt.Q4_0: 2, fmt.Q4_1: 3, fmt.Q8_0: 7, fmt.Q5_0: 8, fmt.Q5_1: 9}
-_BIN_BY_FILE_TYPE = {**{v: k for k, v in _FILE_TYPES.items()}, 32: fmt.FP32}
+# llama.cpp's file types (general.file_type) of the .bin's header types (14 and 16 are Q4_K_S and
+# Q5_K_S, "mostly" that type); reading also takes 15 and 17 (Q4_K_M, Q5_K_M) and 32 (BF16).
+_FILE_TYPES = {fmt.FP32: 0, fmt.FP16: 1, fmt.Q4_0: 2, fmt.Q4_1: 3, fmt.Q8_0: 7, fmt.Q5_0: 8, fmt.Q5_1: 9,
+               fmt.Q4_K: 14, fmt.Q5_K: 16}
+_BIN_BY_FILE_TYPE = {**{v: k for k, v in _FILE_TYPES.items()}, 15: fmt.Q4_K, 17: fmt.Q5_K, 32: fmt.FP32}
 _GGML_BY_BIN = {t.bin_id: t.id for t in GGML_TYPES.values() if t.bin_id is not None}
 
 
@@ -310,14 +314,15 @@ def _bin_type(gguf: GGUFFile, tensor: GGUFTensor) -> int:
         return ggml.bin_id
     hint = ""
     if ggml.name.endswith("_K"):
-        hint = (" (llama-quantize uses K-quants for some tensors, the output matrix even in Q4_0-Q5_1 "
-                "files; quantize with --pure, or --output-tensor-type q8_0, or from an F16 GGUF)")
+        hint = ("; llama-quantize puts the output matrix in Q6_K even in Q4_0-Q5_1 and K files: quantize "
+                "with its --pure or --output-tensor-type q8_0, or convert the F16 GGUF and quantize with rwkvcpp")
     gguf.fail(f"tensor {tensor.name!r} is {ggml.name}, which rwkv.cpp model files cannot hold; "
-               f"convertible: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0{hint}")
+              f"convertible: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K{hint}")
 
 
-# FP16 fields in each block that scale its values: d, and m for the _1 types.
-_SCALE_FIELDS = {fmt.Q4_0: (0,), fmt.Q4_1: (0, 2), fmt.Q5_0: (0,), fmt.Q5_1: (0, 2), fmt.Q8_0: (0,)}
+# FP16 fields in each block that scale its values: d, and m (dmin) for the _1 and K types.
+_SCALE_FIELDS = {fmt.Q4_0: (0,), fmt.Q4_1: (0, 2), fmt.Q5_0: (0,), fmt.Q5_1: (0, 2), fmt.Q8_0: (0,),
+                 fmt.Q4_K: (0, 2), fmt.Q5_K: (0, 2)}
 
 
 def _scaled(where: str, bin_type: int, data: np.ndarray, factor: float) -> np.ndarray:

@@ -74,10 +74,9 @@ GGML_TYPES = {t.id: t for t in (
     GGMLType(2, "Q4_0", 32, 18, fmt.Q4_0), GGMLType(3, "Q4_1", 32, 20, fmt.Q4_1),
     GGMLType(6, "Q5_0", 32, 22, fmt.Q5_0), GGMLType(7, "Q5_1", 32, 24, fmt.Q5_1),
     GGMLType(8, "Q8_0", 32, 34, fmt.Q8_0), GGMLType(9, "Q8_1", 32, 36, None),
-    # K-quants. When the .bin format gets rwkv.cpp's Q4_K and Q5_K (its ids 13 and 14, the same
-    # super-blocks), they map here: bin_id 13 for ggml's Q4_K (12) and 14 for Q5_K (13).
+    # The K-quants; the .bin has Q4_K and Q5_K (rwkv.cpp's ids 13 and 14), the same super-blocks.
     GGMLType(10, "Q2_K", _K, 84, None), GGMLType(11, "Q3_K", _K, 110, None),
-    GGMLType(12, "Q4_K", _K, 144, None), GGMLType(13, "Q5_K", _K, 176, None),
+    GGMLType(12, "Q4_K", _K, 144, fmt.Q4_K), GGMLType(13, "Q5_K", _K, 176, fmt.Q5_K),
     GGMLType(14, "Q6_K", _K, 210, None), GGMLType(15, "Q8_K", _K, 292, None),
     GGMLType(16, "IQ2_XXS", _K, 66, None), GGMLType(17, "IQ2_XS", _K, 74, None),
     GGMLType(18, "IQ3_XXS", _K, 98, None), GGMLType(19, "IQ1_S", _K, 50, None),

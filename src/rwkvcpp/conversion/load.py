@@ -114,10 +114,11 @@ def _sniff(path: str) -> str:
         return "zip"
     if head.startswith(b"PK\x05\x06"):
         raise CheckpointError(f"{filename}: an empty zip archive")
-    if head[:1] == b"\x80":  # pickle PROTO opcode: a legacy torch.save file (or a plain pickle)
-        return "pickle"
+    # safetensors first: its 8-byte header length may start with 0x80, pickle's first byte
     if len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 2**32:
         return "safetensors"
+    if head[:1] == b"\x80":  # pickle PROTO opcode: a legacy torch.save file (or a plain pickle)
+        return "pickle"
     if head.lstrip()[:1] == b"{":
         return "json"
     if head.startswith(b"version https://git-lfs"):
