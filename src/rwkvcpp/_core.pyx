@@ -43,6 +43,8 @@ cdef extern from "rwkv_testing.h":
     rwkv_status rwkv_dequantize_row(int type_id, const void *src, float *dst, int64_t n) nogil
     rwkv_status rwkv_matvec(int type_id, const void *w, int64_t rows, int64_t cols, const float *x,
                             float *y) nogil
+    rwkv_status rwkv_matmul_rows(int type_id, const void *w, int64_t rows, int64_t cols, const float *x,
+                                 int64_t T, float *y) nogil
     rwkv_status rwkv_matmul_f32(const float *w, int64_t rows, int64_t cols, const float *x, int64_t T,
                                 float *y) nogil
     rwkv_status rwkv_set_kernel_level(const char *name)
@@ -280,6 +282,21 @@ def matvec(int type_id, const uint8_t[::1] w not None, int64_t rows, const float
         status = rwkv_matvec(type_id, &w[0], rows, cols, &x[0], &y[0])
     if status != RWKV_OK:
         raise_status(status, b"", "matvec failed")
+
+
+def matmul_rows(int type_id, const uint8_t[::1] w not None, int64_t rows, const float[:, ::1] x not None,
+                float[:, ::1] y not None):
+    """y = x W^T through the row kernels (batched decoding's product) with the kernels in use; W is
+    rows x cols in type_id's row encoding, x is T x cols."""
+    cdef int64_t T = x.shape[0], cols = x.shape[1]
+    if rwkv_type_row_size(type_id, cols) == 0 or <size_t>w.shape[0] < rwkv_type_row_size(type_id, cols) * rows \
+            or y.shape[0] != T or y.shape[1] != rows or T == 0:
+        raise ArgumentError("matmul_rows: buffer sizes do not match")
+    cdef rwkv_status status
+    with nogil:
+        status = rwkv_matmul_rows(type_id, &w[0], rows, cols, &x[0, 0], T, &y[0, 0])
+    if status != RWKV_OK:
+        raise_status(status, b"", "matmul_rows failed")
 
 
 def matmul_f32(const float[:, ::1] w not None, const float[:, ::1] x not None, float[:, ::1] y not None):
