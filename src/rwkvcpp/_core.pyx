@@ -4,6 +4,7 @@
 Everything user-facing (validation messages, defaults, numpy conveniences) lives in model.py.
 """
 from libc.stdint cimport int32_t, int64_t, uint8_t
+from libc.stdlib cimport calloc, free
 
 
 cdef extern from "rwkv.h":
@@ -28,6 +29,16 @@ cdef extern from "rwkv.h":
                           float *logits, int all_logits, char *err, size_t err_len) nogil
     rwkv_status rwkv_eval_embedding(rwkv_model *model, const int32_t *tokens, size_t n_tokens, float *state,
                                     float *embedding, char *err, size_t err_len) nogil
+    ctypedef struct rwkv_sequence:
+        const int32_t *tokens
+        size_t n_tokens
+        const float *state_in
+        float *state_out
+        float *logits
+        int all_logits
+        float *embedding
+    rwkv_status rwkv_eval_batch(rwkv_model *model, const rwkv_sequence *seqs, size_t n_seqs, char *err,
+                                size_t err_len) nogil
     rwkv_status rwkv_quantize_file(const char *src, const char *dst, int type_id, int quantize_head,
                                    rwkv_progress_fn progress, void *user, char *err, size_t err_len) nogil
     const char *rwkv_type_name(int type_id)
@@ -200,6 +211,73 @@ cdef class Engine:
         with nogil:
             status = rwkv_eval_embedding(ptr, &tokens[0], n, &state[0], &out[0], err, ERR_LEN)
         self.release()
+        if status != RWKV_OK:
+            raise_status(status, err)
+
+
+    def eval_batch(self, list tokens not None, list states_in not None, list states_out not None,
+                   list logits not None, list embeddings not None, bint all_logits):
+        """Evaluates several sequences in one pass over the weights. Lists of one entry per sequence:
+        tokens (int32 arrays), states_in (float32 arrays, or None for the initial state), states_out
+        (float32 arrays, each may be its states_in), logits and embeddings (float32 arrays, or None
+        for none)."""
+        cdef size_t n = len(tokens), i, need
+        cdef size_t V = <size_t>self.c_info.n_vocab, S = self.c_info.state_len
+        cdef const int32_t[::1] tv
+        cdef const float[::1] sv
+        cdef float[::1] ov
+        cdef char err[ERR_LEN]
+        cdef rwkv_status status
+        cdef rwkv_model *ptr
+        err[0] = 0
+        if not (len(states_in) == len(states_out) == len(logits) == len(embeddings) == n):
+            raise ArgumentError("eval_batch: the lists must have one entry per sequence")
+        if n == 0:
+            raise ArgumentError("no sequences to evaluate")
+        cdef rwkv_sequence *seqs = <rwkv_sequence *>calloc(n, sizeof(rwkv_sequence))
+        if seqs == NULL:
+            raise MemoryError("out of memory for the sequences")
+        views = []  # the buffers stay exported until the call returns
+        try:
+            for i in range(n):
+                tv = tokens[i]
+                if tv.shape[0] == 0:
+                    raise ArgumentError(f"sequence {i}: no tokens to evaluate")
+                seqs[i].tokens = &tv[0]
+                seqs[i].n_tokens = tv.shape[0]
+                views.append(tv)
+                if states_in[i] is not None:
+                    sv = states_in[i]
+                    if <size_t>sv.shape[0] != S:
+                        raise ArgumentError(f"sequence {i}: state has {sv.shape[0]} floats; the model needs {S}")
+                    seqs[i].state_in = &sv[0]
+                    views.append(sv)
+                ov = states_out[i]
+                if <size_t>ov.shape[0] != S:
+                    raise ArgumentError(f"sequence {i}: state_out has {ov.shape[0]} floats; the model needs {S}")
+                seqs[i].state_out = &ov[0]
+                views.append(ov)
+                seqs[i].all_logits = all_logits
+                if logits[i] is not None:
+                    ov = logits[i]
+                    need = (seqs[i].n_tokens if all_logits else 1) * V
+                    if <size_t>ov.shape[0] < need:
+                        raise ArgumentError(f"sequence {i}: logits buffer has {ov.shape[0]} floats; {need} are needed")
+                    seqs[i].logits = &ov[0]
+                    views.append(ov)
+                if embeddings[i] is not None:
+                    ov = embeddings[i]
+                    if ov.shape[0] != self.c_info.n_embed:
+                        raise ArgumentError(f"sequence {i}: embedding buffer has {ov.shape[0]} floats; "
+                                            f"{self.c_info.n_embed} are needed")
+                    seqs[i].embedding = &ov[0]
+                    views.append(ov)
+            ptr = self.acquire()
+            with nogil:
+                status = rwkv_eval_batch(ptr, seqs, n, err, ERR_LEN)
+            self.release()
+        finally:
+            free(seqs)
         if status != RWKV_OK:
             raise_status(status, err)
 
