@@ -233,3 +233,17 @@ def test_errors_name_the_sequence(batch_files, arch):
     with pytest.raises(_core.ArgumentError, match=r"sequence 2: logits buffer has 3 floats"):
         model._engine.eval_batch(tokens[:3], [None] * 3, outs[:3], [None, None, np.zeros(3, np.float32)], [None] * 3,
                                  False)
+
+
+def test_bench_batches(capsys):
+    """`rwkvcpp bench --batch`: a line per batch size with aggregate tokens/s and ms/token."""
+    from rwkvcpp.benchmark import run_batch_benchmark
+    from rwkvcpp.cli import main
+
+    results = run_batch_benchmark(Model(None, threads=1), [1, 3], steps=2)
+    assert [(r.batch, r.steps) for r in results] == [(1, 2), (3, 2)]
+    assert all(r.ms_per_token > 0 and r.tokens_per_second == pytest.approx(r.batch * 1000 / r.ms_per_step)
+               for r in results)
+    with pytest.raises(SystemExit):
+        main(["bench", "model.bin", "--batch", "1,0"])
+    assert "batch sizes must be at least 1" in capsys.readouterr().err
