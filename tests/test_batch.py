@@ -181,6 +181,20 @@ def test_states_in_place_and_inputs_untouched(batch_files, arch):
         assert np.array_equal(outs[i], new[i]) and np.array_equal(inputs[i], before[i])
 
 
+@pytest.mark.parametrize("arch", ["v5.1"])
+def test_one_state_forks_into_several_sequences(batch_files, arch):
+    """n choices of one prompt: the prompt's state given for every sequence, read, not copied first."""
+    model = Model(batch_files[arch, "Q4_1"], threads=2)
+    _, prompt_state = model.eval_sequence(random_tokens(1, 12))
+    kept = prompt_state.copy()
+    logits, states = model.eval_batch([3, 4, 5], [prompt_state] * 3)
+    assert np.array_equal(prompt_state, kept)
+    for i, token in enumerate((3, 4, 5)):
+        want, want_state = model.eval(token, prompt_state)
+        assert_same(logits[i], want, f"fork {i}: logits")
+        assert_same(states[i], want_state, f"fork {i}: state")
+
+
 @pytest.mark.parametrize("arch", ["v6"])
 def test_embeddings_of_many_sequences(batch_files, arch):
     model = Model(batch_files[arch, "Q8_0"], threads=2)
