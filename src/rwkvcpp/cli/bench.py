@@ -1,14 +1,16 @@
-"""``rwkvcpp bench MODEL [--threads N] [--tokens N] [--prompt N] [--json]``."""
+"""``rwkvcpp bench [MODEL] [--threads N] [--tokens N] [--prompt N] [--json]``."""
 
 from __future__ import annotations
 
 import json
 
+from . import _common
 from ._progress import Progress
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("model", help="a .bin model file")
+    parser.add_argument("model", metavar="MODEL", nargs="?",
+                        help=f"rwkv.cpp .bin model (default: the built-in model, {_common.BUILTIN_NOTE})")
     parser.add_argument("--threads", type=int, default=None, help="worker threads (default: one per core)")
     parser.add_argument("--tokens", type=int, default=64, help="tokens to decode one by one (default 64)")
     parser.add_argument("--prompt", type=int, default=512, help="length of the prompt to ingest (default 512)")
@@ -18,6 +20,7 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from ..benchmark import run_benchmark
 
+    model_path = args.model if args.model is not None else _common.builtin_model_path()
     bars = {}
 
     def progress(stage: str, done: int, total: int) -> None:
@@ -28,7 +31,7 @@ def run(args) -> int:
         bars[stage].update(done - bars[stage].n)
 
     try:
-        result = run_benchmark(args.model, threads=args.threads, decode_tokens=args.tokens,
+        result = run_benchmark(model_path, threads=args.threads, decode_tokens=args.tokens,
                                prompt_tokens=args.prompt, progress=progress)
     finally:
         for bar in bars.values():
