@@ -163,7 +163,8 @@ class ChatSession:
 
     ``params`` are the sampling settings of every reply (their ``stop`` strings are added to
     the chat's own). With a ``seed``, reply *n* uses ``seed + n``, so a session is repeatable
-    and ``++`` still gives a new draw.
+    and ``++`` still gives a new draw. ``initial_state`` (a state array) is where the
+    conversation starts, before the preset's intro; None is a fresh state.
     """
 
     def __init__(

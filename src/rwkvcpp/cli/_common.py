@@ -103,9 +103,13 @@ def load_start_state(model, path):
     try:
         if _is_saved_state(path):
             return model.load_state(path)
-        return model.load_tuned_state(path)
     except (ValueError, LookupError, OSError) as e:
         raise CommandError(f"--state: {str(e).splitlines()[0]}") from None
+    try:
+        return model.load_tuned_state(path)
+    except (ValueError, LookupError, OSError) as e:
+        raise CommandError(f"--state: {str(e).splitlines()[0]} (read as a state-tuning file: it is not a state "
+                           "saved by Model.save_state)") from None
 
 
 # -- sampling --------------------------------------------------------------------------------

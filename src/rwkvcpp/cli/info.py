@@ -27,8 +27,8 @@ _FILE_KINDS = {b"PK\x03\x04": "PyTorch zip (torch.save)", b"\x80": "legacy PyTor
 
 def add_arguments(parser) -> None:
     parser.add_argument("file", metavar="FILE", nargs="?",
-                        help="(default: the built-in model) rwkv.cpp .bin model, a llama.cpp .gguf, or a .pth / .safetensors checkpoint or "
-                        "Hugging Face folder")
+                        help="rwkv.cpp .bin model, a llama.cpp .gguf, or a .pth / .safetensors checkpoint or "
+                        "Hugging Face folder (default: the built-in model)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
 
