@@ -16,14 +16,11 @@ BUILTIN_NOTE = "a tiny byte-level model trained on Python's docs"
 # -- model -----------------------------------------------------------------------------------
 
 
-def add_model_arguments(parser, optional: bool = True) -> None:
-    if optional:
-        parser.add_argument(
-            "model", metavar="MODEL", nargs="?",
-            help=f"rwkv.cpp .bin model (default: the built-in model, {BUILTIN_NOTE})",
-        )
-    else:
-        parser.add_argument("model", metavar="MODEL", help="rwkv.cpp .bin model")
+def add_model_arguments(parser) -> None:
+    parser.add_argument(
+        "model", metavar="MODEL", nargs="?",
+        help=f"rwkv.cpp .bin model (default: the built-in model, {BUILTIN_NOTE})",
+    )
     parser.add_argument("--threads", type=int, metavar="N", help="CPU threads (default: the engine's choice)")
     parser.add_argument(
         "--tokenizer", metavar="NAME_OR_PATH",
