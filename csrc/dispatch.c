@@ -25,6 +25,7 @@ static void install_generic(void) {
         const rwkv_type_traits *t = rwkv_traits(id);
         rwkv_kernels.vec_dot[id] = t ? t->vec_dot : NULL;
         rwkv_kernels.to_float[id] = t ? t->to_float : NULL;
+        rwkv_kernels.rows_dot[id] = NULL;
     }
     rwkv_kernels.gemm = (rwkv_gemm_kernel){rwkv_gemm_f32_generic, NULL, 0};
     rwkv_kernels.q8_act_from_float = rwkv_quantize_row_q8_act;
@@ -32,7 +33,10 @@ static void install_generic(void) {
 
 void rwkv_install_kernels(const rwkv_kernel_table *level) {
     for (int id = 0; id < RWKV_N_TYPE_IDS; id++) {
-        if (level->vec_dot[id]) rwkv_kernels.vec_dot[id] = level->vec_dot[id];
+        if (level->vec_dot[id]) {
+            rwkv_kernels.vec_dot[id] = level->vec_dot[id];
+            rwkv_kernels.rows_dot[id] = level->rows_dot[id]; /* never a lower level's, whose order differs */
+        }
         if (level->to_float[id]) rwkv_kernels.to_float[id] = level->to_float[id];
     }
     if (level->gemm.run) rwkv_kernels.gemm = level->gemm;

@@ -27,12 +27,22 @@ typedef struct {
 } rwkv_gemm_kernel;
 #define RWKV_MAX_PANEL 64
 
+/* The row kernels' product for several activation rows: one weight row against T activation rows
+ * (in the type's activation format, act_stride bytes apart), y[t] for t < T. The weight blocks are
+ * read and unpacked once for all the rows, and each y[t] is exactly what the level's vec_dot gives
+ * for row t (the same operations in the same order), so a sequence's results do not depend on the
+ * other sequences evaluated with it. */
+typedef void (*rwkv_rows_dot_fn)(const void *row, const void *act, size_t act_stride, int T, int64_t n, float *y);
+
 /* The kernels of a level, by type id where they are per type. */
 typedef struct {
     rwkv_vec_dot_fn vec_dot[RWKV_N_TYPE_IDS];   /* decoding: a weight row times activations */
     rwkv_to_float_fn to_float[RWKV_N_TYPE_IDS]; /* rows into floats: sequence mode's weight tiles */
     rwkv_gemm_kernel gemm;
     rwkv_from_float_fn q8_act_from_float; /* FP32 rows into 8-bit activations, float scales */
+    /* Several activation rows at once, the level's vec_dot of the same type row by row. Installed
+     * with that vec_dot: where a level has none, its vec_dot takes the rows one at a time. */
+    rwkv_rows_dot_fn rows_dot[RWKV_N_TYPE_IDS];
 } rwkv_kernel_table;
 
 /* The kernels in use: written at start-up and by rwkv_set_kernel_level, read everywhere else. */

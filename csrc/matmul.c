@@ -28,10 +28,9 @@ static size_t tile_floats(const rwkv_pool *pool) {
 
 static size_t panel_floats(int64_t T, int64_t widest) { return (size_t)(T + RWKV_MAX_PANEL) * (size_t)widest; }
 
-/* Decoding converts the activations of up to RWKV_MAX_PRODUCTS products at once. */
+/* The row kernels convert the activations of up to RWKV_MAX_PRODUCTS products of T rows at once. */
 static size_t act_bytes(int64_t T, int64_t widest) {
-    const int64_t rows = T > RWKV_MAX_PRODUCTS * RWKV_DECODE_MAX_TOKENS ? T : RWKV_MAX_PRODUCTS * RWKV_DECODE_MAX_TOKENS;
-    return (size_t)rows * (size_t)((widest + RWKV_QK - 1) / RWKV_QK) * RWKV_ACT_Q8_BLOCK_BYTES;
+    return (size_t)(RWKV_MAX_PRODUCTS * T) * (size_t)((widest + RWKV_QK - 1) / RWKV_QK) * RWKV_ACT_Q8_BLOCK_BYTES;
 }
 
 size_t rwkv_matmul_scratch_bytes(const rwkv_pool *pool, int64_t T, int64_t widest) {
@@ -68,9 +67,12 @@ void rwkv_act_from_float(int act_type, const float *src, void *dst, int64_t n) {
     }
 }
 
-/* ---- decoding ------------------------------------------------------------------------------- */
+/* ---- row kernels -------------------------------------------------------------------------- */
 
-/* The products' rows cut into chunks, numbered one product after another. */
+/* Activation rows one call of a rows_dot kernel takes. */
+#define ROWS_PER_CALL 32
+
+/* The products' weight rows cut into chunks, numbered one product after another. */
 typedef struct {
     const rwkv_product *products;
     int n;
@@ -81,20 +83,39 @@ typedef struct {
     long first_chunk[RWKV_MAX_PRODUCTS + 1];
 } matvec_task;
 
+static float *output_row(const rwkv_product *product, int64_t t) {
+    return product->y_rows ? product->y_rows[t] : product->y + t * product->w->rows;
+}
+
+/* Each weight row of the chunk against every activation row, while the row is in L1. */
 static void matvec_chunk(void *p, long chunk, int ith) {
     (void)ith;
     const matvec_task *task = p;
     int i = 0;
     while (chunk >= task->first_chunk[i + 1]) i++;
-    const rwkv_matrix *w = task->products[i].w;
+    const rwkv_product *product = &task->products[i];
+    const rwkv_matrix *w = product->w;
     const rwkv_vec_dot_fn dot = rwkv_kernels.vec_dot[w->type];
+    const rwkv_rows_dot_fn rows_dot = rwkv_kernels.rows_dot[w->type];
     const int64_t begin = (chunk - task->first_chunk[i]) * task->chunk_rows[i];
     const int64_t end = begin + task->chunk_rows[i] < w->rows ? begin + task->chunk_rows[i] : w->rows;
-    const uint8_t *rows = w->data;
-    for (int64_t t = 0; t < task->T; t++) {
-        const uint8_t *act = task->act[i] + (size_t)t * task->act_bytes[i];
-        float *y = task->products[i].y + t * w->rows;
+    const uint8_t *rows = w->data, *act = task->act[i];
+    const size_t stride = task->act_bytes[i];
+    if (task->T == 1) {
+        float *y = output_row(product, 0);
         for (int64_t r = begin; r < end; r++) y[r] = dot(rows + (size_t)r * w->row_bytes, act, w->cols);
+        return;
+    }
+    for (int64_t r = begin; r < end; r++) {
+        const uint8_t *row = rows + (size_t)r * w->row_bytes;
+        for (int64_t t0 = 0; t0 < task->T; t0 += ROWS_PER_CALL) {
+            const int nt = task->T - t0 < ROWS_PER_CALL ? (int)(task->T - t0) : ROWS_PER_CALL;
+            float out[ROWS_PER_CALL];
+            if (rows_dot) rows_dot(row, act + (size_t)t0 * stride, stride, nt, w->cols, out);
+            else
+                for (int t = 0; t < nt; t++) out[t] = dot(row, act + (size_t)(t0 + t) * stride, w->cols);
+            for (int t = 0; t < nt; t++) output_row(product, t0 + t)[r] = out[t];
+        }
     }
 }
 
@@ -184,19 +205,22 @@ static void gemm(const rwkv_matmul_ctx *ctx, const rwkv_matrix *w, const float *
 
 /* ---- the engine's entry points -------------------------------------------------------------- */
 
-void rwkv_matmul(rwkv_model *m, const rwkv_matrix *w, const float *x, int64_t T, float *y) {
-    const rwkv_product product = {w, x, y};
-    if (T <= RWKV_DECODE_MAX_TOKENS) matvecs(&m->scratch.matmul, &product, 1, T);
-    else gemm(&m->scratch.matmul, w, x, T, y);
+void rwkv_matmul(rwkv_model *m, const rwkv_matrix *w, const float *x, rwkv_rows rows, float *y) {
+    const rwkv_product product = {w, x, y, NULL};
+    rwkv_matmuls(m, &product, 1, rows);
 }
 
-void rwkv_matmuls(rwkv_model *m, const rwkv_product *products, int n, int64_t T) {
-    if (T <= RWKV_DECODE_MAX_TOKENS) {
+void rwkv_matmuls(rwkv_model *m, const rwkv_product *products, int n, rwkv_rows rows) {
+    const rwkv_matmul_ctx *ctx = &m->scratch.matmul;
+    if (rows.by_row > 0)
         for (int i = 0; i < n; i += RWKV_MAX_PRODUCTS)
-            matvecs(&m->scratch.matmul, products + i, n - i < RWKV_MAX_PRODUCTS ? n - i : RWKV_MAX_PRODUCTS, T);
-        return;
-    }
-    for (int i = 0; i < n; i++) gemm(&m->scratch.matmul, products[i].w, products[i].x, T, products[i].y);
+            matvecs(ctx, products + i, n - i < RWKV_MAX_PRODUCTS ? n - i : RWKV_MAX_PRODUCTS, rows.by_row);
+    const int64_t rest = rows.T - rows.by_row;
+    if (rest > 0)
+        for (int i = 0; i < n; i++) {
+            const rwkv_matrix *w = products[i].w;
+            gemm(ctx, w, products[i].x + rows.by_row * w->cols, rest, products[i].y + rows.by_row * w->rows);
+        }
 }
 
 /* ---- the portable micro-GEMM ---------------------------------------------------------------- */
@@ -226,16 +250,16 @@ void rwkv_gemm_tiled(rwkv_gemm_tile_fn tile, int rows, int tokens, int k_step, r
 
 /* ---- the same paths for the kernel tests (rwkv_testing.h) ----------------------------------- */
 
-/* Runs the product on one thread with scratch of its own: decoding's path when `decode`, sequence
- * mode's otherwise, whatever T is. */
-static rwkv_status test_product(const rwkv_matrix *w, const float *x, int64_t T, float *y, int decode) {
+/* Runs the product on one thread with scratch of its own: the row kernels when `by_row`, sequence
+ * mode otherwise, whatever T is. */
+static rwkv_status test_product(const rwkv_matrix *w, const float *x, int64_t T, float *y, int by_row) {
     rwkv_pool *pool = rwkv_pool_create(1);
     void *scratch = pool ? malloc(rwkv_matmul_scratch_bytes(pool, T, w->cols)) : NULL;
     if (scratch) {
         rwkv_matmul_ctx ctx;
         rwkv_matmul_scratch_carve(&ctx, pool, scratch, T, w->cols);
-        const rwkv_product product = {w, x, y};
-        if (decode) matvecs(&ctx, &product, 1, T);
+        const rwkv_product product = {w, x, y, NULL};
+        if (by_row) matvecs(&ctx, &product, 1, T);
         else gemm(&ctx, w, x, T, y);
     }
     free(scratch);
@@ -243,13 +267,18 @@ static rwkv_status test_product(const rwkv_matrix *w, const float *x, int64_t T,
     return scratch ? RWKV_OK : RWKV_ERR_ALLOC;
 }
 
-rwkv_status rwkv_matvec(int type_id, const void *w, int64_t rows, int64_t cols, const float *x, float *y) {
+rwkv_status rwkv_matmul_rows(int type_id, const void *w, int64_t rows, int64_t cols, const float *x, int64_t T,
+                             float *y) {
     rwkv_dispatch_init();
     const rwkv_type_traits *t = rwkv_traits(type_id);
-    if (!t || rows < 0 || cols < 0 || cols % t->block_len != 0) return RWKV_ERR_ARGS;
+    if (!t || rows < 0 || cols < 0 || T <= 0 || cols % t->block_len != 0) return RWKV_ERR_ARGS;
     if (rows == 0) return RWKV_OK;
     const rwkv_matrix matrix = rwkv_matrix_at(w, type_id, rows, cols);
-    return test_product(&matrix, x, 1, y, 1);
+    return test_product(&matrix, x, T, y, 1);
+}
+
+rwkv_status rwkv_matvec(int type_id, const void *w, int64_t rows, int64_t cols, const float *x, float *y) {
+    return rwkv_matmul_rows(type_id, w, rows, cols, x, 1, y);
 }
 
 rwkv_status rwkv_matmul_f32(const float *w, int64_t rows, int64_t cols, const float *x, int64_t T, float *y) {

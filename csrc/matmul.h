@@ -1,9 +1,12 @@
 /* The matrix products y = x W^T of the engine, on the model's threads, and the portable micro-GEMM
  * the kernel levels build on.
  *
- * Decoding (few tokens) is one pass over the weights, each row dotted with the activations
- * converted once for the row kernel. Sequence mode dequantizes the weights block by block into
- * FP32 tiles that stay in cache while every token of the chunk passes over them. */
+ * Two paths. The row kernels (decoding, short sequences) make one pass over the weights, each
+ * weight row dotted with every activation row, the activations converted once into the row
+ * kernel's format (8-bit blocks for quantized weights). Sequence mode dequantizes the weights
+ * block by block into FP32 tiles that stay in cache while every token of the chunk passes over
+ * them (a micro-GEMM). A row's result depends only on the path it takes, never on the other rows
+ * of the product or on where it sits among them. */
 #ifndef RWKV_MATMUL_H
 #define RWKV_MATMUL_H
 
@@ -23,22 +26,35 @@ static inline rwkv_matrix rwkv_matrix_at(const void *data, int type, int64_t row
     return (rwkv_matrix){data, type, rows, cols, rwkv_row_bytes(type, cols)};
 }
 
-/* Several independent products of one step. Decoding runs them in one parallel pass, so the
+/* Several independent products of one step. The row kernels run them in one parallel pass, so the
  * threads meet once instead of once per product and small products run beside large ones. */
 typedef struct {
     const rwkv_matrix *w;
     const float *x;
     float *y;
+    /* Row kernels only; NULL, or where each output row goes (row t at y_rows[t], not y + t * rows):
+     * the head writes each sequence's logits into the caller's buffer. */
+    float *const *y_rows;
 } rwkv_product;
 #define RWKV_MAX_PRODUCTS 8
-#define RWKV_DECODE_MAX_TOKENS 3 /* up to this many tokens a product is matrix-vector, row by row */
+
+/* Sequences of up to this many new tokens take the row kernels, longer ones sequence mode: the
+ * crossing point of the two paths' speeds, measured on 0.1B and 1.5B models (docs/DEVELOPING.md). */
+#define RWKV_ROW_KERNEL_TOKENS 16
+
+/* The activation rows a product runs over: T in all, of which the first `by_row` take the row
+ * kernels (they belong to sequences of at most RWKV_ROW_KERNEL_TOKENS new tokens) and the rest
+ * sequence mode. */
+typedef struct {
+    int64_t T, by_row;
+} rwkv_rows;
 
 /* What the products run on: the threads, and scratch carved by rwkv_matmul_scratch_carve. */
 typedef struct {
     rwkv_pool *pool;
     float *tiles;  /* per thread: a dequantized weight tile of sequence mode */
     float *panels; /* sequence mode: a product's input tokens packed for the kernel (gemm.pack) */
-    void *act;     /* decoding: the products' activations in their row kernels' formats */
+    void *act;     /* row kernels: the products' activations in their formats */
 } rwkv_matmul_ctx;
 
 /* Bytes of scratch for products of up to T tokens at a time, of matrices at most `widest`
@@ -48,8 +64,8 @@ size_t rwkv_matmul_scratch_bytes(const rwkv_pool *pool, int64_t T, int64_t wides
 void rwkv_matmul_scratch_carve(rwkv_matmul_ctx *ctx, rwkv_pool *pool, void *scratch, int64_t T, int64_t widest);
 
 /* y (T x rows) = x (T x cols) W^T through the type's kernels, on the model's threads and scratch. */
-void rwkv_matmul(rwkv_model *m, const rwkv_matrix *w, const float *x, int64_t T, float *y);
-void rwkv_matmuls(rwkv_model *m, const rwkv_product *products, int n, int64_t T);
+void rwkv_matmul(rwkv_model *m, const rwkv_matrix *w, const float *x, rwkv_rows rows, float *y);
+void rwkv_matmuls(rwkv_model *m, const rwkv_product *products, int n, rwkv_rows rows);
 
 /* Converts an FP32 row into the activation format of a weight type, with the kernels in use. */
 void rwkv_act_from_float(int act_type, const float *src, void *dst, int64_t n);

@@ -48,6 +48,21 @@ typedef struct {
     rwkv_matmul_ctx matmul; /* the products' threads and scratch */
 } rwkv_scratch;
 
+/* A pass runs the rows of one or more sequences (rwkv_eval_batch), one after another: segment i is
+ * rows [start, start + len) of the scratch buffers, with its sequence's state for the block being
+ * run (the time mix's state of the layer, or the channel mix's previous x). Matrix products and
+ * per-token steps run over all rows at once; token shifts and recurrences run per segment. */
+typedef struct {
+    int64_t start, len;
+    float *state;
+} rwkv_segment;
+
+typedef struct {
+    rwkv_rows rows; /* all the rows, and which of them take the row kernels */
+    int n_seg;
+    const rwkv_segment *seg;
+} rwkv_pass;
+
 typedef struct rwkv_arch_ops rwkv_arch_ops;
 
 struct rwkv_model {
@@ -68,9 +83,9 @@ struct rwkv_model {
     rwkv_scratch scratch;
 };
 
-/* Sequence chunk: long prompts are evaluated in pieces of this many tokens to bound scratch (about
- * 190 KB a token on 1.5B shapes). Each chunk dequantizes every weight tile once, so longer chunks
- * spread that over more tokens: 256 was 7% faster than 128 on 1.5B shapes. */
+/* The rows of a pass: long prompts (or many sequences) are evaluated in pieces of this many tokens
+ * to bound scratch (about 190 KB a token on 1.5B shapes). Each pass dequantizes every weight tile
+ * once, so longer passes spread that over more tokens: 256 was 7% faster than 128 on 1.5B shapes. */
 #define RWKV_CHUNK 256
 
 /* Makes the scratch hold chunks of n_tokens; returns 0 when out of memory. */

@@ -28,10 +28,14 @@ void rwkv_group_norm(float *x, const rwkv_norm *norm, int64_t T, int64_t H, int6
         }
 }
 
-void rwkv_token_shift(float *prev, const float *xx, float *state, int64_t T, int64_t C) {
-    memcpy(prev, state, (size_t)C * sizeof(float));
-    memcpy(prev + C, xx, (size_t)(T - 1) * (size_t)C * sizeof(float));
-    memcpy(state, xx + (T - 1) * C, (size_t)C * sizeof(float));
+void rwkv_token_shift(float *prev, const float *xx, const rwkv_pass *pass, int64_t C) {
+    const size_t row = (size_t)C * sizeof(float);
+    for (int i = 0; i < pass->n_seg; i++) {
+        const rwkv_segment *seg = &pass->seg[i];
+        memcpy(prev + seg->start * C, seg->state, row);
+        memcpy(prev + (seg->start + 1) * C, xx + seg->start * C, (size_t)(seg->len - 1) * row);
+        memcpy(seg->state, xx + (seg->start + seg->len - 1) * C, row);
+    }
 }
 
 void rwkv_lerp(float *out, const float *xx, const float *prev, const float *mix, int64_t T, int64_t C) {

@@ -30,8 +30,9 @@ static inline float rwkv_silu(float x) { return x / (1.0f + expf(-x)); }
 void rwkv_layer_norm(float *out, const float *x, const rwkv_norm *norm, int64_t T, int64_t C);
 /* In place: each group of N channels normalised on its own, then scaled per channel. */
 void rwkv_group_norm(float *x, const rwkv_norm *norm, int64_t T, int64_t H, int64_t N, float eps);
-/* prev[t] = xx[t-1], prev[0] = *state; then the state becomes the last row of xx. */
-void rwkv_token_shift(float *prev, const float *xx, float *state, int64_t T, int64_t C);
+/* Per segment of the pass: prev[t] = xx[t-1], prev[first row] = the segment's state (C floats);
+ * then that state becomes the segment's last row of xx. */
+void rwkv_token_shift(float *prev, const float *xx, const rwkv_pass *pass, int64_t C);
 /* v4/v5 mixing: out = xx * mix + prev * (1 - mix) */
 void rwkv_lerp(float *out, const float *xx, const float *prev, const float *mix, int64_t T, int64_t C);
 /* v6/v7 mixing with sx = prev - xx: out = xx + sx * mix (mix2 added to mix when not NULL; it has T rows) */

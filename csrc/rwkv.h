@@ -79,6 +79,27 @@ void rwkv_init_state(const rwkv_model *model, float *state);
 rwkv_status rwkv_eval(rwkv_model *model, const int32_t *tokens, size_t n_tokens, float *state,
                       float *logits, int all_logits, char *err, size_t err_len);
 
+/* One sequence of rwkv_eval_batch: its new tokens, its state, and what to write for it. */
+typedef struct {
+    const int32_t *tokens; /* n_tokens (at least 1) new tokens: one to decode, more to ingest */
+    size_t n_tokens;
+    const float *state_in; /* state_len floats to start from; NULL: the initial state */
+    float *state_out;      /* state_len floats: the state after the tokens; may be state_in */
+    float *logits;         /* NULL, or n_vocab floats (last token) or n_tokens * n_vocab when all_logits */
+    int all_logits;
+    float *embedding;      /* NULL, or n_embed floats: as rwkv_eval_embedding writes */
+} rwkv_sequence;
+
+/* Evaluates several sequences in one pass over the weights: every matrix product runs once over
+ * the new tokens of all of them (in passes of at most 256 tokens in all), the token shifts and
+ * recurrences run per sequence on the thread pool. Each sequence gets the results rwkv_eval gives
+ * it alone, to the last bit on x86-64: its rows take the same kernels whatever else is in the
+ * pass (sequences of up to 16 new tokens the row kernels, longer ones sequence mode).
+ * A state_out must not overlap another sequence's state_in or state_out. An error names the
+ * sequence ("sequence 3: token ..."); nothing is written then. */
+rwkv_status rwkv_eval_batch(rwkv_model *model, const rwkv_sequence *seqs, size_t n_seqs, char *err,
+                            size_t err_len);
+
 /* Like rwkv_eval, but writes the final hidden state (after ln_out, before the head: n_embed floats)
  * of the last token instead of logits: RWKV's free sentence embedding. */
 rwkv_status rwkv_eval_embedding(rwkv_model *model, const int32_t *tokens, size_t n_tokens,

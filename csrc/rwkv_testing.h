@@ -18,6 +18,10 @@ rwkv_status rwkv_dequantize_row(int type_id, const void *src, float *dst, int64_
 /* y[rows] = W[rows x cols] x[cols]: decoding's matrix-vector product. */
 rwkv_status rwkv_matvec(int type_id, const void *w, int64_t rows, int64_t cols, const float *x,
                         float *y);
+/* y[T x rows] = x[T x cols] W^T through the row kernels (each weight row against every activation
+ * row: batched decoding, short sequences), whatever T is. */
+rwkv_status rwkv_matmul_rows(int type_id, const void *w, int64_t rows, int64_t cols, const float *x,
+                             int64_t T, float *y);
 /* y[T x rows] = x[T x cols] W^T for FP32 W: sequence mode's product (packed tokens, row tiles,
  * k in blocks of the engine's tile length), whatever T is. */
 rwkv_status rwkv_matmul_f32(const float *w, int64_t rows, int64_t cols, const float *x, int64_t T,

@@ -1,5 +1,6 @@
 """Every kernel level the CPU offers gives the results of the portable C path, for every weight
-format, in decode (matrix-vector) and sequence (tiled matrix-matrix) mode, and on odd sizes.
+format, in decode (matrix-vector, one activation row or several) and sequence (tiled
+matrix-matrix) mode, and on odd sizes.
 
 Speed is measured by `rwkvcpp bench` and benchmarks/, never here."""
 
@@ -63,7 +64,7 @@ def format_files(model_files, tmp_path_factory):
 
 def run_model(path, tokens):
     model = rwkvcpp.Model(path, threads=2)
-    seq_logits, _ = model.eval_sequence(tokens, all_logits=True)  # > 3 tokens: the tiled path
+    seq_logits, _ = model.eval_sequence(tokens, all_logits=True)  # more than the row kernels take: tiles
     state, serial = None, []
     for token in tokens[:6]:  # one token at a time: the matrix-vector path
         logits, state = model.eval(token, state)
@@ -140,6 +141,61 @@ def test_matvec_odd_sizes_match_float_math(level, fmt, rows, blocks, level_guard
     y = np.empty(rows, np.float32)
     _core.matvec(tid, encoded, rows, x, y)
     assert np.allclose(y, expected, rtol=1e-4, atol=1e-3 * np.sqrt(cols))
+
+
+def encoded_matrix(fmt, rows, cols, seed):
+    """A random rows x cols matrix in the format's row encoding."""
+    tid = TYPE_IDS[fmt]
+    w = np.random.default_rng(seed).standard_normal((rows, cols)).astype(np.float32)
+    size = _core.row_size(tid, cols)
+    encoded = np.empty(rows * size, np.uint8)
+    for r in range(rows):
+        _core.quantize_row(tid, w[r], encoded[r * size:(r + 1) * size])
+    return encoded
+
+
+# Every group size of the levels' row kernels (up to 8 rows), and past the 32 rows of a call.
+ROW_COUNTS = (2, 3, 4, 5, 7, 8, 9, 13, 16, 33, 40)
+
+
+@pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("rows,blocks", [(7, 3), (33, 129)])
+def test_row_kernels_equal_the_single_row_dot(level, fmt, rows, blocks, level_guard):
+    """Batched decoding's product (each weight row against several activation rows, each block
+    unpacked once for all of them) gives every activation row exactly what the single-row dot
+    gives it: a sequence's results do not depend on the others evaluated with it."""
+    cols = blocks * BLOCK_LEN[fmt]
+    tid = TYPE_IDS[fmt]
+    encoded = encoded_matrix(fmt, rows, cols, rows + cols)
+    _core.set_kernel_level(level)
+    for T in ROW_COUNTS:
+        x = (np.random.default_rng(T).standard_normal((T, cols)) * 3).astype(np.float32)
+        y = np.full((T, rows), np.nan, np.float32)
+        _core.matmul_rows(tid, encoded, rows, x, y)
+        one_by_one = np.empty((T, rows), np.float32)
+        for t in range(T):
+            _core.matvec(tid, encoded, rows, x[t], one_by_one[t])
+        assert np.array_equal(y, one_by_one), f"{T} rows: differs by {np.abs(y - one_by_one).max():.3g}"
+
+
+@pytest.mark.parametrize("level", LEVELS[1:] or ["(only generic here)"])
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_row_kernels_match_generic(level, fmt, level_guard):
+    """The row kernels of each level against the portable level's (the single-row dot, row by
+    row), on 13 rows: only the order of float additions differs."""
+    if level not in LEVELS:
+        pytest.skip("this CPU has no SIMD level beyond the portable one")
+    rows, cols, T = 33, 129 * BLOCK_LEN[fmt], 13
+    tid = TYPE_IDS[fmt]
+    encoded = encoded_matrix(fmt, rows, cols, 5)
+    x = (np.random.default_rng(6).standard_normal((T, cols)) * 3).astype(np.float32)
+    want, got = np.empty((T, rows), np.float32), np.empty((T, rows), np.float32)
+    _core.set_kernel_level("generic")
+    _core.matmul_rows(tid, encoded, rows, x, want)
+    _core.set_kernel_level(level)
+    _core.matmul_rows(tid, encoded, rows, x, got)
+    assert np.allclose(got, want, rtol=1e-4, atol=1e-4 * np.sqrt(cols))
 
 
 @pytest.mark.parametrize("level", LEVELS)

@@ -55,8 +55,9 @@ def _run(cmd, timeout=300):
     return out
 
 
-# Every format at four sizes and its decoder, the activation quantizer, every GEMM shape (x2).
-KERNEL_CHECKS = 9 * 4 + 9 + 1 + 10
+# Every format at four sizes, its row kernels at two and its decoder, the activation quantizer,
+# every GEMM shape (x2).
+KERNEL_CHECKS = 9 * 4 + 9 * 2 + 9 + 1 + 10
 
 
 @pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="AVX-512 is x86-64 code")
@@ -91,7 +92,7 @@ def test_neon_engine_matches_portable_engine_on_a_model(arm_build, tmp_path):
     types = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"]
     out = _run([qemu, build_dir / "model_check", builtin_model_path(), tmp_path, *types])
     assert out.startswith("kernel level: neon")
-    assert out.count(" ok") == 2 * 6  # serial and sequence, for the file and five block formats
+    assert out.count(" ok") == 3 * 6  # serial, sequence and batch, for the file and five block formats
 
 
 def test_neon_engine_runs_k_formats_and_quantizes_them_as_x86_does(arm_build, tmp_path):
@@ -106,7 +107,7 @@ def test_neon_engine_runs_k_formats_and_quantizes_them_as_x86_does(arm_build, tm
     model = tmp_path / "v7-256.bin"
     write_model(model, make_checkpoint("v7", n_layer=2, n_embed=256, n_vocab=300, seed=5), "FP16")
     out = _run([qemu, build_dir / "model_check", model, tmp_path, "Q4_K", "Q5_K"])
-    assert out.count(" ok") == 2 * 3, out
+    assert out.count(" ok") == 3 * 3, out
     for name in ("Q4_K", "Q5_K"):
         here = tmp_path / f"{name}-x86.bin"
         quantize(model, here, name, quantize_head=True)

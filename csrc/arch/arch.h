@@ -32,8 +32,9 @@ struct rwkv_arch_ops {
     /* Floats of a layer's time-mixing state, and their initial values (NULL: zeros). */
     size_t (*att_state_floats)(const rwkv_model_info *info);
     void (*init_att_state)(const rwkv_model_info *info, float *state);
-    /* x += att(ln1(x)) over the T tokens in scratch, the layer's time-mixing state updated. */
-    void (*time_mix)(rwkv_model *m, const rwkv_layer *L, int layer, float *state, int64_t T);
+    /* x += att(ln1(x)) over the pass's rows in scratch, each segment's time-mixing state of the
+     * layer updated. */
+    void (*time_mix)(rwkv_model *m, const rwkv_layer *L, int layer, const rwkv_pass *pass);
 
     rwkv_channel_mix_kind channel_mix;
 
@@ -49,8 +50,8 @@ rwkv_arch rwkv_arch_detect(const rwkv_file *file);
 const rwkv_arch_ops *rwkv_arch_ops_of(rwkv_arch arch);
 
 /* The channel-mixing block: its tensors (n_ffn comes from the first layer's key matrix), and
- * x += ffn(ln2(x)) with the channel-mixing state (the previous token's normed x). */
+ * x += ffn(ln2(x)) with each segment's channel-mixing state (the previous token's normed x). */
 int rwkv_load_channel_mix(rwkv_loader *ld, int layer, rwkv_channel_mix_weights *ffn);
-void rwkv_channel_mix(rwkv_model *m, const rwkv_layer *L, float *state_x, int64_t T);
+void rwkv_channel_mix(rwkv_model *m, const rwkv_layer *L, const rwkv_pass *pass);
 
 #endif

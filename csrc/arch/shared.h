@@ -15,23 +15,24 @@ typedef struct {
 int rwkv_load_lerp_mix(rwkv_loader *ld, int layer, rwkv_lerp_mix *mix);
 /* g's weight and the gate, when the layer has a gate (loaded after the version's own tensors). */
 int rwkv_load_lerp_gate(rwkv_loader *ld, int layer, rwkv_lerp_mix *mix);
-/* Time mixing's inputs: ln1, token shift against *state_x, then r, k, v (and g when the layer has
- * a gate) projected from lerped inputs into scratch r, k, v, g. */
-void rwkv_lerp_projections(rwkv_model *m, const rwkv_layer *L, const rwkv_lerp_mix *mix, float *state_x, int64_t T);
+/* Time mixing's inputs: ln1, token shift against each segment's state (its first C floats), then
+ * r, k, v (and g when the layer has a gate) projected from lerped inputs into scratch r, k, v, g. */
+void rwkv_lerp_projections(rwkv_model *m, const rwkv_layer *L, const rwkv_lerp_mix *mix, const rwkv_pass *pass);
 
 /* The state of v5, v6 and v7 time mixing: the previous x (C), then the H x N x N wkv matrices. */
 size_t rwkv_wkv_state_floats(const rwkv_model_info *info);
 
 /* The wkv recurrence of v5 and v6, per head: S = k v^T + w S, out = r (u k v^T + S).
  * Decay w and bonus u have one value per head or per channel; v6's decay also changes per token
- * (w_token_stride = C), v5's does not (0). state: H x N x N (N the head size), indexed
- * [head][key][value]. */
+ * (w_token_stride = C), v5's does not (0). The pass's rows, each segment with its state: the
+ * previous x (C floats), then H x N x N (N the head size), indexed [head][key][value]. */
 typedef struct {
     const float *r, *k, *v, *w, *u;
     int w_per_head, u_per_head;
     int64_t w_token_stride;
-    float *y, *state;
-    int64_t T, H, N;
+    float *y;
+    const rwkv_pass *pass;
+    int64_t H, N;
 } rwkv_wkv5_args;
 void rwkv_wkv5(rwkv_model *m, const rwkv_wkv5_args *args);
 

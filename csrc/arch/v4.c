@@ -23,19 +23,21 @@ int rwkv_load_lerp_gate(rwkv_loader *ld, int i, rwkv_lerp_mix *mix) {
     return rwkv_want_matrix(ld, i, "att.gate.weight", C, C, &mix->gate);
 }
 
-void rwkv_lerp_projections(rwkv_model *m, const rwkv_layer *L, const rwkv_lerp_mix *mix, float *state_x, int64_t T) {
+void rwkv_lerp_projections(rwkv_model *m, const rwkv_layer *L, const rwkv_lerp_mix *mix, const rwkv_pass *pass) {
     rwkv_scratch *s = &m->scratch;
-    const int64_t C = m->info.n_embed;
+    const int64_t C = m->info.n_embed, T = pass->rows.T;
     float *xr = s->mix[0], *xk = s->mix[2], *xv = s->mix[3], *xg = s->mix[5];
     rwkv_layer_norm(s->xx, s->x, &L->ln1, T, C);
-    rwkv_token_shift(s->prev, s->xx, state_x, T, C);
+    rwkv_token_shift(s->prev, s->xx, pass, C);
     rwkv_lerp(xk, s->xx, s->prev, mix->k, T, C);
     rwkv_lerp(xv, s->xx, s->prev, mix->v, T, C);
     rwkv_lerp(xr, s->xx, s->prev, mix->r, T, C);
-    const rwkv_product products[4] = {
-        {&L->receptance, xr, s->r}, {&L->key, xk, s->k}, {&L->value, xv, s->v}, {&mix->gate, xg, s->g}};
+    const rwkv_product products[4] = {{&L->receptance, xr, s->r, NULL},
+                                      {&L->key, xk, s->k, NULL},
+                                      {&L->value, xv, s->v, NULL},
+                                      {&mix->gate, xg, s->g, NULL}};
     if (mix->gate.data) rwkv_lerp(xg, s->xx, s->prev, mix->g, T, C);
-    rwkv_matmuls(m, products, mix->gate.data ? 4 : 3, T);
+    rwkv_matmuls(m, products, mix->gate.data ? 4 : 3, pass->rows);
 }
 
 /* ---- v4 ------------------------------------------------------------------------------------- */
@@ -60,46 +62,51 @@ static void init_att_state(const rwkv_model_info *info, float *state) {
 typedef struct {
     const v4_att *A;
     const float *k, *v, *r;
-    float *y, *aa, *bb, *pp;
-    int64_t T, C;
+    float *y;
+    const rwkv_pass *pass;
+    int64_t C;
 } wkv4_task;
 
-static void wkv4_channel(void *p, int64_t c) {
-    wkv4_task *a = p;
-    float aa = a->aa[c], bb = a->bb[c], pp = a->pp[c];
+/* One channel of one segment: items are segment * C + channel. */
+static void wkv4_channel(void *p, int64_t item) {
+    const wkv4_task *a = p;
+    const int64_t C = a->C, c = item % C;
+    const rwkv_segment *seg = &a->pass->seg[item / C];
+    float *aa = seg->state + C + c, *bb = aa + C, *pp = bb + C; /* after the previous x */
+    float sa = *aa, sb = *bb, sp = *pp;
     const float first = a->A->first[c], decay = a->A->decay[c];
-    for (int64_t t = 0; t < a->T; t++) {
-        const int64_t j = t * a->C + c;
+    for (int64_t t = seg->start; t < seg->start + seg->len; t++) {
+        const int64_t j = t * C + c;
         const float k = a->k[j], v = a->v[j];
-        float ww = first + k, p = fmaxf(pp, ww);
-        float e1 = expf(pp - p), e2 = expf(ww - p);
-        a->y[j] = rwkv_sigmoid(a->r[j]) * (e1 * aa + e2 * v) / (e1 * bb + e2);
-        ww = decay + pp;
-        p = fmaxf(ww, k);
-        e1 = expf(ww - p);
-        e2 = expf(k - p);
-        aa = e1 * aa + e2 * v;
-        bb = e1 * bb + e2;
-        pp = p;
+        float ww = first + k, q = fmaxf(sp, ww);
+        float e1 = expf(sp - q), e2 = expf(ww - q);
+        a->y[j] = rwkv_sigmoid(a->r[j]) * (e1 * sa + e2 * v) / (e1 * sb + e2);
+        ww = decay + sp;
+        q = fmaxf(ww, k);
+        e1 = expf(ww - q);
+        e2 = expf(k - q);
+        sa = e1 * sa + e2 * v;
+        sb = e1 * sb + e2;
+        sp = q;
     }
-    a->aa[c] = aa;
-    a->bb[c] = bb;
-    a->pp[c] = pp;
+    *aa = sa;
+    *bb = sb;
+    *pp = sp;
 }
 
-static void time_mix(rwkv_model *m, const rwkv_layer *L, int layer, float *state, int64_t T) {
+static void time_mix(rwkv_model *m, const rwkv_layer *L, int layer, const rwkv_pass *pass) {
     (void)layer;
     rwkv_scratch *s = &m->scratch;
     const int64_t C = m->info.n_embed;
     const v4_att *A = L->att;
 
-    rwkv_lerp_projections(m, L, &A->mix, state, T);
+    rwkv_lerp_projections(m, L, &A->mix, pass);
 
-    wkv4_task task = {A, s->k, s->v, s->r, s->y, state + C, state + 2 * C, state + 3 * C, T, C};
-    rwkv_parallel_for(m->pool, C, wkv4_channel, &task);
+    wkv4_task task = {A, s->k, s->v, s->r, s->y, pass, C};
+    rwkv_parallel_for(m->pool, pass->n_seg * C, wkv4_channel, &task);
 
-    rwkv_matmul(m, &L->output, s->y, T, s->wkv_out);
-    rwkv_add(s->x, s->wkv_out, T * C);
+    rwkv_matmul(m, &L->output, s->y, pass->rows, s->wkv_out);
+    rwkv_add(s->x, s->wkv_out, pass->rows.T * C);
 }
 
 const rwkv_arch_ops rwkv_arch_v4 = {

@@ -47,13 +47,15 @@ size_t rwkv_wkv_state_floats(const rwkv_model_info *info) {
     return (size_t)info->n_embed + (size_t)info->n_head * (size_t)info->head_size * (size_t)info->head_size;
 }
 
-/* One head's recurrence over the T tokens. Always inlined, so that the instance for the released
- * head size has N as a constant: loops of known length, as the engine had before heads of other
- * sizes, and the instance for any other size takes N from the arguments. */
-RWKV_ALWAYS_INLINE static inline void wkv5_head(const rwkv_wkv5_args *a, int64_t h, const int N) {
-    const int64_t C = a->H * N;
-    float *S = a->state + h * N * N;
-    for (int64_t t = 0; t < a->T; t++) {
+/* One head's recurrence over one segment's tokens (item: segment * H + head). Always inlined, so
+ * that the instance for the released head size has N as a constant: loops of known length, as the
+ * engine had before heads of other sizes, and the instance for any other size takes N from the
+ * arguments. */
+RWKV_ALWAYS_INLINE static inline void wkv5_head(const rwkv_wkv5_args *a, int64_t item, const int N) {
+    const int64_t H = a->H, C = H * N, h = item % H;
+    const rwkv_segment *seg = &a->pass->seg[item / H];
+    float *S = seg->state + C + h * N * N; /* after the previous x */
+    for (int64_t t = seg->start; t < seg->start + seg->len; t++) {
         const float *r = a->r + t * C + h * N, *k = a->k + t * C + h * N, *v = a->v + t * C + h * N;
         const float *w = a->w + t * a->w_token_stride;
         float *y = a->y + t * C + h * N;
@@ -73,16 +75,16 @@ RWKV_ALWAYS_INLINE static inline void wkv5_head(const rwkv_wkv5_args *a, int64_t
     }
 }
 
-RWKV_SIMD_CLONES static void wkv5_head_released(void *p, int64_t h) { wkv5_head(p, h, RWKV_RELEASED_HEAD_SIZE); }
+RWKV_SIMD_CLONES static void wkv5_head_released(void *p, int64_t item) { wkv5_head(p, item, RWKV_RELEASED_HEAD_SIZE); }
 
-RWKV_SIMD_CLONES static void wkv5_head_any(void *p, int64_t h) {
+RWKV_SIMD_CLONES static void wkv5_head_any(void *p, int64_t item) {
     const rwkv_wkv5_args *a = p;
-    wkv5_head(a, h, (int)a->N);
+    wkv5_head(a, item, (int)a->N);
 }
 
 void rwkv_wkv5(rwkv_model *m, const rwkv_wkv5_args *args) {
-    rwkv_parallel_for(m->pool, args->H, args->N == RWKV_RELEASED_HEAD_SIZE ? wkv5_head_released : wkv5_head_any,
-                      (void *)args);
+    rwkv_parallel_for(m->pool, args->pass->n_seg * args->H,
+                      args->N == RWKV_RELEASED_HEAD_SIZE ? wkv5_head_released : wkv5_head_any, (void *)args);
 }
 
 /* ln_x's eps. The official package uses 64e-5 (1e-5 times head_size_divisor 8 squared), and the
@@ -92,22 +94,22 @@ void rwkv_wkv5(rwkv_model *m, const rwkv_wkv5_args *args) {
 static float ln_x_eps(int64_t N) { return N == RWKV_RELEASED_HEAD_SIZE ? 64e-5f : 1e-5f; }
 
 /* state: att previous-x (C), then the H x N x N wkv matrices */
-static void time_mix(rwkv_model *m, const rwkv_layer *L, int layer, float *state, int64_t T) {
+static void time_mix(rwkv_model *m, const rwkv_layer *L, int layer, const rwkv_pass *pass) {
     (void)layer;
     rwkv_scratch *s = &m->scratch;
-    const int64_t C = m->info.n_embed, H = m->info.n_head, N = m->info.head_size;
+    const int64_t C = m->info.n_embed, H = m->info.n_head, N = m->info.head_size, T = pass->rows.T;
     const v5_att *A = L->att;
 
-    rwkv_lerp_projections(m, L, &A->mix, state, T);
+    rwkv_lerp_projections(m, L, &A->mix, pass);
 
     rwkv_wkv5_args wkv = {s->r, s->k, s->v, A->decay, A->first, A->decay_per_head, A->first_per_head, 0,
-                          s->y, state + C, T, H, N};
+                          s->y, pass, H, N};
     rwkv_wkv5(m, &wkv);
     rwkv_group_norm(s->y, &A->ln_x, T, H, N, ln_x_eps(N));
     if (A->mix.gate.data)
         for (int64_t i = 0; i < T * C; i++) s->y[i] *= rwkv_silu(s->g[i]);
 
-    rwkv_matmul(m, &L->output, s->y, T, s->wkv_out);
+    rwkv_matmul(m, &L->output, s->y, pass->rows, s->wkv_out);
     rwkv_add(s->x, s->wkv_out, T * C);
 }
 

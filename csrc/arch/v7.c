@@ -41,17 +41,20 @@ static int load_att(rwkv_loader *ld, int i, void *att) {
 
 typedef struct {
     const float *r, *w, *k, *v, *kk, *a;
-    float *y, *state;
-    int64_t T, H, N;
+    float *y;
+    const rwkv_pass *pass;
+    int64_t H, N;
 } wkv7_task;
 
-/* One head's recurrence over the T tokens, with b (N floats) for kk * a. Always inlined, so that
- * the instance for the released head size has N as a constant (loops of known length, b on the
- * stack), and the instance for any other size takes N from the task. */
-RWKV_ALWAYS_INLINE static inline void wkv7_head(const wkv7_task *a, int64_t h, const int N, float *b) {
-    const int64_t C = a->H * N;
-    float *S = a->state + h * N * N; /* [value i][key j] */
-    for (int64_t t = 0; t < a->T; t++) {
+/* One head's recurrence over one segment's tokens (item: segment * H + head), with b (N floats)
+ * for kk * a. Always inlined, so that the instance for the released head size has N as a constant
+ * (loops of known length, b on the stack), and the instance for any other size takes N from the
+ * task. */
+RWKV_ALWAYS_INLINE static inline void wkv7_head(const wkv7_task *a, int64_t item, const int N, float *b) {
+    const int64_t C = a->H * N, h = item % a->H;
+    const rwkv_segment *seg = &a->pass->seg[item / a->H];
+    float *S = seg->state + C + h * N * N; /* after the previous x; [value i][key j] */
+    for (int64_t t = seg->start; t < seg->start + seg->len; t++) {
         const int64_t o = t * C + h * N;
         const float *r = a->r + o, *w = a->w + o, *k = a->k + o, *v = a->v + o, *kk = a->kk + o, *aa = a->a + o;
         for (int j = 0; j < N; j++) b[j] = kk[j] * aa[j];
@@ -71,15 +74,15 @@ RWKV_ALWAYS_INLINE static inline void wkv7_head(const wkv7_task *a, int64_t h, c
     }
 }
 
-RWKV_SIMD_CLONES static void wkv7_head_released(void *p, int64_t h) {
+RWKV_SIMD_CLONES static void wkv7_head_released(void *p, int64_t item) {
     float b[RWKV_RELEASED_HEAD_SIZE];
-    wkv7_head(p, h, RWKV_RELEASED_HEAD_SIZE, b);
+    wkv7_head(p, item, RWKV_RELEASED_HEAD_SIZE, b);
 }
 
-RWKV_SIMD_CLONES static void wkv7_head_any(void *p, int64_t h) {
+RWKV_SIMD_CLONES static void wkv7_head_any(void *p, int64_t item) {
     const wkv7_task *a = p;
     float b[a->N]; /* at most n_embed floats */
-    wkv7_head(a, h, (int)a->N, b);
+    wkv7_head(a, item, (int)a->N, b);
 }
 
 /* The element-wise steps work on one token at a time and tokens do not depend on each other there,
@@ -152,36 +155,40 @@ static void finish_token(void *p, int64_t t) {
 }
 
 /* state: att previous-x (C), then the H x N x N wkv matrices */
-static void time_mix(rwkv_model *m, const rwkv_layer *L, int layer, float *state, int64_t T) {
+static void time_mix(rwkv_model *m, const rwkv_layer *L, int layer, const rwkv_pass *pass) {
     rwkv_scratch *s = &m->scratch;
-    const int64_t C = m->info.n_embed, H = m->info.n_head, N = m->info.head_size;
+    const int64_t C = m->info.n_embed, H = m->info.n_head, N = m->info.head_size, T = pass->rows.T;
     const v7_att *A = L->att;
     v7_tokens tokens = {L, A, s, C, H, N, layer};
 
     rwkv_parallel_for(m->pool, T, normalize_token, &tokens);
-    rwkv_token_shift(s->prev, s->xx, state, T, C);
+    rwkv_token_shift(s->prev, s->xx, pass, C);
     rwkv_parallel_for(m->pool, T, mix_token, &tokens); /* prev becomes the shift's difference, sx */
 
     /* The projections and the low-rank networks' first halves, then their second halves: two
      * passes. The value residual's network (every layer but the first) goes along. */
     const int value_lora = layer > 0;
     float **h = s->lora;
-    const rwkv_product down[7] = {{&L->receptance, s->mix[0], s->r}, {&L->key, s->mix[2], s->k},
-                                  {&L->value, s->mix[3], s->v},      {&A->w1, s->mix[1], h[0]},
-                                  {&A->a1, s->mix[4], h[1]},         {&A->g1, s->mix[5], h[2]},
-                                  {&A->v1, s->mix[3], h[3]}};
-    rwkv_matmuls(m, down, 6 + value_lora, T);
+    const rwkv_product down[7] = {{&L->receptance, s->mix[0], s->r, NULL}, {&L->key, s->mix[2], s->k, NULL},
+                                  {&L->value, s->mix[3], s->v, NULL},      {&A->w1, s->mix[1], h[0], NULL},
+                                  {&A->a1, s->mix[4], h[1], NULL},         {&A->g1, s->mix[5], h[2], NULL},
+                                  {&A->v1, s->mix[3], h[3], NULL}};
+    rwkv_matmuls(m, down, 6 + value_lora, pass->rows);
     for (int64_t i = 0; i < T * A->w1.rows; i++) h[0][i] = tanhf(h[0][i]);
     for (int64_t i = 0; i < T * A->g1.rows; i++) h[2][i] = rwkv_sigmoid(h[2][i]);
-    const rwkv_product up[4] = {{&A->w2, h[0], s->w}, {&A->a2, h[1], s->a}, {&A->g2, h[2], s->g}, {&A->v2, h[3], s->wkv_out}};
-    rwkv_matmuls(m, up, 3 + value_lora, T);
+    const rwkv_product up[4] = {{&A->w2, h[0], s->w, NULL},
+                                {&A->a2, h[1], s->a, NULL},
+                                {&A->g2, h[2], s->g, NULL},
+                                {&A->v2, h[3], s->wkv_out, NULL}};
+    rwkv_matmuls(m, up, 3 + value_lora, pass->rows);
 
     rwkv_parallel_for(m->pool, T, prepare_token, &tokens);
-    wkv7_task task = {s->r, s->w, s->k, s->v, s->kk, s->a, s->y, state + C, T, H, N};
-    rwkv_parallel_for(m->pool, H, N == RWKV_RELEASED_HEAD_SIZE ? wkv7_head_released : wkv7_head_any, &task);
+    wkv7_task task = {s->r, s->w, s->k, s->v, s->kk, s->a, s->y, pass, H, N};
+    rwkv_parallel_for(m->pool, pass->n_seg * H, N == RWKV_RELEASED_HEAD_SIZE ? wkv7_head_released : wkv7_head_any,
+                      &task);
     rwkv_parallel_for(m->pool, T, finish_token, &tokens);
 
-    rwkv_matmul(m, &L->output, s->y, T, s->wkv_out);
+    rwkv_matmul(m, &L->output, s->y, pass->rows, s->wkv_out);
     rwkv_add(s->x, s->wkv_out, T * C);
 }
 

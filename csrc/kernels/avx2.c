@@ -6,6 +6,7 @@
 #include "../rwkv.h"
 #include "../dispatch.h"
 #include "x86.h"
+#include "x86_rows.h"
 
 /* Weight elements i..i+7 as floats: with fp32_at/fp16_at, what distinguishes FP32 from FP16 rows. */
 static inline __m256 fp32_load8(const void *w, int64_t i) { return _mm256_loadu_ps((const float *)w + i); }
@@ -100,6 +101,78 @@ static float q4_k_dot(const void *row, const void *act, int64_t n) {
 static float q5_k_dot(const void *row, const void *act, int64_t n) {
     return k_dot(row, sizeof(block_q5_k), act, n, q5_k_levels, k_sums);
 }
+
+/* ---- row kernels: one weight row against several activation rows ------------------------- */
+
+/* float_dot for R activation rows (R <= 3: 12 accumulators), each weight vector loaded (and
+ * converted) once for all of them; for each row the operations of float_dot, in its order. */
+static inline __attribute__((always_inline)) void float_rows_group(const void *w, const uint8_t *act, size_t stride,
+                                                                   const int R, int64_t n,
+                                                                   __m256 (*load8)(const void *, int64_t),
+                                                                   float (*at)(const void *, int64_t), float *y) {
+    const float *x[3];
+    __m256 a[3][4];
+    for (int t = 0; t < R; t++) {
+        x[t] = (const float *)(act + (size_t)t * stride);
+        for (int j = 0; j < 4; j++) a[t][j] = _mm256_setzero_ps();
+    }
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32)
+        for (int j = 0; j < 4; j++) {
+            const __m256 wj = load8(w, i + 8 * j);
+            for (int t = 0; t < R; t++) a[t][j] = _mm256_fmadd_ps(wj, _mm256_loadu_ps(x[t] + i + 8 * j), a[t][j]);
+        }
+    for (; i + 8 <= n; i += 8) {
+        const __m256 wi = load8(w, i);
+        for (int t = 0; t < R; t++) a[t][0] = _mm256_fmadd_ps(wi, _mm256_loadu_ps(x[t] + i), a[t][0]);
+    }
+    for (int t = 0; t < R; t++) {
+        float sum = hsum256(_mm256_add_ps(_mm256_add_ps(a[t][0], a[t][1]), _mm256_add_ps(a[t][2], a[t][3])));
+        for (int64_t k = i; k < n; k++) sum += at(w, k) * x[t][k];
+        y[t] = sum;
+    }
+}
+
+static inline __attribute__((always_inline)) void float_rows(const void *w, const uint8_t *act, size_t stride, int T,
+                                                             int64_t n, __m256 (*load8)(const void *, int64_t),
+                                                             float (*at)(const void *, int64_t), float *y) {
+    int t = 0;
+    for (; t + 3 <= T; t += 3) float_rows_group(w, act + (size_t)t * stride, stride, 3, n, load8, at, y + t);
+    if (T - t == 2) float_rows_group(w, act + (size_t)t * stride, stride, 2, n, load8, at, y + t);
+    if (T - t == 1) float_rows_group(w, act + (size_t)t * stride, stride, 1, n, load8, at, y + t);
+}
+
+static void fp32_rows(const void *row, const void *act, size_t stride, int T, int64_t n, float *y) {
+    float_rows(row, act, stride, T, n, fp32_load8, fp32_at, y);
+}
+static void fp16_rows(const void *row, const void *act, size_t stride, int T, int64_t n, float *y) {
+    float_rows(row, act, stride, T, n, fp16_load8, fp16_at, y);
+}
+
+/* dot_i8 with the weights' absolute values and signs taken once per block. */
+static inline unpacked_block signed_block(__m256i v) { return (unpacked_block){_mm256_sign_epi8(v, v), v}; }
+static inline __m256i signed_sums(unpacked_block w, const int8_t *q) {
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(w.u, _mm256_sign_epi8(load_q(q), w.sign)), _mm256_set1_epi16(1));
+}
+static inline __m256i unsigned_sums(unpacked_block w, const int8_t *q) { return dot_u8_i8(w.u, load_q(q)); }
+
+static inline unpacked_block q4_0_unpacked(const void *x) { return signed_block(q4_0_values(x)); }
+static inline unpacked_block q4_1_unpacked(const void *x) { return (unpacked_block){q4_1_values(x), _mm256_setzero_si256()}; }
+static inline unpacked_block q5_0_unpacked(const void *x) { return signed_block(q5_0_values(x)); }
+static inline unpacked_block q5_1_unpacked(const void *x) { return (unpacked_block){q5_1_values(x), _mm256_setzero_si256()}; }
+static inline unpacked_block q8_0_unpacked(const void *x) { return signed_block(q8_0_values(x)); }
+
+/* Four rows at a time: eight accumulators, and room for the block and the products. */
+#define QUANTIZED_ROWS(fmt, sums, term, factor)                                                                  \
+    static void fmt##_rows(const void *row, const void *act, size_t stride, int T, int64_t n, float *y) {       \
+        rows_blocks(row, sizeof(block_##fmt), act, stride, T, n, 4, fmt##_unpacked, sums, term, factor, y);      \
+    }
+QUANTIZED_ROWS(q4_0, signed_sums, NO_TERM, 0.0f)
+QUANTIZED_ROWS(q4_1, unsigned_sums, 1, 1.0f)
+QUANTIZED_ROWS(q5_0, signed_sums, NO_TERM, 0.0f)
+QUANTIZED_ROWS(q5_1, unsigned_sums, 1, 1.0f)
+QUANTIZED_ROWS(q8_0, signed_sums, NO_TERM, 0.0f)
+#undef QUANTIZED_ROWS
 
 /* 8-bit activation blocks, rounding half away from zero exactly as the portable roundf: adding
  * just under one half and truncating gives the same integers for |v| <= 127. */
@@ -251,4 +324,7 @@ const rwkv_kernel_table rwkv_avx2_kernels = {
                  [RWKV_TYPE_Q4_K] = q4_k_to_float, [RWKV_TYPE_Q5_K] = q5_k_to_float},
     .gemm = {gemm_f32, pack_tokens, PANEL},
     .q8_act_from_float = q8_act_from_float,
+    .rows_dot = {[RWKV_TYPE_FP32] = fp32_rows, [RWKV_TYPE_FP16] = fp16_rows, [RWKV_TYPE_Q4_0] = q4_0_rows,
+                 [RWKV_TYPE_Q4_1] = q4_1_rows, [RWKV_TYPE_Q5_0] = q5_0_rows, [RWKV_TYPE_Q5_1] = q5_1_rows,
+                 [RWKV_TYPE_Q8_0] = q8_0_rows},
 };

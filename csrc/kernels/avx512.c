@@ -12,6 +12,7 @@
 #include "../rwkv.h"
 #include "../dispatch.h"
 #include "x86.h"
+#include "x86_rows.h"
 
 static inline __m256i dot_u8_i8_vnni(__m256i u, const int8_t *q) {
     return _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, _mm256_loadu_si256((const __m256i *)q));
@@ -103,6 +104,91 @@ static float q5_k_dot(const void *row, const void *act, int64_t n) {
     return k_dot(row, sizeof(block_q5_k), act, n, q5_k_levels, dot_u8_i8_vnni);
 }
 
+/* ---- row kernels: one weight row against several activation rows ------------------------- */
+
+/* float_dot for R activation rows (R <= 6: 24 accumulators), each weight vector loaded (and
+ * converted) once for all of them; for each row the operations of float_dot, in its order. */
+static inline __attribute__((always_inline)) void float_rows_group(const void *w, const uint8_t *act, size_t stride,
+                                                                   const int R, int64_t n,
+                                                                   __m512 (*load16)(const void *, int64_t),
+                                                                   float (*at)(const void *, int64_t), float *y) {
+    const float *x[6];
+    __m512 a[6][4];
+    for (int t = 0; t < R; t++) {
+        x[t] = (const float *)(act + (size_t)t * stride);
+        for (int j = 0; j < 4; j++) a[t][j] = _mm512_setzero_ps();
+    }
+    int64_t i = 0;
+    for (; i + 64 <= n; i += 64)
+        for (int j = 0; j < 4; j++) {
+            const __m512 wj = load16(w, i + 16 * j);
+            for (int t = 0; t < R; t++) a[t][j] = _mm512_fmadd_ps(wj, _mm512_loadu_ps(x[t] + i + 16 * j), a[t][j]);
+        }
+    for (; i + 16 <= n; i += 16) {
+        const __m512 wi = load16(w, i);
+        for (int t = 0; t < R; t++) a[t][0] = _mm512_fmadd_ps(wi, _mm512_loadu_ps(x[t] + i), a[t][0]);
+    }
+    for (int t = 0; t < R; t++) {
+        float sum = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a[t][0], a[t][1]), _mm512_add_ps(a[t][2], a[t][3])));
+        for (int64_t k = i; k < n; k++) sum += at(w, k) * x[t][k];
+        y[t] = sum;
+    }
+}
+
+/* Groups of 6 rows, the rest in groups of 4, 2 and 1. */
+static inline __attribute__((always_inline)) void float_rows(const void *w, const uint8_t *act, size_t stride, int T,
+                                                             int64_t n, __m512 (*load16)(const void *, int64_t),
+                                                             float (*at)(const void *, int64_t), float *y) {
+    int t = 0;
+    for (; t + 6 <= T; t += 6) float_rows_group(w, act + (size_t)t * stride, stride, 6, n, load16, at, y + t);
+    if (T - t >= 4) {
+        float_rows_group(w, act + (size_t)t * stride, stride, 4, n, load16, at, y + t);
+        t += 4;
+    }
+    if (T - t >= 2) {
+        float_rows_group(w, act + (size_t)t * stride, stride, 2, n, load16, at, y + t);
+        t += 2;
+    }
+    if (T - t == 1) float_rows_group(w, act + (size_t)t * stride, stride, 1, n, load16, at, y + t);
+}
+
+static void fp32_rows(const void *row, const void *act, size_t stride, int T, int64_t n, float *y) {
+    float_rows(row, act, stride, T, n, fp32_load16, fp32_at, y);
+}
+static void fp16_rows(const void *row, const void *act, size_t stride, int T, int64_t n, float *y) {
+    float_rows(row, act, stride, T, n, fp16_load16, fp16_at, y);
+}
+
+/* The blocks' values as the _sums functions above take them, unpacked once for every row. */
+static inline unpacked_block unsigned_block(__m256i u) { return (unpacked_block){u, _mm256_setzero_si256()}; }
+static inline unpacked_block q4_0_unpacked(const void *p) { return unsigned_block(unpack_nibbles(((const block_q4_0 *)p)->qs)); }
+static inline unpacked_block q4_1_unpacked(const void *p) { return unsigned_block(unpack_nibbles(((const block_q4_1 *)p)->qs)); }
+static inline unpacked_block q5_0_unpacked(const void *p) {
+    const block_q5_0 *x = p;
+    return unsigned_block(unpack_q5(x->qs, x->qh));
+}
+static inline unpacked_block q5_1_unpacked(const void *p) {
+    const block_q5_1 *x = p;
+    return unsigned_block(unpack_q5(x->qs, x->qh));
+}
+static inline unpacked_block q8_0_unpacked(const void *p) {
+    const block_q8_0 *x = p;
+    return unsigned_block(_mm256_xor_si256(_mm256_loadu_si256((const __m256i *)x->qs), _mm256_set1_epi8((char)0x80)));
+}
+static inline __m256i vnni_sums(unpacked_block w, const int8_t *q) { return dot_u8_i8_vnni(w.u, q); }
+
+/* Eight rows at a time: sixteen of the 32 registers accumulate. */
+#define QUANTIZED_ROWS(fmt, term, factor)                                                                        \
+    static void fmt##_rows(const void *row, const void *act, size_t stride, int T, int64_t n, float *y) {       \
+        rows_blocks(row, sizeof(block_##fmt), act, stride, T, n, 8, fmt##_unpacked, vnni_sums, term, factor, y); \
+    }
+QUANTIZED_ROWS(q4_0, 0, -8.0f)
+QUANTIZED_ROWS(q4_1, 1, 1.0f)
+QUANTIZED_ROWS(q5_0, 0, -16.0f)
+QUANTIZED_ROWS(q5_1, 1, 1.0f)
+QUANTIZED_ROWS(q8_0, 0, -128.0f)
+#undef QUANTIZED_ROWS
+
 /* ---- sequence mode: FP32 micro-GEMM on packed tokens ------------------------------------------------ */
 
 /* The AVX2 level's scheme at 16 lanes with 32 registers: 8 weight rows x 48 tokens (3 vectors),
@@ -144,4 +230,7 @@ const rwkv_kernel_table rwkv_avx512_kernels = {
                 [RWKV_TYPE_Q4_1] = q4_1_dot, [RWKV_TYPE_Q5_0] = q5_0_dot, [RWKV_TYPE_Q5_1] = q5_1_dot,
                 [RWKV_TYPE_Q8_0] = q8_0_dot, [RWKV_TYPE_Q4_K] = q4_k_dot, [RWKV_TYPE_Q5_K] = q5_k_dot},
     .gemm = {gemm_f32, pack_tokens, PANEL},
+    .rows_dot = {[RWKV_TYPE_FP32] = fp32_rows, [RWKV_TYPE_FP16] = fp16_rows, [RWKV_TYPE_Q4_0] = q4_0_rows,
+                 [RWKV_TYPE_Q4_1] = q4_1_rows, [RWKV_TYPE_Q5_0] = q5_0_rows, [RWKV_TYPE_Q5_1] = q5_1_rows,
+                 [RWKV_TYPE_Q8_0] = q8_0_rows},
 };

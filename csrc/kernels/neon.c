@@ -257,6 +257,115 @@ static void q8_act_from_float(const float *x, void *dst, int64_t n) {
     }
 }
 
+/* ---- row kernels: one weight row against several activation rows ------------------------------ */
+
+/* float_dot for R activation rows (R <= 6: 24 accumulators), each weight vector loaded (and
+ * converted) once for all of them; for each row the operations of float_dot, in its order. */
+static inline __attribute__((always_inline)) void float_rows_group(const void *w, const uint8_t *act, size_t stride,
+                                                                   const int R, int64_t n,
+                                                                   float32x4_t (*load4)(const void *, int64_t),
+                                                                   float (*at)(const void *, int64_t), float *y) {
+    const float *x[6];
+    float32x4_t a[6][4];
+    for (int t = 0; t < R; t++) {
+        x[t] = (const float *)(act + (size_t)t * stride);
+        for (int j = 0; j < 4; j++) a[t][j] = vdupq_n_f32(0.0f);
+    }
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16)
+        for (int j = 0; j < 4; j++) {
+            const float32x4_t wj = load4(w, i + 4 * j);
+            for (int t = 0; t < R; t++) a[t][j] = vfmaq_f32(a[t][j], wj, vld1q_f32(x[t] + i + 4 * j));
+        }
+    for (; i + 4 <= n; i += 4) {
+        const float32x4_t wi = load4(w, i);
+        for (int t = 0; t < R; t++) a[t][0] = vfmaq_f32(a[t][0], wi, vld1q_f32(x[t] + i));
+    }
+    for (int t = 0; t < R; t++) {
+        float sum = vaddvq_f32(vaddq_f32(vaddq_f32(a[t][0], a[t][1]), vaddq_f32(a[t][2], a[t][3])));
+        for (int64_t k = i; k < n; k++) sum += at(w, k) * x[t][k];
+        y[t] = sum;
+    }
+}
+
+/* Groups of 6 rows, the rest in groups of 4, 2 and 1. */
+static inline __attribute__((always_inline)) void float_rows(const void *w, const uint8_t *act, size_t stride, int T,
+                                                             int64_t n, float32x4_t (*load4)(const void *, int64_t),
+                                                             float (*at)(const void *, int64_t), float *y) {
+    int t = 0;
+    for (; t + 6 <= T; t += 6) float_rows_group(w, act + (size_t)t * stride, stride, 6, n, load4, at, y + t);
+    if (T - t >= 4) {
+        float_rows_group(w, act + (size_t)t * stride, stride, 4, n, load4, at, y + t);
+        t += 4;
+    }
+    if (T - t >= 2) {
+        float_rows_group(w, act + (size_t)t * stride, stride, 2, n, load4, at, y + t);
+        t += 2;
+    }
+    if (T - t == 1) float_rows_group(w, act + (size_t)t * stride, stride, 1, n, load4, at, y + t);
+}
+
+static void fp32_rows(const void *row, const void *act, size_t stride, int T, int64_t n, float *y) {
+    float_rows(row, act, stride, T, n, fp32_load4, fp32_at, y);
+}
+static void fp16_rows(const void *row, const void *act, size_t stride, int T, int64_t n, float *y) {
+    float_rows(row, act, stride, T, n, fp16_load4, fp16_at, y);
+}
+
+/* sum_blocks for R activation rows (R <= 8), each block unpacked once for all of them; for each
+ * row the operations of sum_blocks, in its order. */
+static inline __attribute__((always_inline)) void blocks_rows_group(const uint8_t *row, size_t block_bytes,
+                                                                    const uint8_t *act, size_t stride, const int R,
+                                                                    int64_t n, block_values_fn values, int has_min,
+                                                                    float *y) {
+    rwkv_q8_row x[8];
+    float32x4_t acc[8];
+    float offsets[8];
+    for (int t = 0; t < R; t++) {
+        x[t] = rwkv_q8_row_at(act + (size_t)t * stride, n);
+        acc[t] = vdupq_n_f32(0.0f);
+        offsets[t] = 0.0f;
+    }
+    for (int64_t b = 0; b < n / RWKV_QK; b++) {
+        const uint8_t *block = row + (size_t)b * block_bytes;
+        const uint16_t *dm = (const uint16_t *)block;
+        const block_values v = values(block);
+        for (int t = 0; t < R; t++) {
+            acc[t] = vfmaq_n_f32(acc[t], vcvtq_f32_s32(dot_block(v, x[t].q[b])), half_to_float(dm[0]) * x[t].d[b]);
+            if (has_min) offsets[t] += half_to_float(dm[1]) * x[t].s[b];
+        }
+    }
+    for (int t = 0; t < R; t++) y[t] = has_min ? vaddvq_f32(acc[t]) + offsets[t] : vaddvq_f32(acc[t]);
+}
+
+/* Groups of 8 rows, the rest in groups of 4, 2 and 1. */
+static inline __attribute__((always_inline)) void blocks_rows(const uint8_t *row, size_t block_bytes, const uint8_t *act,
+                                                              size_t stride, int T, int64_t n, block_values_fn values,
+                                                              int has_min, float *y) {
+    int t = 0;
+    for (; t + 8 <= T; t += 8) blocks_rows_group(row, block_bytes, act + (size_t)t * stride, stride, 8, n, values, has_min, y + t);
+    if (T - t >= 4) {
+        blocks_rows_group(row, block_bytes, act + (size_t)t * stride, stride, 4, n, values, has_min, y + t);
+        t += 4;
+    }
+    if (T - t >= 2) {
+        blocks_rows_group(row, block_bytes, act + (size_t)t * stride, stride, 2, n, values, has_min, y + t);
+        t += 2;
+    }
+    if (T - t == 1) blocks_rows_group(row, block_bytes, act + (size_t)t * stride, stride, 1, n, values, has_min, y + t);
+}
+
+#define QUANTIZED_ROWS(fmt, has_min)                                                                   \
+    static void fmt##_rows(const void *row, const void *act, size_t stride, int T, int64_t n, float *y) { \
+        blocks_rows(row, sizeof(block_##fmt), act, stride, T, n, fmt##_values, has_min, y);              \
+    }
+QUANTIZED_ROWS(q4_0, 0)
+QUANTIZED_ROWS(q4_1, 1)
+QUANTIZED_ROWS(q5_0, 0)
+QUANTIZED_ROWS(q5_1, 1)
+QUANTIZED_ROWS(q8_0, 0)
+#undef QUANTIZED_ROWS
+
 /* ---- sequence mode: FP32 micro-GEMM ------------------------------------------------------------ */
 
 /* 4 weight rows x 4 tokens: 16 accumulators, 4 weight registers and one for the token. */
@@ -292,4 +401,7 @@ const rwkv_kernel_table rwkv_neon_kernels = {
     .to_float = {[RWKV_TYPE_Q4_K] = q4_k_to_float, [RWKV_TYPE_Q5_K] = q5_k_to_float},
     .gemm = {gemm_f32, NULL, 0},
     .q8_act_from_float = q8_act_from_float,
+    .rows_dot = {[RWKV_TYPE_FP32] = fp32_rows, [RWKV_TYPE_FP16] = fp16_rows, [RWKV_TYPE_Q4_0] = q4_0_rows,
+                 [RWKV_TYPE_Q4_1] = q4_1_rows, [RWKV_TYPE_Q5_0] = q5_0_rows, [RWKV_TYPE_Q5_1] = q5_1_rows,
+                 [RWKV_TYPE_Q8_0] = q8_0_rows},
 };

@@ -4,6 +4,7 @@
 Everything user-facing (validation messages, defaults, numpy conveniences) lives in model.py.
 """
 from libc.stdint cimport int32_t, int64_t, uint8_t
+from libc.stdlib cimport calloc, free
 
 
 cdef extern from "rwkv.h":
@@ -28,6 +29,16 @@ cdef extern from "rwkv.h":
                           float *logits, int all_logits, char *err, size_t err_len) nogil
     rwkv_status rwkv_eval_embedding(rwkv_model *model, const int32_t *tokens, size_t n_tokens, float *state,
                                     float *embedding, char *err, size_t err_len) nogil
+    ctypedef struct rwkv_sequence:
+        const int32_t *tokens
+        size_t n_tokens
+        const float *state_in
+        float *state_out
+        float *logits
+        int all_logits
+        float *embedding
+    rwkv_status rwkv_eval_batch(rwkv_model *model, const rwkv_sequence *seqs, size_t n_seqs, char *err,
+                                size_t err_len) nogil
     rwkv_status rwkv_quantize_file(const char *src, const char *dst, int type_id, int quantize_head,
                                    rwkv_progress_fn progress, void *user, char *err, size_t err_len) nogil
     const char *rwkv_type_name(int type_id)
@@ -43,6 +54,8 @@ cdef extern from "rwkv_testing.h":
     rwkv_status rwkv_dequantize_row(int type_id, const void *src, float *dst, int64_t n) nogil
     rwkv_status rwkv_matvec(int type_id, const void *w, int64_t rows, int64_t cols, const float *x,
                             float *y) nogil
+    rwkv_status rwkv_matmul_rows(int type_id, const void *w, int64_t rows, int64_t cols, const float *x,
+                                 int64_t T, float *y) nogil
     rwkv_status rwkv_matmul_f32(const float *w, int64_t rows, int64_t cols, const float *x, int64_t T,
                                 float *y) nogil
     rwkv_status rwkv_set_kernel_level(const char *name)
@@ -202,6 +215,73 @@ cdef class Engine:
             raise_status(status, err)
 
 
+    def eval_batch(self, list tokens not None, list states_in not None, list states_out not None,
+                   list logits not None, list embeddings not None, bint all_logits):
+        """Evaluates several sequences in one pass over the weights. Lists of one entry per sequence:
+        tokens (int32 arrays), states_in (float32 arrays, or None for the initial state), states_out
+        (float32 arrays, each may be its states_in), logits and embeddings (float32 arrays, or None
+        for none)."""
+        cdef size_t n = len(tokens), i, need
+        cdef size_t V = <size_t>self.c_info.n_vocab, S = self.c_info.state_len
+        cdef const int32_t[::1] tv
+        cdef const float[::1] sv
+        cdef float[::1] ov
+        cdef char err[ERR_LEN]
+        cdef rwkv_status status
+        cdef rwkv_model *ptr
+        err[0] = 0
+        if not (len(states_in) == len(states_out) == len(logits) == len(embeddings) == n):
+            raise ArgumentError("eval_batch: the lists must have one entry per sequence")
+        if n == 0:
+            raise ArgumentError("no sequences to evaluate")
+        cdef rwkv_sequence *seqs = <rwkv_sequence *>calloc(n, sizeof(rwkv_sequence))
+        if seqs == NULL:
+            raise MemoryError("out of memory for the sequences")
+        views = []  # the buffers stay exported until the call returns
+        try:
+            for i in range(n):
+                tv = tokens[i]
+                if tv.shape[0] == 0:
+                    raise ArgumentError(f"sequence {i}: no tokens to evaluate")
+                seqs[i].tokens = &tv[0]
+                seqs[i].n_tokens = tv.shape[0]
+                views.append(tv)
+                if states_in[i] is not None:
+                    sv = states_in[i]
+                    if <size_t>sv.shape[0] != S:
+                        raise ArgumentError(f"sequence {i}: state has {sv.shape[0]} floats; the model needs {S}")
+                    seqs[i].state_in = &sv[0]
+                    views.append(sv)
+                ov = states_out[i]
+                if <size_t>ov.shape[0] != S:
+                    raise ArgumentError(f"sequence {i}: state_out has {ov.shape[0]} floats; the model needs {S}")
+                seqs[i].state_out = &ov[0]
+                views.append(ov)
+                seqs[i].all_logits = all_logits
+                if logits[i] is not None:
+                    ov = logits[i]
+                    need = (seqs[i].n_tokens if all_logits else 1) * V
+                    if <size_t>ov.shape[0] < need:
+                        raise ArgumentError(f"sequence {i}: logits buffer has {ov.shape[0]} floats; {need} are needed")
+                    seqs[i].logits = &ov[0]
+                    views.append(ov)
+                if embeddings[i] is not None:
+                    ov = embeddings[i]
+                    if ov.shape[0] != self.c_info.n_embed:
+                        raise ArgumentError(f"sequence {i}: embedding buffer has {ov.shape[0]} floats; "
+                                            f"{self.c_info.n_embed} are needed")
+                    seqs[i].embedding = &ov[0]
+                    views.append(ov)
+            ptr = self.acquire()
+            with nogil:
+                status = rwkv_eval_batch(ptr, seqs, n, err, ERR_LEN)
+            self.release()
+        finally:
+            free(seqs)
+        if status != RWKV_OK:
+            raise_status(status, err)
+
+
 cdef class _Progress:
     """Calls the user's progress function; an exception in it (Ctrl-C) cancels the run and is
     raised again once the engine has cleaned up."""
@@ -280,6 +360,21 @@ def matvec(int type_id, const uint8_t[::1] w not None, int64_t rows, const float
         status = rwkv_matvec(type_id, &w[0], rows, cols, &x[0], &y[0])
     if status != RWKV_OK:
         raise_status(status, b"", "matvec failed")
+
+
+def matmul_rows(int type_id, const uint8_t[::1] w not None, int64_t rows, const float[:, ::1] x not None,
+                float[:, ::1] y not None):
+    """y = x W^T through the row kernels (batched decoding's product) with the kernels in use; W is
+    rows x cols in type_id's row encoding, x is T x cols."""
+    cdef int64_t T = x.shape[0], cols = x.shape[1]
+    if rwkv_type_row_size(type_id, cols) == 0 or <size_t>w.shape[0] < rwkv_type_row_size(type_id, cols) * rows \
+            or y.shape[0] != T or y.shape[1] != rows or T == 0:
+        raise ArgumentError("matmul_rows: buffer sizes do not match")
+    cdef rwkv_status status
+    with nogil:
+        status = rwkv_matmul_rows(type_id, &w[0], rows, cols, &x[0, 0], T, &y[0, 0])
+    if status != RWKV_OK:
+        raise_status(status, b"", "matmul_rows failed")
 
 
 def matmul_f32(const float[:, ::1] w not None, const float[:, ::1] x not None, float[:, ::1] y not None):

@@ -1,18 +1,41 @@
-"""Measuring a model: load time, resident memory, decode and prompt speed, and how close decoding
-comes to the memory-bandwidth limit (a token costs one pass over the weights)."""
+"""Measuring a model: load time, resident memory, decode and prompt speed, how close decoding
+comes to the memory-bandwidth limit (a token costs one pass over the weights), and decoding
+several sequences at once (one pass over the weights for all of them)."""
 
 from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass
-from typing import Callable, Optional
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
 from . import _core
 from . import format as fmt
 from .model import Model
+
+
+@dataclass
+class BatchResult:
+    """Decoding `batch` sequences together, one token each per step."""
+
+    batch: int
+    steps: int
+    ms_per_step: float
+
+    @property
+    def tokens_per_second(self) -> float:
+        """Aggregate: tokens of all the sequences."""
+        return self.batch * 1000.0 / self.ms_per_step
+
+    @property
+    def ms_per_token(self) -> float:
+        """What each sequence waits for its next token."""
+        return self.ms_per_step
+
+    def as_dict(self) -> dict:
+        return dict(asdict(self), tokens_per_second=self.tokens_per_second, ms_per_token=self.ms_per_token)
 
 
 @dataclass
@@ -34,6 +57,7 @@ class BenchResult:
     decode_ms_per_token: float
     prompt_tokens: int
     prompt_tokens_per_second: float
+    batches: list = field(default_factory=list)  # BatchResult per batch size asked for
 
     @property
     def decode_tokens_per_second(self) -> float:
@@ -51,7 +75,7 @@ class BenchResult:
     def as_dict(self) -> dict:
         d = asdict(self)
         d.update(decode_tokens_per_second=self.decode_tokens_per_second, bandwidth_limit_ms=self.bandwidth_limit_ms,
-                 percent_of_limit=self.percent_of_limit)
+                 percent_of_limit=self.percent_of_limit, batches=[b.as_dict() for b in self.batches])
         return d
 
     def summary(self) -> str:
@@ -86,9 +110,34 @@ def resident_bytes() -> int:
     return 0
 
 
+def run_batch_benchmark(model: Model, batch_sizes: Sequence[int], steps: int = 16,
+                        progress: Optional[Callable[[str, int, int], None]] = None, seed: int = 0) -> list:
+    """Decodes ``batch`` sequences together for ``steps`` steps (after one warm-up step), for each
+    batch size: what a server with that many users gets. Returns a BatchResult per size."""
+    if steps < 1 or any(b < 1 for b in batch_sizes):
+        raise ValueError("steps and batch sizes must be at least 1")
+    rng = np.random.default_rng(seed)
+    results = []
+    for batch in batch_sizes:
+        stage = f"batch {batch}"
+        tokens = rng.integers(0, model.n_vocab, size=(steps + 1, batch))
+        states = np.empty((batch, model.state_len), np.float32)
+        model.eval_batch(tokens[0], None, states_out=states)  # warm-up, each sequence its own state
+        start = time.perf_counter()
+        for step in range(steps):
+            model.eval_batch(tokens[step + 1], states, states_out=states)
+            if progress:
+                progress(stage, step + 1, steps)
+        results.append(BatchResult(batch, steps, (time.perf_counter() - start) / steps * 1000.0))
+    return results
+
+
 def run_benchmark(path, threads: Optional[int] = None, decode_tokens: int = 64, prompt_tokens: int = 512,
-                  progress: Optional[Callable[[str, int, int], None]] = None, seed: int = 0) -> BenchResult:
-    """Benchmarks one model file. ``progress(stage, done, total)`` is called during the runs."""
+                  progress: Optional[Callable[[str, int, int], None]] = None, seed: int = 0,
+                  batch_sizes: Sequence[int] = ()) -> BenchResult:
+    """Benchmarks one model file. ``progress(stage, done, total)`` is called during the runs.
+    ``batch_sizes``: also decode that many sequences at once (run_batch_benchmark), for
+    ``decode_tokens`` steps each."""
     if decode_tokens < 1 or prompt_tokens < 1:
         raise ValueError("decode_tokens and prompt_tokens must be at least 1")
     path = os.fspath(path)
@@ -120,6 +169,8 @@ def run_benchmark(path, threads: Optional[int] = None, decode_tokens: int = 64, 
     if progress:
         progress("prompt", 1, 1)
 
+    batches = run_batch_benchmark(model, batch_sizes, decode_tokens, progress, seed) if batch_sizes else []
+
     if progress:
         progress("bandwidth", 0, 1)
     bandwidth = _core.read_bandwidth(model.threads, 1 << 30)
@@ -131,5 +182,5 @@ def run_benchmark(path, threads: Optional[int] = None, decode_tokens: int = 64, 
         n_vocab=model.n_vocab, threads=model.threads, kernels=_core.kernel_level(), file_bytes=model.file_size,
         load_seconds=load_seconds, rss_bytes=rss, bytes_per_token=bytes_per_token(path), bandwidth_gbps=bandwidth,
         decode_tokens=decode_tokens, decode_ms_per_token=decode_ms, prompt_tokens=prompt_tokens,
-        prompt_tokens_per_second=prompt_tps,
+        prompt_tokens_per_second=prompt_tps, batches=batches,
     )

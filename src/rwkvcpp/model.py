@@ -54,7 +54,9 @@ class Model(HighLevelAPI):
     * numbers: :meth:`eval`, :meth:`eval_sequence`, :meth:`ingest`, :meth:`eval_embedding`
       take token ids and a state and return logits (or a vector) and the new state. The state
       is a flat float32 numpy array that belongs to the caller: pass it back in to continue,
-      copy it to fork a conversation, :meth:`save_state` it to a file;
+      copy it to fork a conversation, :meth:`save_state` it to a file. :meth:`eval_batch` and
+      :meth:`eval_embedding_batch` evaluate several sequences, each with its own state, in one
+      pass over the weights;
     * text, in the shape of llama-cpp-python's ``Llama``: :meth:`tokenize`, :meth:`detokenize`,
       :meth:`generate`, :meth:`complete`, :meth:`create_completion` (also ``model(prompt)``),
       :meth:`create_chat_completion`, :meth:`chat`, :meth:`embed`, :meth:`create_embedding`.
@@ -293,6 +295,113 @@ class Model(HighLevelAPI):
             if norm > 0:
                 out /= norm
         return out, new_state
+
+
+    # ---- several sequences at once ------------------------------------------------------------
+
+    def eval_batch(self, tokens_per_sequence, states=None, *, all_logits: bool = False, states_out=None):
+        """Evaluates several sequences in one pass over the weights: B conversations decoding a
+        token each, prompts being ingested, or both at once. Reading the weights is most of what a
+        decoded token costs, so B sequences together cost far less than B calls of :meth:`eval`.
+
+        ``tokens_per_sequence``: one entry per sequence, each its new tokens (a sequence of ids,
+        or one int for a single token): ``[t0, t1, t2]`` decodes three sequences one token each,
+        ``[prompt_ids, t1]`` ingests a prompt beside a decoding sequence. Sequences may differ in
+        length; every one needs at least one token.
+
+        ``states``: None (every sequence starts from the initial state), a ``(B, state_len)``
+        float32 array, or a list of B entries, each a state as :meth:`eval` takes it or None for
+        the initial state. The states are not modified, unless they are also ``states_out``.
+
+        ``states_out``: where the new states go. None: a new ``(B, state_len)`` array; or a
+        ``(B, state_len)`` array, or a list of B writable 1-D arrays. Entry i may be the same array
+        as ``states[i]`` (updated in place, no copy: what a decoding loop wants); it must not
+        overlap any other sequence's state.
+
+        Returns ``(logits, new_states)``: logits of each sequence's last token as a ``(B, n_vocab)``
+        array, or with ``all_logits`` a list of B arrays ``(len(tokens_i), n_vocab)``; new_states
+        is ``states_out``, or the new array.
+
+        Each sequence gets exactly the logits and state that :meth:`eval_sequence` gives it alone
+        (bit for bit on x86-64; sequences of up to 16 tokens take the matrix-vector kernels, longer
+        ones the prompt kernels, whatever else is in the batch), so sampling from them gives the
+        same text as one sequence at a time. Errors name the sequence: ``sequence 3: token ...``.
+        """
+        toks = self._batch_tokens(tokens_per_sequence)
+        states_in = self._batch_states(states, len(toks))
+        new_states, outs = self._batch_states_out(states_out, len(toks))
+        if all_logits:
+            logits = [np.empty((len(t), self.n_vocab), np.float32) for t in toks]
+            buffers = [row.reshape(-1) for row in logits]
+        else:
+            logits = np.empty((len(toks), self.n_vocab), np.float32)
+            buffers = list(logits)
+        self._engine.eval_batch(toks, states_in, outs, buffers, [None] * len(toks), bool(all_logits))
+        return logits, new_states
+
+    def eval_embedding_batch(self, tokens_per_sequence, states=None, *, normalize: bool = True, states_out=None):
+        """:meth:`eval_embedding` for several sequences in one pass over the weights (see
+        :meth:`eval_batch` for the arguments). Returns ``(vectors, new_states)``: vectors is a
+        ``(B, n_embed)`` array, each row of unit length when ``normalize``."""
+        toks = self._batch_tokens(tokens_per_sequence)
+        states_in = self._batch_states(states, len(toks))
+        new_states, outs = self._batch_states_out(states_out, len(toks))
+        vectors = np.empty((len(toks), self.n_embed), np.float32)
+        self._engine.eval_batch(toks, states_in, outs, [None] * len(toks), list(vectors), False)
+        if normalize:
+            for vector in vectors:  # as eval_embedding does it, for the same bits
+                norm = float(np.linalg.norm(vector))
+                if norm > 0:
+                    vector /= norm
+        return vectors, new_states
+
+    def _batch_tokens(self, tokens_per_sequence) -> list:
+        if isinstance(tokens_per_sequence, (str, bytes)) or not hasattr(tokens_per_sequence, "__len__"):
+            raise TypeError("tokens_per_sequence must be a list with one entry (token ids, or one id) per sequence, "
+                            f"not {type(tokens_per_sequence).__name__}")
+        if len(tokens_per_sequence) == 0:
+            raise ArgumentError("no sequences to evaluate: tokens_per_sequence is empty")
+        toks = []
+        for i, tokens in enumerate(tokens_per_sequence):
+            try:
+                toks.append(self._tokens(tokens))
+            except ArgumentError as e:
+                raise ArgumentError(f"sequence {i}: {e}") from None
+        return toks
+
+    def _batch_states(self, states, n: int) -> list:
+        """The input states as a list of n contiguous float32 arrays, None for the initial state."""
+        if states is None:
+            return [None] * n
+        if isinstance(states, np.ndarray):
+            if states.dtype != np.float32 or states.shape != (n, self.state_len):
+                raise ArgumentError(f"states is a {states.dtype} array of shape {states.shape}; {n} sequences of this "
+                                    f"model need float32 ({n}, {self.state_len})")
+            return list(np.ascontiguousarray(states))
+        entries = self._batch_list(states, "states", n)
+        return [None if s is None else np.ascontiguousarray(self._check_state(s, f"states[{i}]"))
+                for i, s in enumerate(entries)]
+
+    def _batch_states_out(self, states_out, n: int):
+        """(what eval_batch returns as the new states, the list of n arrays written)."""
+        if states_out is None:
+            states_out = np.empty((n, self.state_len), np.float32)
+        if isinstance(states_out, np.ndarray):
+            if (states_out.dtype != np.float32 or states_out.shape != (n, self.state_len)
+                    or not states_out.flags.c_contiguous or not states_out.flags.writeable):
+                raise ArgumentError(f"states_out must be a writable, contiguous float32 array of shape "
+                                    f"({n}, {self.state_len}), not {states_out.dtype} {states_out.shape}")
+            return states_out, list(states_out)
+        entries = self._batch_list(states_out, "states_out", n)
+        return states_out, [self._check_state(s, f"states_out[{i}]", writable=True) for i, s in enumerate(entries)]
+
+    @staticmethod
+    def _batch_list(entries, name: str, n: int) -> list:
+        if not isinstance(entries, (list, tuple)):
+            raise TypeError(f"{name} must be a (B, state_len) array or a list of B states, not {type(entries).__name__}")
+        if len(entries) != n:
+            raise ArgumentError(f"{name} has {len(entries)} entries for {n} sequences")
+        return list(entries)
 
 
 def _file_key(path: str) -> tuple:

@@ -95,6 +95,37 @@ static int check_dots(void) {
     return failures;
 }
 
+/* The row kernels' product (several activation rows at once: batched decoding) against the
+ * level's single-row product, row by row: equal to the last bit, for every group size. */
+static int check_rows(void) {
+    enum { ROWS = 5, MAX_T = 13 };
+    static const int counts[] = {2, 3, 5, 7, 9, 13};
+    int failures = 0;
+    float *w = malloc(MAX_N * sizeof(float)), *x = malloc((size_t)MAX_T * MAX_N * sizeof(float));
+    float *want = malloc(MAX_T * ROWS * sizeof(float)), *got = malloc(MAX_T * ROWS * sizeof(float));
+    uint8_t *rows = malloc((size_t)ROWS * MAX_N * 4);
+    for (size_t f = 0; f < N_FORMATS; f++)
+        for (size_t s = 1; s < N_SIZES; s += 2) {
+            const rwkv_type_traits *t = rwkv_traits(formats[f]);
+            const int64_t n = sizes_in_blocks[s] * (t->block_len > 1 ? t->block_len : RWKV_QK);
+            const size_t row_bytes = rwkv_type_row_size(formats[f], n);
+            for (int r = 0; r < ROWS; r++) random_row(t, w, rows + r * row_bytes, n);
+            for (int64_t i = 0; i < MAX_T * n; i++) x[i] = uniform() * 3.0f;
+            int bad = 0;
+            for (size_t c = 0; c < sizeof counts / sizeof counts[0]; c++) {
+                const int T = counts[c];
+                rwkv_matmul_rows(formats[f], rows, ROWS, n, x, T, got);
+                for (int i = 0; i < T; i++) rwkv_matvec(formats[f], rows, ROWS, n, x + i * n, want + i * ROWS);
+                bad += memcmp(want, got, (size_t)(T * ROWS) * sizeof(float)) != 0;
+            }
+            printf("%-4s rows n=%-5lld %s kernel, 2 to 13 rows equal to the single-row dot: %s\n", t->name,
+                   (long long)n, rwkv_kernels.rows_dot[formats[f]] ? "own" : "no", bad ? "MISMATCH" : "ok");
+            failures += bad != 0;
+        }
+    free(w), free(x), free(want), free(got), free(rows);
+    return failures;
+}
+
 /* The level's decoders (sequence mode's weight tiles) against the portable ones. */
 static int check_to_float(void) {
     int failures = 0;
@@ -176,7 +207,7 @@ int main(void) {
 #endif
     rwkv_install_kernels(&LEVEL_KERNELS);
     srand(7);
-    const int failures = check_dots() + check_to_float() + check_activations() + check_gemm();
+    const int failures = check_dots() + check_rows() + check_to_float() + check_activations() + check_gemm();
     printf("%d mismatches\n", failures);
     return failures != 0;
 }

@@ -1,7 +1,7 @@
 /* Whole-model check for a foreign architecture: evaluates a model with the portable kernels and
  * with the best level this build has, one token at a time and as a sequence, in the model's own
  * format and quantized to the block formats named (into SCRATCH_DIR/TYPE.bin), and compares the
- * logits. Built by CMake for AArch64 (RWKV_BUILD_CHECKS) and run under qemu by
+ * logits; and several sequences at once against each alone. Built by CMake for AArch64 (RWKV_BUILD_CHECKS) and run under qemu by
  * tests/test_kernels_emulated.py.
  * Usage: model_check MODEL.bin SCRATCH_DIR [TYPE...] (TYPE: Q4_0, Q5_K...) */
 #include <math.h>
@@ -12,7 +12,8 @@
 #include "rwkv.h"
 #include "rwkv_testing.h"
 
-#define N_TOKENS 12
+/* More than the row kernels take (RWKV_ROW_KERNEL_TOKENS), so that the sequence is sequence mode. */
+#define N_TOKENS 40
 
 /* The last token's logits (n_vocab of them, malloc'd), or NULL on an error. */
 static float *eval_logits(const char *path, int serial, int *n_vocab) {
@@ -72,6 +73,42 @@ static int compare(const char *path, const char *label, const char *best, int qu
     return failures;
 }
 
+/* Three sequences of 1, 5 and N_TOKENS tokens evaluated together (rwkv_eval_batch, the level in
+ * use) give the logits and states each gives alone, to the last bit: its rows take the same
+ * kernels either way. */
+static int check_batch(const char *path, const char *label) {
+    enum { B = 3 };
+    static const size_t lengths[B] = {1, 5, N_TOKENS};
+    char err[512];
+    rwkv_model *model;
+    if (rwkv_load(path, 2, &model, err, sizeof err) != RWKV_OK) {
+        fprintf(stderr, "%s\n", err);
+        return 1;
+    }
+    rwkv_model_info info;
+    rwkv_get_info(model, &info);
+    const size_t V = (size_t)info.n_vocab, S = info.state_len;
+    float *logits = malloc(4 * B * V * sizeof(float)), *states = malloc(2 * B * S * sizeof(float));
+    int32_t tokens[B][N_TOKENS];
+    rwkv_sequence seqs[B];
+    int ok = 1;
+    for (int i = 0; i < B; i++) {
+        for (size_t t = 0; t < lengths[i]; t++) tokens[i][t] = (int32_t)((t * 53 + 7 * (size_t)i + 3) % V);
+        seqs[i] = (rwkv_sequence){tokens[i], lengths[i], NULL, states + i * S, logits + i * V, 0, NULL};
+        float *alone = states + (B + i) * S;
+        rwkv_init_state(model, alone);
+        ok &= rwkv_eval(model, tokens[i], lengths[i], alone, logits + (B + i) * V, 0, err, sizeof err) == RWKV_OK;
+    }
+    ok &= rwkv_eval_batch(model, seqs, B, err, sizeof err) == RWKV_OK;
+    if (!ok) fprintf(stderr, "%s\n", err);
+    const int equal = ok && memcmp(logits, logits + B * V, B * V * sizeof(float)) == 0 &&
+                      memcmp(states, states + B * S, B * S * sizeof(float)) == 0;
+    printf("%-5s batch    1, 5 and %d tokens at once equal one by one: %s\n", label, N_TOKENS, equal ? "ok" : "MISMATCH");
+    free(logits), free(states);
+    rwkv_free(model);
+    return !equal;
+}
+
 /* The type id of a name such as "Q5_1", or -1. */
 static int type_id(const char *name) {
     for (int id = 0; id < 256; id++)
@@ -87,7 +124,7 @@ int main(int argc, char **argv) {
     char best[32];
     snprintf(best, sizeof best, "%s", rwkv_kernel_level());
     printf("kernel level: %s (features: %s)\n", best, rwkv_cpu_features());
-    int failures = compare(argv[1], "file", best, 0);
+    int failures = compare(argv[1], "file", best, 0) + check_batch(argv[1], "file");
     for (int i = 3; i < argc; i++) {
         const int type = type_id(argv[i]);
         char path[4096], err[512];
@@ -96,7 +133,7 @@ int main(int argc, char **argv) {
             fprintf(stderr, "%s: %s\n", argv[i], type < 0 ? "not a type name" : err);
             return 1;
         }
-        failures += compare(path, argv[i], best, 1);
+        failures += compare(path, argv[i], best, 1) + check_batch(path, argv[i]);
     }
     printf("%d mismatches\n", failures);
     return failures != 0;

@@ -1,4 +1,4 @@
-"""``rwkvcpp bench [MODEL] [--threads N] [--tokens N] [--prompt N] [--json]``."""
+"""``rwkvcpp bench [MODEL] [--threads N] [--tokens N] [--prompt N] [--batch B,B,...] [--json]``."""
 
 from __future__ import annotations
 
@@ -14,7 +14,22 @@ def add_arguments(parser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="worker threads (default: one per core)")
     parser.add_argument("--tokens", type=int, default=64, help="tokens to decode one by one (default 64)")
     parser.add_argument("--prompt", type=int, default=512, help="length of the prompt to ingest (default 512)")
+    parser.add_argument("--batch", type=_batch_sizes, default=(), metavar="B,B,...",
+                        help="also decode B sequences at once for each B given (e.g. 1,2,4,8,16): aggregate "
+                             "tokens/s and each sequence's ms/token, --tokens steps each")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
+
+
+def _batch_sizes(text: str) -> tuple:
+    import argparse
+
+    try:
+        sizes = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected batch sizes such as 1,2,4,8, not {text!r}") from None
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"batch sizes must be at least 1: {text!r}")
+    return sizes
 
 
 def run(args) -> int:
@@ -27,12 +42,12 @@ def run(args) -> int:
         if stage not in bars:
             for bar in bars.values():
                 bar.close()
-            bars[stage] = Progress(total, "token" if stage == "decode" else "step", stage)
+            bars[stage] = Progress(total, "step" if stage in ("prompt", "bandwidth") else "token", stage)
         bars[stage].update(done - bars[stage].n)
 
     try:
         result = run_benchmark(model_path, threads=args.threads, decode_tokens=args.tokens,
-                               prompt_tokens=args.prompt, progress=progress)
+                               prompt_tokens=args.prompt, progress=progress, batch_sizes=args.batch)
     finally:
         for bar in bars.values():
             bar.close()
@@ -49,5 +64,12 @@ def run(args) -> int:
     print(f"bandwidth  {result.bandwidth_gbps:.1f} GB/s measured; {result.bytes_per_token / 1e6:.0f} MB read per "
           f"token -> limit {result.bandwidth_limit_ms:.2f} ms/token; decode reaches {result.percent_of_limit:.0f}%")
     print(f"prompt     {result.prompt_tokens_per_second:.1f} tokens/s over {result.prompt_tokens} tokens")
+    if result.batches:
+        base = result.batches[0]
+        print(f"batches    {'sequences':>9} {'tokens/s':>10} {'ms/token':>9} {'vs ' + str(base.batch):>7}  "
+              f"(decoding, {base.steps} steps; tokens/s of all sequences, ms/token of each)")
+        for b in result.batches:
+            print(f"           {b.batch:9d} {b.tokens_per_second:10.1f} {b.ms_per_token:9.2f} "
+                  f"{b.tokens_per_second / base.tokens_per_second:7.2f}")
     print(result.summary())
     return 0
