@@ -16,7 +16,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--prompt", type=int, default=512, help="length of the prompt to ingest (default 512)")
     parser.add_argument("--batch", type=_batch_sizes, default=(), metavar="B,B,...",
                         help="also decode B sequences at once for each B given (e.g. 1,2,4,8,16): aggregate "
-                             "tokens/s and each sequence's ms/token, --tokens steps each")
+                             "tokens/s and each sequence's ms/token, --tokens steps each (default: none)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
 
 
