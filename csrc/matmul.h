@@ -38,9 +38,11 @@ typedef struct {
 } rwkv_product;
 #define RWKV_MAX_PRODUCTS 8
 
-/* Sequences of up to this many new tokens take the row kernels, longer ones sequence mode: the
- * crossing point of the two paths' speeds, measured on 0.1B and 1.5B models (docs/DEVELOPING.md). */
-#define RWKV_ROW_KERNEL_TOKENS 16
+/* Sequences of up to this many new tokens take the row kernels, longer ones sequence mode: where
+ * the two paths' speeds cross for a prompt, measured on 0.1B and 1.5B v7 models in FP16, Q8_0 and
+ * Q5_1 with 2 threads on AVX2 (from 6 tokens for Q5_1 and FP16 to 12 for 1.5B Q8_0; the figures
+ * are in benchmarks/README.md). */
+#define RWKV_ROW_KERNEL_TOKENS 8
 
 /* The activation rows a product runs over: T in all, of which the first `by_row` take the row
  * kernels (they belong to sequences of at most RWKV_ROW_KERNEL_TOKENS new tokens) and the rest

@@ -94,7 +94,7 @@ typedef struct {
  * the new tokens of all of them (in passes of at most 256 tokens in all), the token shifts and
  * recurrences run per sequence on the thread pool. Each sequence gets the results rwkv_eval gives
  * it alone, to the last bit on x86-64: its rows take the same kernels whatever else is in the
- * pass (sequences of up to 16 new tokens the row kernels, longer ones sequence mode).
+ * pass (sequences of up to 8 new tokens the row kernels, longer ones sequence mode).
  * A state_out must not overlap another sequence's state_in or state_out. An error names the
  * sequence ("sequence 3: token ..."); nothing is written then. */
 rwkv_status rwkv_eval_batch(rwkv_model *model, const rwkv_sequence *seqs, size_t n_seqs, char *err,

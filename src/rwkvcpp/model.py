@@ -323,7 +323,7 @@ class Model(HighLevelAPI):
         is ``states_out``, or the new array.
 
         Each sequence gets exactly the logits and state that :meth:`eval_sequence` gives it alone
-        (bit for bit on x86-64; sequences of up to 16 tokens take the matrix-vector kernels, longer
+        (bit for bit on x86-64; sequences of up to 8 tokens take the matrix-vector kernels, longer
         ones the prompt kernels, whatever else is in the batch), so sampling from them gives the
         same text as one sequence at a time. Errors name the sequence: ``sequence 3: token ...``.
         """
