@@ -163,7 +163,8 @@ class ChatSession:
 
     ``params`` are the sampling settings of every reply (their ``stop`` strings are added to
     the chat's own). With a ``seed``, reply *n* uses ``seed + n``, so a session is repeatable
-    and ``++`` still gives a new draw.
+    and ``++`` still gives a new draw. ``initial_state`` (a state array) is where the
+    conversation starts, before the preset's intro; None is a fresh state.
     """
 
     def __init__(
@@ -175,6 +176,7 @@ class ChatSession:
         tokenizer=None,
         out: Optional[TextIO] = None,
         err: Optional[TextIO] = None,
+        initial_state=None,
     ):
         self.model = model
         self.preset = preset if isinstance(preset, Preset) else Preset.load(preset)
@@ -195,10 +197,10 @@ class ChatSession:
             intro = intro.rstrip("\n") + "\n\n"
             tokens = self.tokenizer.encode(intro)
             self._note(f"reading the {len(tokens)}-token intro of the prompt preset {self.preset.name or ''}".rstrip())
-            self.intro_state = model.ingest(tokens)
+            self.intro_state = model.ingest(tokens, initial_state)
             self.intro_tail = intro[-_TAIL_CHARS:]
         else:
-            self.intro_state = None
+            self.intro_state = initial_state
             self.intro_tail = ""
         self.state, self.tail = self.intro_state, self.intro_tail
 

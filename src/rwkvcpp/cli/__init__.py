@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 COMMANDS = {
@@ -37,25 +38,53 @@ def _available():
         yield name, help_text, module
 
 
+DEBUG_HELP = "show the full traceback of an error (default: one line)"
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
+
     parser = argparse.ArgumentParser(prog="rwkvcpp", description="Run RWKV language models fast on CPUs.")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser.add_argument("--version", action="version", version=f"rwkvcpp {__version__}")
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
     sub.required = True
     for name, help_text, module in _available():
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        p = sub.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".")
         module.add_arguments(p)
+        # also after the command; SUPPRESS keeps a --debug given before it
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
         p.set_defaults(_run=module.run)
     return parser
+
+
+# Errors that come from what the user gave (a file, a flag, a missing optional package), not from a bug.
+USER_ERRORS = (CommandError, ValueError, OSError, ImportError, LookupError)
 
 
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args._run(args) or 0)
+        code = int(args._run(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, not at exit
+        return code
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
-    except (CommandError, ValueError, OSError) as e:
-        print(f"rwkvcpp {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    except BrokenPipeError:
+        # The reader went away (`rwkvcpp info m.bin | head`): stop quietly as Unix tools do, and keep
+        # Python from complaining again when it flushes stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what the shell reports for a tool killed by a closed pipe
+    except Exception as e:
+        if args.debug:
+            raise
+        from ..model import RWKVError  # the engine's refusals of a model file or an input
+
+        user_error = isinstance(e, (*USER_ERRORS, RWKVError))
+        message = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if not user_error:
+            message = f"{type(e).__name__}: {message} (rerun with --debug for the traceback)"
+        print(f"rwkvcpp {args.command}: error: {message}", file=sys.stderr)
+        return 2 if user_error else 1

@@ -3,6 +3,7 @@ built-in fallback, and the sampling flags."""
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 
@@ -15,14 +16,11 @@ BUILTIN_NOTE = "a tiny byte-level model trained on Python's docs"
 # -- model -----------------------------------------------------------------------------------
 
 
-def add_model_arguments(parser, optional: bool = True) -> None:
-    if optional:
-        parser.add_argument(
-            "model", metavar="MODEL", nargs="?",
-            help=f"rwkv.cpp .bin model (default: the built-in model, {BUILTIN_NOTE})",
-        )
-    else:
-        parser.add_argument("model", metavar="MODEL", help="rwkv.cpp .bin model")
+def add_model_arguments(parser) -> None:
+    parser.add_argument(
+        "model", metavar="MODEL", nargs="?",
+        help=f"rwkv.cpp .bin model (default: the built-in model, {BUILTIN_NOTE})",
+    )
     parser.add_argument("--threads", type=int, metavar="N", help="CPU threads (default: the engine's choice)")
     parser.add_argument(
         "--tokenizer", metavar="NAME_OR_PATH",
@@ -61,6 +59,54 @@ def load_model(args):
     if args.tokenizer is not None:
         model.tokenizer = args.tokenizer
     return model
+
+
+# -- starting state ----------------------------------------------------------------------------
+
+
+def add_state_argument(parser) -> None:
+    parser.add_argument(
+        "--state", metavar="FILE",
+        help="start from this state: one saved by Model.save_state, or a state-tuning file (.pth / .safetensors "
+             "with blocks.N.att.time_state) (default: a fresh state)",
+    )
+
+
+def _is_saved_state(path: str) -> bool:
+    """Whether ``path`` is a safetensors file whose metadata says it is an rwkvcpp saved state."""
+    from ..state import FORMAT
+
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            return False
+        header_len = int.from_bytes(head, "little")
+        if header_len > 100_000_000:
+            return False
+        try:
+            header = json.loads(f.read(header_len))
+        except (ValueError, UnicodeDecodeError):
+            return False
+    metadata = header.get("__metadata__") if isinstance(header, dict) else None
+    return isinstance(metadata, dict) and metadata.get("format") == FORMAT
+
+
+def load_start_state(model, path):
+    """The state named by ``--state`` for ``model`` (None without the flag); told apart by content."""
+    if path is None:
+        return None
+    if not os.path.isfile(path):
+        raise CommandError(f"--state {path}: no such file")
+    try:
+        if _is_saved_state(path):
+            return model.load_state(path)
+    except (ValueError, LookupError, OSError) as e:
+        raise CommandError(f"--state: {str(e).splitlines()[0]}") from None
+    try:
+        return model.load_tuned_state(path)
+    except (ValueError, LookupError, OSError) as e:
+        raise CommandError(f"--state: {str(e).splitlines()[0]} (read as a state-tuning file: it is not a state "
+                           "saved by Model.save_state)") from None
 
 
 # -- sampling --------------------------------------------------------------------------------

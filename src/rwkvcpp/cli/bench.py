@@ -1,20 +1,22 @@
-"""``rwkvcpp bench MODEL [--threads N] [--tokens N] [--prompt N] [--batch B,B,...] [--json]``."""
+"""``rwkvcpp bench [MODEL] [--threads N] [--tokens N] [--prompt N] [--batch B,B,...] [--json]``."""
 
 from __future__ import annotations
 
 import json
 
+from . import _common
 from ._progress import Progress
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("model", help="a .bin model file")
+    parser.add_argument("model", metavar="MODEL", nargs="?",
+                        help=f"rwkv.cpp .bin model (default: the built-in model, {_common.BUILTIN_NOTE})")
     parser.add_argument("--threads", type=int, default=None, help="worker threads (default: one per core)")
     parser.add_argument("--tokens", type=int, default=64, help="tokens to decode one by one (default 64)")
     parser.add_argument("--prompt", type=int, default=512, help="length of the prompt to ingest (default 512)")
     parser.add_argument("--batch", type=_batch_sizes, default=(), metavar="B,B,...",
                         help="also decode B sequences at once for each B given (e.g. 1,2,4,8,16): aggregate "
-                             "tokens/s and each sequence's ms/token, --tokens steps each")
+                             "tokens/s and each sequence's ms/token, --tokens steps each (default: none)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
 
 
@@ -33,6 +35,7 @@ def _batch_sizes(text: str) -> tuple:
 def run(args) -> int:
     from ..benchmark import run_benchmark
 
+    model_path = args.model if args.model is not None else _common.builtin_model_path()
     bars = {}
 
     def progress(stage: str, done: int, total: int) -> None:
@@ -43,7 +46,7 @@ def run(args) -> int:
         bars[stage].update(done - bars[stage].n)
 
     try:
-        result = run_benchmark(args.model, threads=args.threads, decode_tokens=args.tokens,
+        result = run_benchmark(model_path, threads=args.threads, decode_tokens=args.tokens,
                                prompt_tokens=args.prompt, progress=progress, batch_sizes=args.batch)
     finally:
         for bar in bars.values():

@@ -20,6 +20,7 @@ def add_arguments(parser) -> None:
         help=f"prompt preset ({', '.join(preset_names())}; default {DEFAULT_PRESET}), a JSON file or JSON text "
              f"with the keys user, bot, separator and intro",
     )
+    _common.add_state_argument(parser)
     _common.add_sampling_arguments(parser, DEFAULTS, max_tokens_flags=("--max-tokens", "-n"))
 
 
@@ -27,5 +28,5 @@ def run(args) -> int:
     preset = Preset.load(args.prompt)  # before loading the model: a typo fails fast
     params = _common.sampling_params(args)
     model = _common.load_model(args)
-    session = ChatSession(model, preset, params)
+    session = ChatSession(model, preset, params, initial_state=_common.load_start_state(model, args.state))
     return session.run()

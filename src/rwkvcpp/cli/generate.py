@@ -8,6 +8,7 @@ World and 20B models.
 
 from __future__ import annotations
 
+import os
 import sys
 
 from . import CommandError, _common
@@ -30,8 +31,16 @@ def add_arguments(parser) -> None:
     source.add_argument("--prompt", metavar="TEXT", help="the text to continue (\\n means a newline)")
     source.add_argument("--prompt-file", metavar="FILE", help="read the prompt from a UTF-8 file ('-': stdin)")
     parser.add_argument("--echo", action="store_true", help="print the prompt before the generated text")
+    _common.add_state_argument(parser)
     parser.add_argument("--stats", action="store_true", help="print token counts and speed to stderr at the end")
     _common.add_sampling_arguments(parser, DEFAULTS)
+
+
+def _same_stream(a, b) -> bool:
+    try:
+        return os.path.samestat(os.fstat(a.fileno()), os.fstat(b.fileno()))
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _read_prompt(args) -> str:
@@ -53,6 +62,7 @@ def run(args) -> int:
     if not prompt:
         raise CommandError("the prompt is empty")
     model = _common.load_model(args)
+    start = _common.load_start_state(model, args.state)
     generator = Generator(model)
     params = _common.sampling_params(args, stop_tokens=end_tokens(generator.tokenizer))
 
@@ -62,7 +72,7 @@ def run(args) -> int:
         out.flush()
     result = None
     last_text = prompt
-    for chunk in generator.stream(prompt, params):
+    for chunk in generator.stream(prompt, params, start):
         if chunk.text:
             out.write(chunk.text)
             out.flush()
@@ -72,6 +82,8 @@ def run(args) -> int:
         out.write("\n")
     out.flush()
     if args.stats:
+        if not last_text.endswith("\n") and not out.isatty() and _same_stream(out, sys.stderr):
+            print(file=sys.stderr)  # `2>&1`: the stats on their own line, not run into the text
         print(
             f"{result.prompt_tokens} prompt tokens in {result.prompt_seconds:.2f} s, "
             f"{result.completion_tokens} generated in {result.completion_seconds:.2f} s "

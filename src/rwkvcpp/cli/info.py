@@ -1,4 +1,4 @@
-"""``rwkvcpp info FILE [--json]``: what a model file or a checkpoint holds, from headers alone.
+"""``rwkvcpp info [FILE] [--json]``: what a model file or a checkpoint holds, from headers alone.
 
 For an rwkv.cpp ``.bin``: the header (magic, version, data type), the architecture, sizes,
 parameter count, file size and one row per tensor (name, type, shape, bytes). For a llama.cpp
@@ -20,14 +20,15 @@ from .. import format as fmt
 from ..arch import detect
 from ..conversion.gguf import describe as describe_gguf, is_gguf
 from ..quantization import format_size
+from . import _common
 
 _FILE_KINDS = {b"PK\x03\x04": "PyTorch zip (torch.save)", b"\x80": "legacy PyTorch pickle"}
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("file", metavar="FILE",
+    parser.add_argument("file", metavar="FILE", nargs="?",
                         help="rwkv.cpp .bin model, a llama.cpp .gguf, or a .pth / .safetensors checkpoint or "
-                        "Hugging Face folder")
+                        "Hugging Face folder (default: the built-in model)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
 
@@ -180,13 +181,18 @@ def _text(info: dict) -> str:
 
 
 def run(args) -> int:
-    path = os.fspath(args.file)
+    path = os.fspath(args.file) if args.file is not None else _common.builtin_model_path()
     if _is_model_file(path):
         from ..model import system_info
 
         info = dict(describe_model_file(path), engine=system_info())  # what running it would use
     elif is_gguf(path):
         info = describe_gguf(path)
+    elif path.endswith(".bin") and os.path.isfile(path):
+        with open(path, "rb") as f:
+            magic = f.read(4)
+        raise ValueError(f"{path}: not an rwkv.cpp model file (bad magic {magic.hex() or 'none: empty file'}, "
+                         f"expected {fmt.MAGIC.to_bytes(4, 'little').hex()})")
     else:
         info = describe_checkpoint(path)
     print(json.dumps(info, indent=1) if args.json else _text(info))

@@ -1,4 +1,4 @@
-"""``rwkvcpp perplexity MODEL TEXTFILE [--ctx N]``: how well a model predicts a text, and how
+"""``rwkvcpp perplexity [MODEL] TEXTFILE [--ctx N]``: how well a model predicts a text, and how
 fast it reads it.
 
 The text is tokenized and read in sequence mode, ``--batch`` tokens per call, with the logits of
@@ -21,7 +21,7 @@ from . import CommandError, _common
 
 
 def add_arguments(parser) -> None:
-    _common.add_model_arguments(parser, optional=False)
+    _common.add_model_arguments(parser)
     parser.add_argument("text", metavar="TEXTFILE", help="UTF-8 text file")
     parser.add_argument("--ctx", type=int, metavar="N", default=0,
                         help="context length: read the text in windows of N tokens, each from a fresh state "

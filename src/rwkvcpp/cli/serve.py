@@ -1,7 +1,7 @@
 """``rwkvcpp serve [MODEL] [--host 127.0.0.1] [--port 8000]``: an OpenAI-compatible HTTP API.
 
 Endpoints: /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models, /health, a chat
-page at / and the API docs at /docs. Runs with uvicorn; needs ``pip install 'rwkvcpp[server]'``.
+page at / and the API docs at /docs. Needs FastAPI and uvicorn (``pip install fastapi uvicorn``).
 Listens on the loopback address only unless --host says otherwise.
 """
 
@@ -25,6 +25,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--api-key", metavar="KEY",
                         help="require 'Authorization: Bearer KEY' on /v1/* (default: the RWKVCPP_API_KEY "
                              "environment variable, else no key)")
+    _common.add_state_argument(parser)
     parser.add_argument("--model-name", metavar="NAME", help="model id shown to clients (default: the file name)")
     limits = parser.add_argument_group("limits")
     limits.add_argument("--max-queue", type=int, metavar="N", default=d.max_queue,
@@ -66,12 +67,14 @@ def run(args) -> int:
     except ValueError as e:
         raise CommandError(_as_flags(str(e))) from None
     model = _common.load_model(args)  # says so on stderr when it falls back to the built-in model
+    start = _common.load_start_state(model, args.state)
 
     import uvicorn
 
     from ..server import create_app
 
     app = create_app(model, config)
+    app.state.engine.initial_state = start  # for every request
     shown = f"[{config.host}]" if ":" in config.host else config.host
     print(f"serving {app.state.engine.model_id} ({model.arch}, {model.n_layer} layers, n_vocab {model.n_vocab}) "
           f"at http://{shown}:{config.port}/  (API: /v1, docs: /docs){'; API key required' if api_key else ''}",

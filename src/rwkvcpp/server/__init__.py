@@ -4,7 +4,7 @@
     >>> from rwkvcpp.server import ServerConfig, create_app, serve
     >>> serve(Model("model.bin"), ServerConfig(port=8000))      # or: rwkvcpp serve model.bin
 
-Needs the optional dependencies FastAPI and uvicorn: ``pip install 'rwkvcpp[server]'``. They
+Needs the optional dependencies FastAPI and uvicorn: ``pip install fastapi uvicorn``. They
 are imported only when an app is created, so ``ServerConfig`` works without them.
 """
 
@@ -14,7 +14,7 @@ from .config import DEFAULT_SAMPLING, ServerConfig
 
 __all__ = ["ServerConfig", "DEFAULT_SAMPLING", "create_app", "serve", "require_server_dependencies"]
 
-INSTALL_HINT = "pip install 'rwkvcpp[server]'"
+INSTALL_HINT = 'pip install "/path/to/rwkvcpp[server]" (the source checkout or wheel), or: pip install fastapi uvicorn'
 
 
 def require_server_dependencies(uvicorn: bool = False) -> None:

@@ -38,6 +38,9 @@ class Engine(PromptReader):
         self.created = int(time.time())
         self.end_tokens: tuple[int, ...] = end_tokens(self.tokenizer)
         self.cache = StateCache(config.cache_entries, config.cache_bytes)
+        # Where every prompt starts (None: a fresh state); `rwkvcpp serve --state` sets it. The
+        # cache stays valid because all its states grew from this one.
+        self.initial_state: Optional[np.ndarray] = None
         self._counters_lock = threading.Lock()
         self.counters = {
             "requests": 0,
@@ -70,6 +73,8 @@ class Engine(PromptReader):
         cache = self.cache
         use_cache = cache.max_entries > 0 and not count_prompt
         cached, state = cache.lookup(ids) if use_cache else (0, None)
+        if cached == 0:
+            state = self.initial_state
         todo = ids[cached:]
         if use_cache and len(todo) > 1:
             # The prompt minus its last token: computed once for all n choices, and cached so that
@@ -79,7 +84,7 @@ class Engine(PromptReader):
             self.count(prompt_tokens_evaluated=len(todo) - 1)
             todo = todo[-1:]
         elif not use_cache:
-            todo, state = ids, None
+            todo, state = ids, self.initial_state
         self.count(prompt_tokens=len(ids))
         return cached, state, todo
 
