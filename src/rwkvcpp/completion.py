@@ -79,27 +79,50 @@ class PromptReader:
 
 def generate_items(generator, prompts: Sequence[Sequence[int]], params: Sequence[SamplingParams],
                    reader: Optional[PromptReader] = None) -> Iterator[Item]:
-    """The items of ``len(params)`` choices for each prompt (checked token lists), one choice
-    after another; choice ``i`` of prompt ``p`` is number ``p * len(params) + i``. Closing the
-    iterator early stops the generation in progress."""
+    """The items of ``len(params)`` choices for each prompt (checked token lists); choice ``i``
+    of prompt ``p`` is number ``p * len(params) + i``. One choice runs on ``generator`` alone;
+    several run together in a :class:`~rwkvcpp.batch.BatchGenerator` (each prompt read once for
+    its choices), their pieces interleaved. Closing the iterator early stops the generation."""
     reader = reader if reader is not None else PromptReader()
     n = len(params)
+    if len(prompts) * n == 1:
+        yield from _one_choice(generator, list(prompts[0]), params[0], reader)
+        return
+    from .batch import BatchGenerator
+
+    batch = BatchGenerator(generator.model, generator.tokenizer)
+    number: dict[int, tuple[int, list[int]]] = {}  # choice id -> (its number, its prompt)
     for p, ids in enumerate(prompts):
-        cached, state, todo = reader.read_prompt(list(ids), params[0].count_prompt)
+        ids = list(ids)
+        cached, state, todo = reader.read_prompt(ids, params[0].count_prompt)
         yield PromptRead(p, cached)
-        for i, choice_params_ in enumerate(params):
-            stream = generator.stream(todo, choice_params_, state)
-            reader.choice_started(todo)
-            try:
-                for chunk in stream:
-                    result = chunk.result
-                    tokens = 0
-                    if result is not None:
-                        tokens = getattr(result, "completion_tokens", 0) or 0
-                        reader.choice_finished(ids, result)
-                    yield Piece(p * n + i, chunk.text, chunk.finish_reason, tokens)
-            finally:
-                stream.close()
+        reader.choice_started(todo)  # read once for all n choices
+        number.update((c, (p * n + i, ids)) for i, c in enumerate(batch.add(todo, params, state)))
+    for event in batch.run():
+        chunk, result = event.chunk, event.chunk.result
+        at, ids = number[event.choice]
+        tokens = 0
+        if result is not None:
+            tokens = result.completion_tokens
+            reader.choice_finished(ids, result)
+        yield Piece(at, chunk.text, chunk.finish_reason, tokens)
+
+
+def _one_choice(generator, ids: list[int], params: SamplingParams, reader: PromptReader) -> Iterator[Item]:
+    cached, state, todo = reader.read_prompt(ids, params.count_prompt)
+    yield PromptRead(0, cached)
+    stream = generator.stream(todo, params, state)
+    reader.choice_started(todo)
+    try:
+        for chunk in stream:
+            result = chunk.result
+            tokens = 0
+            if result is not None:
+                tokens = getattr(result, "completion_tokens", 0) or 0
+                reader.choice_finished(ids, result)
+            yield Piece(0, chunk.text, chunk.finish_reason, tokens)
+    finally:
+        stream.close()
 
 
 def end_tokens(tokenizer) -> tuple[int, ...]:

@@ -41,6 +41,7 @@ if TYPE_CHECKING:  # only for annotations: model.py imports this module lazily
 
 __all__ = [
     "Chunk",
+    "Decoding",
     "Completion",
     "Generation",
     "Generator",
@@ -102,6 +103,13 @@ class Generation:
                 self._model.eval_sequence(self._unevaluated, self._state, state_out=self._state,
                                           logits_out=self._logits)
                 self._unevaluated = []
+
+    def _settle(self, state: np.ndarray, logits: np.ndarray) -> None:
+        """Takes the state and logits after ``tokens`` computed elsewhere (a batch's pass), unless
+        they were computed here already."""
+        with self._lock:
+            if self._unevaluated:
+                self._state, self._logits, self._unevaluated = state, logits, []
 
     @property
     def state(self) -> np.ndarray:
@@ -289,58 +297,82 @@ class Generator:
         else:
             state = model.init_state() if state is None else np.array(state, dtype=np.float32)
             logits = np.array(logits, dtype=np.float32)
-        prompt_done = time.perf_counter()
-
-        decoder = StreamDecoder(self.tokenizer)
-        stops = _StopStrings(params.stop)
-        stop_tokens = frozenset(params.stop_tokens)
-        limit = params.max_tokens
-        tokens: list[int] = []
-        pieces: list[str] = []
-        sampled = 0
-
-        def finish(reason, stop, unevaluated) -> Generation:
-            return Generation(
-                model=model, text="".join(pieces), tokens=tokens, finish_reason=reason, stop=stop,
-                prompt_tokens=len(ids), completion_tokens=sampled,
-                prompt_seconds=prompt_done - started, completion_seconds=time.perf_counter() - prompt_done,
-                state=state, logits=logits, unevaluated=unevaluated,
-            )
-
-        if limit == 0:
-            yield Chunk("", None, FINISH_LENGTH, finish(FINISH_LENGTH, None, []))
-            return
-
+        decoding = Decoding(model, self.tokenizer, params, sampler, len(ids), started)
         while True:
-            if tokens:
-                # The previous token goes through the model only now that its logits are needed.
-                # The state and logits arrays are ours (fresh above), so update them in place.
-                model.eval(tokens[-1], state, state_out=state, logits_out=logits)
-            token = sampler.sample(logits)
-            sampled += 1
-
-            if token in stop_tokens:
-                text, stop = stops.finish(decoder.flush())
-                pieces.append(text)
-                # The stop token is not part of the output, nor of the state.
-                yield Chunk(text, token, FINISH_STOP, finish(FINISH_STOP, stop if stop else token, []))
+            chunk = decoding.step(state, logits)
+            yield chunk
+            if chunk.finish_reason is not None:
                 return
+            # The token goes through the model only now that its logits are needed. The state
+            # and logits arrays are ours (fresh above), so update them in place.
+            model.eval(chunk.token, state, state_out=state, logits_out=logits)
 
-            tokens.append(token)
-            sampler.observe(token)
-            text, stop = stops.feed(decoder.feed(token))
-            if stop is None and limit is not None and sampled >= limit:
-                more, stop = stops.finish(decoder.flush())
-                text += more
-                if stop is None:
-                    pieces.append(text)
-                    yield Chunk(text, token, FINISH_LENGTH, finish(FINISH_LENGTH, None, [token]))
-                    return
-            pieces.append(text)
-            if stop is not None:
-                yield Chunk(text, token, FINISH_STOP, finish(FINISH_STOP, stop, [token]))
-                return
-            yield Chunk(text, token)
+
+class Decoding:
+    """One choice being generated, between evaluations: its sampler, its text decoder, its stop
+    strings and counts. Whoever runs the model (:class:`Generator` for one sequence,
+    :class:`~rwkvcpp.batch.BatchGenerator` for many) calls :meth:`step` with the logits after
+    each evaluation and evaluates the returned chunk's token next, until a chunk has a
+    ``finish_reason``."""
+
+    def __init__(self, model: Model, tokenizer: Tokenizer, params: SamplingParams, sampler: Sampler,
+                 prompt_tokens: int, started: float):
+        self.model = model
+        self.params = params
+        self.sampler = sampler
+        self.prompt_tokens = prompt_tokens
+        self.started = started
+        self.prompt_done: Optional[float] = None
+        self.decoder = StreamDecoder(tokenizer)
+        self.stops = _StopStrings(params.stop)
+        self.stop_tokens = frozenset(params.stop_tokens)
+        self.tokens: list[int] = []
+        self.pieces: list[str] = []
+        self.sampled = 0
+
+    def step(self, state: np.ndarray, logits: np.ndarray) -> Chunk:
+        """Samples the next token from ``logits`` (they go with ``state``, the state after the
+        prompt and every token so far) and returns its chunk. A finished chunk's result holds
+        ``state`` and ``logits`` themselves, so they must not change after that."""
+        if self.prompt_done is None:
+            self.prompt_done = time.perf_counter()
+        limit = self.params.max_tokens
+        if limit == 0:
+            return Chunk("", None, FINISH_LENGTH, self._finish(FINISH_LENGTH, None, state, logits, []))
+        token = self.sampler.sample(logits)
+        self.sampled += 1
+        stops = self.stops
+
+        if token in self.stop_tokens:
+            text, stop = stops.finish(self.decoder.flush())
+            self.pieces.append(text)
+            # The stop token is not part of the output, nor of the state.
+            result = self._finish(FINISH_STOP, stop if stop else token, state, logits, [])
+            return Chunk(text, token, FINISH_STOP, result)
+
+        self.tokens.append(token)
+        self.sampler.observe(token)
+        text, stop = stops.feed(self.decoder.feed(token))
+        if stop is None and limit is not None and self.sampled >= limit:
+            more, stop = stops.finish(self.decoder.flush())
+            text += more
+            if stop is None:
+                self.pieces.append(text)
+                return Chunk(text, token, FINISH_LENGTH, self._finish(FINISH_LENGTH, None, state, logits, [token]))
+        self.pieces.append(text)
+        if stop is not None:
+            return Chunk(text, token, FINISH_STOP, self._finish(FINISH_STOP, stop, state, logits, [token]))
+        return Chunk(text, token)
+
+    def _finish(self, reason: str, stop: str | int | None, state: np.ndarray, logits: np.ndarray,
+                unevaluated: list[int]) -> Generation:
+        prompt_done = self.prompt_done if self.prompt_done is not None else self.started
+        return Generation(
+            model=self.model, text="".join(self.pieces), tokens=self.tokens, finish_reason=reason, stop=stop,
+            prompt_tokens=self.prompt_tokens, completion_tokens=self.sampled,
+            prompt_seconds=prompt_done - self.started, completion_seconds=time.perf_counter() - prompt_done,
+            state=state, logits=logits, unevaluated=unevaluated,
+        )
 
 
 # The result of Generator.complete: the name the HTTP server and the docs use.

@@ -206,8 +206,11 @@ class HighLevelAPI:
             if batched:
                 raise ValueError("stream=True takes one prompt; generate a list of prompts without streaming")
             return (chunk.text for chunk in generator.stream(prompts[0], params, state) if chunk.text)
-        texts = [generator.complete(p, params, state).text for p in prompts]
-        return texts if batched else texts[0]
+        if not batched:
+            return generator.complete(prompts[0], params, state).text
+        from .batch import generate_batch
+
+        return [g.text for g in generate_batch(self, prompts, params, state, tokenizer=generator.tokenizer)]
 
     def complete(self, prompt: Prompts, max_tokens: Optional[int] = DEFAULT_MAX_TOKENS,
                  state: Optional[np.ndarray] = None, logits: Optional[np.ndarray] = None,
@@ -220,8 +223,11 @@ class HighLevelAPI:
         params = self._params(max_tokens, sampling)
         generator = self._generator()
         prompts, batched = _split(prompt, "prompt")
-        results = [generator.complete(p, params, state, logits=logits) for p in prompts]
-        return results if batched else results[0]
+        if not batched:
+            return generator.complete(prompts[0], params, state, logits=logits)
+        from .batch import generate_batch
+
+        return generate_batch(self, prompts, params, state, tokenizer=generator.tokenizer, logits=logits)
 
     # ---- OpenAI-shaped -------------------------------------------------------------------------
 

@@ -355,6 +355,13 @@ class Model(HighLevelAPI):
                     vector /= norm
         return vectors, new_states
 
+    def _eval_rows(self, tokens: list, states: list, logits: list) -> None:
+        """The batch loop's pass (:mod:`rwkvcpp.batch`), without eval_batch's checks: ``tokens``
+        checked int32 arrays, ``states`` distinct owned float32 states updated in place,
+        ``logits[i]`` a float32 buffer of n_vocab for the last token's logits, or None (the
+        head is skipped: a prompt read only in part)."""
+        self._engine.eval_batch(tokens, states, states, logits, [None] * len(tokens), False)
+
     def _batch_tokens(self, tokens_per_sequence) -> list:
         if isinstance(tokens_per_sequence, (str, bytes)) or not hasattr(tokens_per_sequence, "__len__"):
             raise TypeError("tokens_per_sequence must be a list with one entry (token ids, or one id) per sequence, "
