@@ -16,6 +16,7 @@ _LAZY = {
     "convert": ("rwkvcpp.conversion.pipeline", "convert"),
     "Generator": ("rwkvcpp.generate", "Generator"),
     "Generation": ("rwkvcpp.generate", "Generation"),
+    "BatchGenerator": ("rwkvcpp.batch", "BatchGenerator"),
     "Tokenizer": ("rwkvcpp.tokenizer", "Tokenizer"),
     "SamplingParams": ("rwkvcpp.sampling", "SamplingParams"),
 }
