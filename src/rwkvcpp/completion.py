@@ -30,11 +30,11 @@ from typing import Any, Iterator, NamedTuple, Optional, Sequence, Union
 import numpy as np
 
 from .chat_format import ReplyStream
-from .sampling import SamplingParams
+from .sampling import SamplingParams, TokenLogprob, log_softmax, token_logprob
 
 __all__ = [
     "PromptRead", "Piece", "Item", "PromptReader", "generate_items", "end_tokens", "model_id", "choice_params",
-    "Choices", "ChatChoices", "TextChoices", "Reply", "respond", "embedding_response",
+    "Choices", "ChatChoices", "TextChoices", "Reply", "respond", "embedding_response", "prompt_logprobs",
 ]
 
 
@@ -50,12 +50,14 @@ class PromptRead(NamedTuple):
 
 class Piece(NamedTuple):
     """The next text of one choice, after one sampled token. The last piece of a choice has its
-    ``finish_reason`` and how many tokens it generated in all."""
+    ``finish_reason`` and how many tokens it generated in all; ``logprob`` is the token's when
+    the choice asked for logprobs."""
 
     choice: int
     text: str
     finish_reason: Optional[str]
     completion_tokens: int
+    logprob: Optional[TokenLogprob] = None
 
 
 Item = Union[PromptRead, Piece]
@@ -105,7 +107,7 @@ def generate_items(generator, prompts: Sequence[Sequence[int]], params: Sequence
         if result is not None:
             tokens = result.completion_tokens
             reader.choice_finished(ids, result)
-        yield Piece(at, chunk.text, chunk.finish_reason, tokens)
+        yield Piece(at, chunk.text, chunk.finish_reason, tokens, chunk.logprob)
 
 
 def _one_choice(generator, ids: list[int], params: SamplingParams, reader: PromptReader) -> Iterator[Item]:
@@ -120,9 +122,28 @@ def _one_choice(generator, ids: list[int], params: SamplingParams, reader: Promp
             if result is not None:
                 tokens = getattr(result, "completion_tokens", 0) or 0
                 reader.choice_finished(ids, result)
-            yield Piece(0, chunk.text, chunk.finish_reason, tokens)
+            yield Piece(0, chunk.text, chunk.finish_reason, tokens, chunk.logprob)
     finally:
         stream.close()
+
+
+# Prompt tokens read per call when scoring a prompt: all-token logits are n_vocab floats a token.
+_SCORE_CHUNK = 64
+
+
+def prompt_logprobs(model, ids: Sequence[int], top: int) -> list[Optional[TokenLogprob]]:
+    """Each prompt token's log probability given the tokens before it (the model's own
+    distribution: no sampling settings apply), with the ``top`` most likely tokens; None for the
+    first token, which nothing predicts. What ``echo`` with ``logprobs`` shows."""
+    out: list[Optional[TokenLogprob]] = [None]
+    state = None
+    for at in range(0, len(ids) - 1, _SCORE_CHUNK):
+        chunk = list(ids[at:at + _SCORE_CHUNK])
+        logits, state = model.eval_sequence(chunk, state, all_logits=True)
+        for k, row in enumerate(logits):
+            if at + k + 1 < len(ids):
+                out.append(token_logprob(log_softmax(row), ids[at + k + 1], top))
+    return out
 
 
 def end_tokens(tokenizer) -> tuple[int, ...]:
@@ -154,11 +175,18 @@ class Choices:
     chunk_object = ""  # a stream chunk's "object"
     id_prefix = ""
 
-    def __init__(self, n_choices: int):
+    def __init__(self, n_choices: int, tokenizer: Any = None):
         self.n_choices = n_choices
+        self.tokenizer = tokenizer  # for the tokens' text in logprobs
         self.cached = 0  # prompt tokens that came from the state cache
         self.completion = 0  # tokens generated
         self.finished = 0  # choices with their finish reason
+
+    def _token(self, token: int) -> tuple[str, list[int]]:
+        """A token's text and bytes, as logprobs show them (a token that ends inside a UTF-8
+        character has U+FFFD in its text; its bytes are exact)."""
+        raw = self.tokenizer.decode_bytes([token])
+        return raw.decode("utf-8", errors="replace"), list(raw)
 
     @property
     def complete(self) -> bool:
@@ -192,8 +220,9 @@ class ChatChoices(Choices):
     chunk_object = "chat.completion.chunk"
     id_prefix = "chatcmpl-"
 
-    def __init__(self, n_choices: int, tools: Sequence[str], prefill: str, single_call: bool):
-        super().__init__(n_choices)
+    def __init__(self, n_choices: int, tools: Sequence[str], prefill: str, single_call: bool,
+                 tokenizer: Any = None):
+        super().__init__(n_choices, tokenizer)
         self.replies = [ReplyStream(tools, prefill) for _ in range(n_choices)]
         self.single_call = single_call
 
@@ -204,6 +233,10 @@ class ChatChoices(Choices):
         i, reply, reason = piece.choice, self.replies[piece.choice], piece.finish_reason
         out = reply.feed(piece.text)
         chunks = [_delta(i, {"content": out})] if out else []
+        if piece.logprob is not None and self.tokenizer is not None:
+            if not chunks:  # the text is held back, the token's logprob goes out now
+                chunks.append(_delta(i, {"content": ""}))
+            chunks[0]["logprobs"] = {"content": [self._entry(piece.logprob)], "refusal": None}
         if reason is not None:
             tail, calls = reply.finish()
             if calls and self.single_call:
@@ -216,12 +249,22 @@ class ChatChoices(Choices):
             chunks.append(_delta(i, {}, reason))
         return chunks
 
+    def _entry(self, scored: TokenLogprob) -> dict:
+        def one(token: int, logprob: float) -> dict:
+            text, raw = self._token(token)
+            return {"token": text, "logprob": logprob, "bytes": raw}
+
+        return {**one(scored.token, scored.logprob), "top_logprobs": [one(t, lp) for t, lp in scored.top]}
+
     def merge(self, chunks: Sequence[dict]) -> list[dict]:
         choices: list[dict] = [{} for _ in range(self.n_choices)]
         for chunk in chunks:
             choice, delta = choices[chunk["index"]], chunk["delta"]
             message = choice.setdefault("message", {"role": "assistant", "content": ""})
             message["content"] += delta.get("content", "")
+            if chunk["logprobs"] is not None:
+                choice.setdefault("logprobs", {"content": [], "refusal": None})["content"] += \
+                    chunk["logprobs"]["content"]
             for call in delta.get("tool_calls", ()):
                 message.setdefault("tool_calls", []).append({k: v for k, v in call.items() if k != "index"})
             choice["finish_reason"] = chunk["finish_reason"]
@@ -230,7 +273,8 @@ class ChatChoices(Choices):
             message = choice["message"]
             if message.get("tool_calls"):  # text besides the calls, if any, is content
                 message["content"] = message["content"].strip() or None
-            out.append({"index": i, "message": message, "logprobs": None, "finish_reason": choice["finish_reason"]})
+            out.append({"index": i, "message": message, "logprobs": choice.get("logprobs"),
+                        "finish_reason": choice["finish_reason"]})
         return out
 
 
@@ -241,27 +285,63 @@ class TextChoices(Choices):
     chunk_object = "text_completion"
     id_prefix = "cmpl-"
 
-    def __init__(self, n_choices: int, echoed: Optional[Sequence[str]]):
-        super().__init__(n_choices)
+    def __init__(self, n_choices: int, echoed: Optional[Sequence[str]], tokenizer: Any = None,
+                 echoed_logprobs: Optional[Sequence[tuple[Sequence[int], Sequence[Optional[TokenLogprob]]]]] = None):
+        super().__init__(n_choices, tokenizer)
         self.echoed = echoed  # per choice, or None
+        self.echoed_logprobs = echoed_logprobs  # per choice: its prompt's ids and prompt_logprobs
+        # where each choice's next token starts in its text (logprobs' text_offset)
+        self.offsets = [0] * n_choices
 
     def opening(self) -> list[dict]:
         if self.echoed is None:
             return []
-        return [_text(i, text) for i, text in enumerate(self.echoed)]
+        chunks = [_text(i, text) for i, text in enumerate(self.echoed)]
+        for i, chunk in enumerate(chunks):
+            if self.echoed_logprobs is not None:
+                chunk["logprobs"] = self._logprobs(i, *self.echoed_logprobs[i])
+            self.offsets[i] = len(chunk["text"])
+        return chunks
 
     def piece(self, piece: Piece) -> list[dict]:
-        if piece.text or piece.finish_reason is not None:
-            return [_text(piece.choice, piece.text, piece.finish_reason)]
-        return []
+        scored = piece.logprob if self.tokenizer is not None else None
+        if not (piece.text or piece.finish_reason is not None or scored is not None):
+            return []
+        chunk = _text(piece.choice, piece.text, piece.finish_reason)
+        if scored is not None:
+            chunk["logprobs"] = self._logprobs(piece.choice, [scored.token], [scored])
+        return [chunk]
+
+    def _logprobs(self, i: int, tokens: Sequence[int], entries: Sequence[Optional[TokenLogprob]]) -> dict:
+        """Completions' logprobs of ``tokens`` of choice ``i``; an entry is None where nothing
+        predicts the token (a prompt's first)."""
+        out: dict[str, list] = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+        for token, entry in zip(tokens, entries):
+            text, _ = self._token(token)
+            out["tokens"].append(text)
+            out["token_logprobs"].append(entry.logprob if entry is not None else None)
+            out["top_logprobs"].append({self._token(t)[0]: lp for t, lp in entry.top} if entry is not None else None)
+            out["text_offset"].append(self.offsets[i])
+            self.offsets[i] += len(text)
+        return out
 
     def merge(self, chunks: Sequence[dict]) -> list[dict]:
         texts: list[list[str]] = [[] for _ in range(self.n_choices)]
         reasons: list[Optional[str]] = [None] * self.n_choices
+        logprobs: list[Optional[dict]] = [None] * self.n_choices
         for chunk in chunks:
-            texts[chunk["index"]].append(chunk["text"])
-            reasons[chunk["index"]] = chunk["finish_reason"] or reasons[chunk["index"]]
-        return [_text(i, "".join(texts[i]), reasons[i]) for i in range(self.n_choices)]
+            i = chunk["index"]
+            texts[i].append(chunk["text"])
+            reasons[i] = chunk["finish_reason"] or reasons[i]
+            if chunk["logprobs"] is not None:
+                if logprobs[i] is None:
+                    logprobs[i] = {key: [] for key in chunk["logprobs"]}
+                for key, values in chunk["logprobs"].items():
+                    logprobs[i][key] += values
+        out = [_text(i, "".join(texts[i]), reasons[i]) for i in range(self.n_choices)]
+        for choice, merged in zip(out, logprobs):
+            choice["logprobs"] = merged
+        return out
 
 
 def _delta(i: int, delta: dict, finish_reason: Optional[str] = None) -> dict:

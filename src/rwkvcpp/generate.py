@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Optional, Union
 
 import numpy as np
 
-from .sampling import Sampler, SamplingParams
+from .sampling import Sampler, SamplingParams, TokenLogprob
 from .tokenizer import StreamDecoder, Tokenizer
 
 if TYPE_CHECKING:  # only for annotations: model.py imports this module lazily
@@ -64,6 +64,8 @@ class Generation:
     prompt_tokens:      number of prompt tokens evaluated by this call
     completion_tokens:  number of tokens sampled, a stop token included
     prompt_seconds, completion_seconds: wall-clock time of the two phases
+    logprobs:           with ``SamplingParams.logprobs`` set, one
+                        :class:`~rwkvcpp.sampling.TokenLogprob` per token of ``tokens``; else None
     state, logits:      the model state after the prompt and ``tokens``, and the logits that go
                         with it; pass both back (``state=``, ``logits=``, empty prompt) to continue
                         exactly where this generation ended, or only ``state`` with more prompt.
@@ -76,8 +78,9 @@ class Generation:
     def __init__(self, *, model: Model, text: str, tokens: list[int], finish_reason: str,
                  stop: str | int | None, prompt_tokens: int, completion_tokens: int,
                  prompt_seconds: float, completion_seconds: float, state: np.ndarray,
-                 logits: np.ndarray, unevaluated: list[int]):
+                 logits: np.ndarray, unevaluated: list[int], logprobs: Optional[list[TokenLogprob]] = None):
         self.text = text
+        self.logprobs = logprobs
         self.tokens = tokens
         self.finish_reason = finish_reason
         self.stop = stop
@@ -150,17 +153,20 @@ class Chunk:
     ``result``, the :class:`Generation`; ``state``, ``prompt_tokens``, ``completion_tokens``
     and ``usage`` read through to it (None on other chunks). ``token`` is the sampled id; a
     stop token appears here (on the last chunk) although it is not part of ``result.tokens``,
-    and it is None only when max_tokens is 0.
+    and it is None only when max_tokens is 0. ``logprob`` is the token's
+    :class:`~rwkvcpp.sampling.TokenLogprob` when the params ask for ``logprobs`` (None for a
+    stop token: it is not part of the output).
     """
 
-    __slots__ = ("text", "token", "finish_reason", "result")
+    __slots__ = ("text", "token", "finish_reason", "result", "logprob")
 
     def __init__(self, text: str, token: int | None, finish_reason: str | None = None,
-                 result: Generation | None = None):
+                 result: Generation | None = None, logprob: TokenLogprob | None = None):
         self.text = text
         self.token = token
         self.finish_reason = finish_reason
         self.result = result
+        self.logprob = logprob
 
     def __repr__(self) -> str:
         end = f", finish_reason={self.finish_reason!r}" if self.finish_reason else ""
@@ -328,6 +334,7 @@ class Decoding:
         self.stop_tokens = frozenset(params.stop_tokens)
         self.tokens: list[int] = []
         self.pieces: list[str] = []
+        self.logprobs: Optional[list[TokenLogprob]] = [] if params.logprobs is not None else None
         self.sampled = 0
 
     def step(self, state: np.ndarray, logits: np.ndarray) -> Chunk:
@@ -339,7 +346,11 @@ class Decoding:
         limit = self.params.max_tokens
         if limit == 0:
             return Chunk("", None, FINISH_LENGTH, self._finish(FINISH_LENGTH, None, state, logits, []))
-        token = self.sampler.sample(logits)
+        scored = None
+        if self.logprobs is not None:
+            token, scored = self.sampler.sample_scored(logits, self.params.logprobs or 0)
+        else:
+            token = self.sampler.sample(logits)
         self.sampled += 1
         stops = self.stops
 
@@ -351,6 +362,8 @@ class Decoding:
             return Chunk(text, token, FINISH_STOP, result)
 
         self.tokens.append(token)
+        if self.logprobs is not None and scored is not None:
+            self.logprobs.append(scored)
         self.sampler.observe(token)
         text, stop = stops.feed(self.decoder.feed(token))
         if stop is None and limit is not None and self.sampled >= limit:
@@ -358,11 +371,12 @@ class Decoding:
             text += more
             if stop is None:
                 self.pieces.append(text)
-                return Chunk(text, token, FINISH_LENGTH, self._finish(FINISH_LENGTH, None, state, logits, [token]))
+                result = self._finish(FINISH_LENGTH, None, state, logits, [token])
+                return Chunk(text, token, FINISH_LENGTH, result, scored)
         self.pieces.append(text)
         if stop is not None:
-            return Chunk(text, token, FINISH_STOP, self._finish(FINISH_STOP, stop, state, logits, [token]))
-        return Chunk(text, token)
+            return Chunk(text, token, FINISH_STOP, self._finish(FINISH_STOP, stop, state, logits, [token]), scored)
+        return Chunk(text, token, logprob=scored)
 
     def _finish(self, reason: str, stop: str | int | None, state: np.ndarray, logits: np.ndarray,
                 unevaluated: list[int]) -> Generation:
@@ -371,7 +385,7 @@ class Decoding:
             model=self.model, text="".join(self.pieces), tokens=self.tokens, finish_reason=reason, stop=stop,
             prompt_tokens=self.prompt_tokens, completion_tokens=self.sampled,
             prompt_seconds=prompt_done - self.started, completion_seconds=time.perf_counter() - prompt_done,
-            state=state, logits=logits, unevaluated=unevaluated,
+            state=state, logits=logits, unevaluated=unevaluated, logprobs=self.logprobs,
         )
 
 

@@ -271,7 +271,8 @@ class HighLevelAPI:
         repeat_penalty: Optional[float] = None, count_prompt: bool = False,
         stop: Union[str, Sequence[str], None] = None, stop_tokens: Optional[Sequence[int]] = None,
         seed: Optional[int] = None, logit_bias: Optional[dict] = None, n: int = 1, echo: bool = False,
-        stream: bool = False, stream_options: Optional[dict] = None, model: Optional[str] = None,
+        logprobs: Optional[int] = None, stream: bool = False, stream_options: Optional[dict] = None,
+        model: Optional[str] = None,
     ) -> Union[dict, Iterator[dict]]:
         """OpenAI's text completion (``/v1/completions``), the same code as the server's.
 
@@ -282,15 +283,18 @@ class HighLevelAPI:
         True}`` adds a last chunk with the usage). ``echo`` puts the prompt before the text.
         Sampling fields left as None take :data:`~rwkvcpp.sampling.CHAT_DEFAULTS`; with a
         ``seed``, choice ``i`` uses ``seed + i``. ``logit_bias`` maps token ids to values added
-        to their logits (``-inf`` bans). ``model`` names the model in the response (default: the
-        file's name).
+        to their logits (``-inf`` bans). ``logprobs=k`` (0..20) gives each generated token's log
+        probability and the k most likely tokens in OpenAI's completions shape (``tokens``,
+        ``token_logprobs``, ``top_logprobs``, ``text_offset``), from the distribution that
+        sampled it (see :mod:`rwkvcpp.sampling`). ``model`` names the model in the response
+        (default: the file's name).
         """
         from .completion import TextChoices, generate_items, model_id, respond
 
         settings = dict(temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
                         presence_penalty=presence_penalty, frequency_penalty=frequency_penalty,
                         penalty_decay=penalty_decay, repeat_penalty=repeat_penalty, count_prompt=count_prompt,
-                        stop=stop, stop_tokens=stop_tokens, seed=seed, logit_bias=logit_bias)
+                        stop=stop, stop_tokens=stop_tokens, seed=seed, logit_bias=logit_bias, logprobs=logprobs)
         params = self._openai_params(max_tokens, n, (), settings)
         items, _ = _split(prompt, "prompt")
         prompts = [self._ids(item, "prompt") for item in items]
@@ -299,7 +303,14 @@ class HighLevelAPI:
             texts = [item if isinstance(item, str) else self.tokenizer.decode(ids) for item, ids in zip(items, prompts)]
             echoed = [texts[i // n] for i in range(len(prompts) * n)]
         generated = generate_items(self._generator(), prompts, params)
-        return respond(generated, TextChoices(len(prompts) * n, echoed), model_id=model_id(self, model),
+        scored = None
+        if echo and logprobs is not None:
+            from .completion import prompt_logprobs
+
+            scored = [(ids, prompt_logprobs(self, ids, logprobs)) for ids in prompts]
+            scored = [scored[i // n] for i in range(len(prompts) * n)]
+        choices = TextChoices(len(prompts) * n, echoed, self.tokenizer if logprobs is not None else None, scored)
+        return respond(generated, choices, model_id=model_id(self, model),
                        prompt_tokens=sum(len(p) for p in prompts), stream=stream,
                        include_usage=bool(stream_options and stream_options.get("include_usage")))
 
@@ -313,8 +324,9 @@ class HighLevelAPI:
         frequency_penalty: Optional[float] = None, penalty_decay: Optional[float] = None,
         repeat_penalty: Optional[float] = None, count_prompt: bool = False,
         stop: Union[str, Sequence[str], None] = None, stop_tokens: Optional[Sequence[int]] = None,
-        seed: Optional[int] = None, logit_bias: Optional[dict] = None, n: int = 1,
-        stream: bool = False, stream_options: Optional[dict] = None, model: Optional[str] = None,
+        seed: Optional[int] = None, logit_bias: Optional[dict] = None, n: int = 1, logprobs: bool = False,
+        top_logprobs: Optional[int] = None, stream: bool = False, stream_options: Optional[dict] = None,
+        model: Optional[str] = None,
     ) -> Union[dict, Iterator[dict]]:
         """OpenAI's chat completion (``/v1/chat/completions``), the same code as the server's.
 
@@ -328,7 +340,9 @@ class HighLevelAPI:
         [{"index", "message": {"role": "assistant", "content", ...}, "logprobs",
         "finish_reason"}], "usage"}``; with ``stream=True`` an iterator of
         ``chat.completion.chunk`` dicts whose ``delta``s add up to the same message. The
-        sampling keywords are those of :meth:`create_completion`.
+        sampling keywords are those of :meth:`create_completion`; ``logprobs=True`` (with
+        ``top_logprobs``, 0..20) gives ``choice["logprobs"]["content"]``, one entry per token
+        (``token``, ``logprob``, ``bytes``, ``top_logprobs``).
         """
         from .chat_format import render_chat
         from .completion import ChatChoices, generate_items, model_id, respond
@@ -337,10 +351,12 @@ class HighLevelAPI:
         settings = dict(temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
                         presence_penalty=presence_penalty, frequency_penalty=frequency_penalty,
                         penalty_decay=penalty_decay, repeat_penalty=repeat_penalty, count_prompt=count_prompt,
-                        stop=stop, stop_tokens=stop_tokens, seed=seed, logit_bias=logit_bias)
+                        stop=stop, stop_tokens=stop_tokens, seed=seed, logit_bias=logit_bias,
+                        logprobs=_chat_logprobs(logprobs, top_logprobs))
         params = self._openai_params(max_tokens, n, prompt.stop, settings)
         ids = self._ids(prompt.text, "messages")
-        choices = ChatChoices(n, prompt.tools, prompt.prefill, single_call=parallel_tool_calls is False)
+        choices = ChatChoices(n, prompt.tools, prompt.prefill, single_call=parallel_tool_calls is False,
+                              tokenizer=self.tokenizer if logprobs else None)
         generated = generate_items(self._generator(), [ids], params)
         return respond(generated, choices, model_id=model_id(self, model), prompt_tokens=len(ids), stream=stream,
                        include_usage=bool(stream_options and stream_options.get("include_usage")))
@@ -356,6 +372,13 @@ class HighLevelAPI:
         if stream:
             return _contents(reply)
         return reply["choices"][0]["message"]["content"] or ""
+
+
+def _chat_logprobs(logprobs: bool, top_logprobs: Optional[int]) -> Optional[int]:
+    """Chat's two fields as SamplingParams.logprobs (None: off)."""
+    if top_logprobs is not None and not logprobs:
+        raise ValueError("top_logprobs needs logprobs=True")
+    return (top_logprobs or 0) if logprobs else None
 
 
 def _contents(chunks: Iterator[dict]) -> Iterator[str]:

@@ -11,6 +11,11 @@ Order of operations in :meth:`Sampler.sample`:
 3. top-k, then top-p (nucleus), then min-p, on the tempered distribution;
 4. a draw from what is left.
 
+With ``logprobs`` set, :meth:`Sampler.sample_scored` also gives the sampled token's log
+probability and the most likely alternatives, under the distribution of step 2: after bias,
+bans, penalties and temperature, before top-k / top-p / min-p cut it (at temperature 0, the
+softmax of the step-1 logits). That is what OpenAI and llama.cpp's server report.
+
 Penalties follow ChatRWKV: a token that has appeared loses
 ``presence_penalty + frequency_penalty * count``, and after each generated
 token every count is multiplied by ``penalty_decay`` before the new token is
@@ -24,10 +29,14 @@ import numbers
 import operator
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["CHAT_DEFAULTS", "Sampler", "SamplingParams"]
+__all__ = ["CHAT_DEFAULTS", "Sampler", "SamplingParams", "TokenLogprob", "log_softmax", "token_logprob"]
+
+# The most alternatives a token's logprobs list (OpenAI's limit for top_logprobs).
+MAX_TOP_LOGPROBS = 20
 
 # Sampling for conversation (rwkv.cpp's chat_with_bot.py settings, with ChatRWKV's penalty decay):
 # plain temperature 1 / top_p 1 makes small RWKV models ramble and repeat. Used by `rwkvcpp chat`
@@ -96,6 +105,8 @@ class SamplingParams:
     stop:              strings that end generation (not part of the output).
     seed:              seed of the random generator (None = unpredictable).
     max_tokens:        most tokens to generate (None = no limit).
+    logprobs:          None (off), or 0..20: report each sampled token's log probability
+                       and that many most likely alternatives (see the module's notes).
     """
 
     temperature: float = 1.0
@@ -112,6 +123,7 @@ class SamplingParams:
     stop: str | Sequence[str] = ()
     seed: int | None = None
     max_tokens: int | None = 256
+    logprobs: int | None = None
 
     def __post_init__(self):
         inf = math.inf
@@ -165,6 +177,8 @@ class SamplingParams:
             raise ValueError(f"seed must be None or an integer >= 0, got {self.seed!r}")
         if self.max_tokens is not None and (not _is_int(self.max_tokens) or self.max_tokens < 0):
             raise ValueError(f"max_tokens must be None or an integer >= 0, got {self.max_tokens!r}")
+        if self.logprobs is not None and (not _is_int(self.logprobs) or not 0 <= self.logprobs <= MAX_TOP_LOGPROBS):
+            raise ValueError(f"logprobs must be None or an integer in 0..{MAX_TOP_LOGPROBS}, got {self.logprobs!r}")
 
     @property
     def greedy(self) -> bool:
@@ -264,8 +278,10 @@ class Sampler:
 
     def probabilities(self, logits) -> np.ndarray:
         """The distribution :meth:`sample` draws from (all filters applied)."""
+        return self._filtered(self.adjusted_logits(logits))
+
+    def _filtered(self, x: np.ndarray) -> np.ndarray:
         p = self.params
-        x = self.adjusted_logits(logits)
         if p.greedy:
             probs = np.zeros_like(x)
             probs[int(np.argmax(x))] = 1.0
@@ -290,10 +306,45 @@ class Sampler:
 
     def sample(self, logits) -> int:
         """Choose a token from ``logits`` (which are never modified)."""
+        return self._pick(self.adjusted_logits(logits))
+
+    def _pick(self, x: np.ndarray) -> int:
         if self.params.greedy:
-            return int(np.argmax(self.adjusted_logits(logits)))
-        probs = self.probabilities(logits)
-        return _draw(probs, self.rng.random())
+            return int(np.argmax(x))
+        return _draw(self._filtered(x), self.rng.random())
+
+    def sample_scored(self, logits, top: int = 0) -> tuple[int, TokenLogprob]:
+        """:meth:`sample`, and the token's :class:`TokenLogprob` with the ``top`` most likely
+        tokens. Draws exactly as :meth:`sample` does, so the same seed picks the same tokens."""
+        x = self.adjusted_logits(logits)
+        token = self._pick(x)
+        temperature = 1.0 if self.params.greedy else self.params.temperature
+        return token, token_logprob(log_softmax(x, temperature), token, top)
+
+
+class TokenLogprob(NamedTuple):
+    """A token's log probability (natural log) and the ``top`` most likely tokens with theirs,
+    most likely first."""
+
+    token: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
+
+
+def log_softmax(logits, temperature: float = 1.0) -> np.ndarray:
+    """Log probabilities (float64) of ``logits`` divided by ``temperature``."""
+    z = (np.asarray(logits, dtype=np.float64) - np.max(logits)) / temperature
+    return z - math.log(float(np.exp(z).sum()))
+
+
+def token_logprob(logp: np.ndarray, token: int, top: int = 0) -> TokenLogprob:
+    """``token``'s entry of the log distribution ``logp``, with the ``top`` most likely tokens."""
+    best: tuple[tuple[int, float], ...] = ()
+    if top:
+        ids = np.argpartition(-logp, top - 1)[:top] if top < logp.size else np.arange(logp.size)
+        ids = ids[np.lexsort((ids, -logp[ids]))]  # most likely first, ties by id
+        best = tuple((int(i), float(logp[i])) for i in ids)
+    return TokenLogprob(int(token), float(logp[token]), best)
 
 
 _DRAW_BLOCK = 256

@@ -5,7 +5,7 @@ integer belongs (``"n": 1.5``) or a boolean for a number is an error, not silent
 Ranges follow OpenAI's API; the server's own caps (``max_tokens``, ``n``, prompt length; see
 :class:`~rwkvcpp.server.config.ServerConfig`) are checked by the endpoints. Fields the server
 does not know are ignored, so clients that send newer OpenAI fields keep working; fields it
-knows but cannot honour (``logprobs``, ``suffix``, images) are errors.
+knows but cannot honour (``suffix``, images) are errors.
 
 RWKV's extra sampling knobs ride along as extra fields (``extra_body`` in the openai client):
 ``top_k``, ``min_p``, ``penalty_decay`` and ``global_penalty`` (count the prompt's tokens
@@ -114,7 +114,7 @@ class ChatCompletionRequest(_Sampling):
     tool_choice: Union[Literal["none", "auto", "required"], NamedToolChoice, None] = None
     parallel_tool_calls: Optional[bool] = None
     logprobs: Optional[bool] = None
-    top_logprobs: Optional[int] = None
+    top_logprobs: Optional[int] = Field(None, ge=0, le=20)
 
 
 class CompletionRequest(_Sampling):
@@ -123,7 +123,7 @@ class CompletionRequest(_Sampling):
     )
     echo: bool = False
     suffix: Optional[str] = None
-    logprobs: Optional[int] = None
+    logprobs: Optional[int] = Field(None, ge=0, le=20, description="logprobs of each token and this many alternatives")
     best_of: Optional[int] = Field(None, ge=1)
 
 

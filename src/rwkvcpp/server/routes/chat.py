@@ -20,17 +20,19 @@ router = APIRouter(tags=["OpenAI"])
 async def chat_completions(body: ChatCompletionRequest, request: Request):
     """Chat (OpenAI's chat completions), with tool calls and streaming."""
     engine, scheduler = request.app.state.engine, request.app.state.scheduler
-    if body.logprobs:
-        raise bad_request("logprobs are not supported by this server", "logprobs")
+    if body.top_logprobs is not None and not body.logprobs:
+        raise bad_request("top_logprobs needs logprobs: true", "top_logprobs")
+    logprobs = (body.top_logprobs or 0) if body.logprobs else None
     try:
         prompt = render_chat(body.messages, body.tools, body.tool_choice)
     except ValueError as e:
         param = "tool_choice" if "tool_choice" in str(e) else "messages"
         raise bad_request(str(e), param) from None
-    params = sampling_params(engine, body, prompt.stop)
+    params = sampling_params(engine, body, prompt.stop, logprobs=logprobs)
     ids = await run_in_threadpool(encode, engine, prompt.text, "messages")
     job = scheduler.submit(Generate([ids], params))
     engine.count(requests=1)
-    choices = ChatChoices(len(params), prompt.tools, prompt.prefill, single_call=body.parallel_tool_calls is False)
+    choices = ChatChoices(len(params), prompt.tools, prompt.prefill, single_call=body.parallel_tool_calls is False,
+                          tokenizer=engine.tokenizer if logprobs is not None else None)
     return await respond(request, job, choices, model_id=engine.model_id, prompt_tokens=len(ids), stream=body.stream,
                          include_usage=bool(body.stream_options and body.stream_options.include_usage))

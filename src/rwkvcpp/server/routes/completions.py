@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
-from ...completion import TextChoices
+from ...completion import TextChoices, prompt_logprobs
 from ..errors import bad_request
 from ..jobs import Generate
 from ..schemas import CompletionRequest
@@ -19,15 +19,13 @@ router = APIRouter(tags=["OpenAI"])
 async def completions(body: CompletionRequest, request: Request):
     """Continue a prompt (OpenAI's legacy completions), with streaming."""
     engine, scheduler = request.app.state.engine, request.app.state.scheduler
-    if body.logprobs is not None:
-        raise bad_request("logprobs are not supported by this server", "logprobs")
     if body.suffix:
         raise bad_request("suffix (insertion) is not supported by this server", "suffix")
     if body.best_of is not None and body.best_of != body.n:
         raise bad_request("best_of is not supported by this server (leave it out, or equal to n)", "best_of")
     max_batch = engine.config.max_batch
     raw = as_list(body.prompt, "prompt", "prompts", max_batch)
-    params = sampling_params(engine, body)
+    params = sampling_params(engine, body, logprobs=body.logprobs)
     n = len(params)
     if len(raw) * n > max_batch:
         raise bad_request(f"{len(raw)} prompts x n={n} is more than this server's {max_batch} choices "
@@ -40,9 +38,15 @@ async def completions(body: CompletionRequest, request: Request):
         return prompts, texts
 
     prompts, texts = await run_in_threadpool(tokenize)
+    scored = None
+    if body.echo and body.logprobs is not None:  # the prompt's own logprobs (scoring a text)
+        scored = await run_in_threadpool(
+            lambda: [(ids, prompt_logprobs(engine.model, ids, body.logprobs)) for ids in prompts])
+        scored = [scored[i // n] for i in range(len(prompts) * n)]
     job = scheduler.submit(Generate(prompts, params))
     engine.count(requests=1)
     echoed = [texts[i // n] for i in range(len(prompts) * n)] if body.echo else None
-    return await respond(request, job, TextChoices(len(prompts) * n, echoed), model_id=engine.model_id,
+    choices = TextChoices(len(prompts) * n, echoed, engine.tokenizer if body.logprobs is not None else None, scored)
+    return await respond(request, job, choices, model_id=engine.model_id,
                          prompt_tokens=sum(len(p) for p in prompts), stream=body.stream,
                          include_usage=bool(body.stream_options and body.stream_options.include_usage))

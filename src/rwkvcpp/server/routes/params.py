@@ -68,8 +68,10 @@ def token_lists(engine: Engine, items: list, param: str) -> list[list[int]]:
     return out
 
 
-def sampling_params(engine: Engine, req, extra_stop: tuple[str, ...] = ()) -> list[SamplingParams]:
-    """One SamplingParams per choice (``n``), from a request's fields and the defaults."""
+def sampling_params(engine: Engine, req, extra_stop: tuple[str, ...] = (),
+                    logprobs: Optional[int] = None) -> list[SamplingParams]:
+    """One SamplingParams per choice (``n``), from a request's fields and the defaults;
+    ``logprobs``: the alternatives each token's logprobs list (None: no logprobs)."""
     cfg = engine.config
     n_vocab = engine.model.n_vocab
     if req.n > cfg.max_n:
@@ -110,6 +112,7 @@ def sampling_params(engine: Engine, req, extra_stop: tuple[str, ...] = ()) -> li
             penalty_decay=pick("penalty_decay"), count_prompt=bool(req.global_penalty),
             logit_bias=bias, stop_tokens=engine.end_tokens,
             stop=tuple(dict.fromkeys(tuple(stop) + tuple(extra_stop))), seed=seed, max_tokens=max_tokens,
+            logprobs=logprobs,
         )
     except ValueError as e:
         raise bad_request(str(e), str(e).split(" ", 1)[0]) from None
