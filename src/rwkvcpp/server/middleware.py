@@ -1,4 +1,5 @@
-"""ASGI middleware in front of every route: the API key (for /v1/*) and the request size limit.
+"""ASGI middleware in front of every route: the API key (for the API's paths) and the request size
+limit.
 
 Raw ASGI rather than FastAPI's middleware, so that an oversized body is refused as it arrives
 (by its Content-Length, or while it streams in) instead of after it has been read whole.
@@ -16,6 +17,9 @@ from .errors import OpenAIError
 
 __all__ = ["Guard"]
 
+# Paths that need the API key when one is set (/health, the chat page and the docs do not).
+PROTECTED = ("/v1", "/tokenize", "/detokenize", "/extras")
+
 
 class Guard:
     def __init__(self, app, config: ServerConfig):
@@ -29,7 +33,7 @@ class Guard:
         headers = {}
         for name, value in scope.get("headers", ()):
             headers.setdefault(name.lower(), value)
-        if self._key is not None and scope["path"].startswith("/v1"):
+        if self._key is not None and scope["path"].startswith(PROTECTED):
             auth = headers.get(b"authorization", b"")
             scheme, _, token = auth.partition(b" ")
             if scheme.lower() != b"bearer" or not hmac.compare_digest(token.strip(), self._key):

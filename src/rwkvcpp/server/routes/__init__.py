@@ -3,8 +3,9 @@ tokenizer, state cache, settings) and ``request.app.state.scheduler`` (which run
 
 from __future__ import annotations
 
-from . import chat, completions, embeddings, health, models, web
+from . import chat, completions, embeddings, health, models, tokens, web
 
-ROUTERS = [web.router, health.router, models.router, chat.router, completions.router, embeddings.router]
+ROUTERS = [web.router, health.router, models.router, chat.router, completions.router, embeddings.router,
+           tokens.router]
 
 __all__ = ["ROUTERS"]

@@ -1,0 +1,68 @@
+"""The server's token endpoints (llama.cpp's /tokenize and /detokenize, llama-cpp-python's
+/extras/*) and logprobs over HTTP, in-process through FastAPI's test client."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("fastapi")
+pytest.importorskip("httpx")
+
+from fastapi.testclient import TestClient  # noqa: E402
+
+from rwkvcpp import Model  # noqa: E402
+from rwkvcpp.server import ServerConfig, create_app  # noqa: E402
+
+KEY = "k-123"
+
+
+@pytest.fixture(scope="module")
+def model():
+    return Model(threads=2)
+
+
+@pytest.fixture(scope="module")
+def client(model):
+    with TestClient(create_app(model, ServerConfig(api_key=KEY))) as c:
+        c.headers["Authorization"] = f"Bearer {KEY}"
+        yield c
+
+
+def test_tokenize_round_trip(client, model):
+    text = "Hello, wörld"
+    got = client.post("/tokenize", json={"content": text}).json()
+    assert got == {"tokens": model.tokenize(text)}
+    pieces = client.post("/tokenize", json={"content": "ö", "with_pieces": True}).json()["tokens"]
+    assert pieces == [{"id": 0xC3, "piece": [0xC3]}, {"id": 0xB6, "piece": [0xB6]}]  # bytes: half a character each
+    assert client.post("/detokenize", json={"tokens": got["tokens"]}).json() == {"content": text}
+    assert client.post("/extras/tokenize", json={"input": text}).json() == got
+    assert client.post("/extras/tokenize/count", json={"input": text}).json() == {"count": len(got["tokens"])}
+    assert client.post("/extras/detokenize", json={"tokens": got["tokens"]}).json() == {"text": text}
+
+
+def test_token_errors_and_key(client, model):
+    bad = client.post("/detokenize", json={"tokens": [1, model.n_vocab]})
+    assert bad.status_code == 400 and "outside this model's vocabulary" in bad.json()["error"]["message"]
+    assert client.post("/tokenize", json={"content": 5}).status_code == 400
+    anonymous = client.post("/tokenize", json={"content": "x"}, headers={"Authorization": ""})
+    assert anonymous.status_code == 401
+
+
+def test_logprobs_over_http(client, model):
+    body = {"model": "x", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 6, "seed": 3,
+            "logprobs": True, "top_logprobs": 2}
+    reply = client.post("/v1/chat/completions", json=body).json()
+    same = model.create_chat_completion(body["messages"], max_tokens=6, seed=3, logprobs=True, top_logprobs=2)
+    # The server reads the prompt through its state cache (all but the last token, then that one):
+    # the same tokens, logprobs equal to float rounding.
+    got, want = reply["choices"][0]["logprobs"]["content"], same["choices"][0]["logprobs"]["content"]
+    assert [e["token"] for e in got] == [e["token"] for e in want]
+    assert [e["logprob"] for e in got] == pytest.approx([e["logprob"] for e in want], abs=1e-4)
+    assert [[t["token"] for t in e["top_logprobs"]] for e in got] == [[t["token"] for t in e["top_logprobs"]]
+                                                                      for e in want]
+    scored = client.post("/v1/completions", json={"prompt": "The cat sat", "max_tokens": 0, "echo": True,
+                                                  "logprobs": 1}).json()["choices"][0]
+    assert scored["logprobs"]["token_logprobs"][0] is None and len(scored["logprobs"]["tokens"]) == len("The cat sat")
+    refused = client.post("/v1/chat/completions", json={**body, "logprobs": False})
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "top_logprobs"
+    assert client.post("/v1/completions", json={"prompt": "x", "logprobs": 21}).status_code == 400
