@@ -2,7 +2,9 @@
 
 Endpoints: ``POST /v1/chat/completions``, ``POST /v1/completions`` (both with ``stream``: server
 sent events ``data: {...}`` ending with ``data: [DONE]``), ``POST /v1/embeddings``,
-``GET /v1/models``, ``GET /health``, ``GET /`` (a chat page) and the OpenAPI docs at ``/docs``.
+``GET /v1/models``, ``GET /health``, ``POST /tokenize`` and ``/detokenize`` (and llama-cpp-python's
+``/extras/*`` names), ``GET /`` (a chat page) and the OpenAPI docs at ``/docs`` and ``/redoc``
+(served without internet).
 
 How a request runs:
 
@@ -49,13 +51,12 @@ def create_app(model, config: Optional[ServerConfig] = None) -> FastAPI:
         yield
         scheduler.shutdown()
 
-    app = FastAPI(
+    app = _fastapi(
         lifespan=lifespan,
         title="rwkvcpp",
         description="An OpenAI-compatible API over an RWKV model (rwkv.cpp .bin file). "
                     "RWKV's extra sampling fields: top_k, min_p, penalty_decay, global_penalty.",
         version=_version(),
-        redoc_url=None,
     )
     app.state.engine = engine
     app.state.scheduler = scheduler
@@ -64,6 +65,17 @@ def create_app(model, config: Optional[ServerConfig] = None) -> FastAPI:
     for router in ROUTERS:
         app.include_router(router)
     return app
+
+
+def _fastapi(**settings) -> FastAPI:
+    """The app, with /docs and /redoc served from fastapi-offline's copies of Swagger UI and
+    ReDoc: a server on a machine without internet has working docs. Without that package,
+    FastAPI's own /docs (which loads Swagger UI from a CDN) and no /redoc."""
+    try:
+        from fastapi_offline import FastAPIOffline
+    except ImportError:
+        return FastAPI(redoc_url=None, **settings)
+    return FastAPIOffline(**settings)
 
 
 def _version() -> str:

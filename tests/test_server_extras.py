@@ -1,5 +1,6 @@
-"""The server's token endpoints (llama.cpp's /tokenize and /detokenize, llama-cpp-python's
-/extras/*) and logprobs over HTTP, in-process through FastAPI's test client."""
+"""What the server offers beyond OpenAI's core calls: the token endpoints (llama.cpp's /tokenize
+and /detokenize, llama-cpp-python's /extras/*), logprobs over HTTP, and docs that work offline;
+in-process through FastAPI's test client."""
 
 from __future__ import annotations
 
@@ -66,3 +67,17 @@ def test_logprobs_over_http(client, model):
     refused = client.post("/v1/chat/completions", json={**body, "logprobs": False})
     assert refused.status_code == 400 and refused.json()["error"]["param"] == "top_logprobs"
     assert client.post("/v1/completions", json={"prompt": "x", "logprobs": 21}).status_code == 400
+
+
+def test_docs_work_offline(client):
+    """/docs and /redoc load their scripts from this server, not from a CDN."""
+    pytest.importorskip("fastapi_offline")
+    for page in ("/docs", "/redoc"):
+        html = client.get(page).text
+        assert "cdn.jsdelivr.net" not in html and "unpkg.com" not in html
+        scripts = [part.split('"')[0] for part in html.split('src="')[1:]]
+        assert scripts and all(s.startswith("/") for s in scripts), scripts
+        for script in scripts:
+            asset = client.get(script)
+            assert asset.status_code == 200 and len(asset.content) > 100_000, script
+    assert "/tokenize" in client.get("/openapi.json").json()["paths"]
