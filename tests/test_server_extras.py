@@ -81,3 +81,29 @@ def test_docs_work_offline(client):
             asset = client.get(script)
             assert asset.status_code == 200 and len(asset.content) > 100_000, script
     assert "/tokenize" in client.get("/openapi.json").json()["paths"]
+
+
+def test_structured_output_with_the_openai_client(client):
+    pytest.importorskip("llguidance")
+    openai = pytest.importorskip("openai")
+    import json
+
+    api = openai.OpenAI(base_url="http://testserver/v1", api_key=KEY, http_client=client)
+    schema = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 6},
+                                               "days": {"type": "integer", "minimum": 1, "maximum": 9}},
+              "required": ["city", "days"], "additionalProperties": False}
+    reply = api.chat.completions.create(
+        model="x", messages=[{"role": "user", "content": "Plan a trip"}], max_tokens=80, seed=1,
+        response_format={"type": "json_schema", "json_schema": {"name": "trip", "schema": schema}})
+    data = json.loads(reply.choices[0].message.content)
+    assert set(data) == {"city", "days"} and 1 <= data["days"] <= 9 and len(data["city"]) <= 6
+    text = api.completions.create(model="x", prompt="Answer:", max_tokens=10, seed=2,
+                                  extra_body={"grammar": 'root ::= "yes" | "no"'}).choices[0].text
+    assert text in ("yes", "no")
+    bad = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "x"}],
+                                                    "response_format": {"type": "json_schema",
+                                                                        "json_schema": {"schema": {"type": "objekt"}}}})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "response_format"
+    both = client.post("/v1/completions", json={"prompt": "x", "grammar": 'root ::= "a"',
+                                                "json_schema": {"type": "object"}})
+    assert both.status_code == 400 and "not several" in both.json()["error"]["message"]

@@ -59,13 +59,18 @@ _BLANK_LINES = re.compile(r"\n(?:[ \t]*\n)+")
 class ChatPrompt:
     """A rendered conversation: ``text`` ends with the assistant's turn, plus any ``prefill``
     (the start of the reply that the server writes for the model); ``stop`` ends a reply;
-    ``tools`` are the offered tool names (empty: replies are never parsed as tool calls)."""
+    ``tools`` are the offered tool names (empty: replies are never parsed as tool calls);
+    ``call_grammar``, when the reply must be a tool call, is what must follow the prefill, in
+    llguidance's Lark syntax (see :mod:`rwkvcpp.constrain`): the call's JSON, held to the tools'
+    parameter schemas, and the closing tag."""
 
-    def __init__(self, text: str, prefill: str, stop: tuple[str, ...], tools: tuple[str, ...]):
+    def __init__(self, text: str, prefill: str, stop: tuple[str, ...], tools: tuple[str, ...],
+                 call_grammar: Optional[str] = None):
         self.text = text
         self.prefill = prefill
         self.stop = stop
         self.tools = tools
+        self.call_grammar = call_grammar
 
     def __repr__(self) -> str:
         return f"ChatPrompt(text={self.text!r}, prefill={self.prefill!r}, tools={self.tools!r})"
@@ -206,15 +211,27 @@ def render_chat(messages: Sequence, tools: Optional[Sequence] = None, tool_choic
     if not tools_done:  # only system messages
         turns.append(f"{SYSTEM}: {_tools_turn(tools, choice)}")
 
-    prefill = ""
+    prefill, grammar = "", None
+    schemas = {name: _get(_get(t, "function"), "parameters") or {"type": "object"} for name, t in zip(names, tools)}
     if choice == "required":
         prefill = TOOL_CALL_OPEN
+        calls = [{"type": "object", "properties": {"name": {"const": name}, "arguments": schema},
+                  "required": ["name", "arguments"], "additionalProperties": False}
+                 for name, schema in schemas.items()]
+        grammar = _lark_json_then({"anyOf": calls}, TOOL_CALL_CLOSE)
     elif choice not in (None, "auto", "none"):
         prefill = f'{TOOL_CALL_OPEN}{{"name": {json.dumps(choice, ensure_ascii=False)}, "arguments": '
+        grammar = _lark_json_then(schemas[choice], "}" + TOOL_CALL_CLOSE)
     text = "\n\n".join(turns) + f"\n\n{ASSISTANT}:"
     if prefill:
         text += " " + prefill
-    return ChatPrompt(text, prefill, TURN_STOPS, names)
+    return ChatPrompt(text, prefill, TURN_STOPS, names, grammar)
+
+
+def _lark_json_then(schema: dict, tail: str) -> str:
+    """A Lark grammar (llguidance's dialect): compact JSON valid under ``schema``, then ``tail``."""
+    compact = {**schema, "x-guidance": {"whitespace_flexible": False}}
+    return f"start: call {json.dumps(tail)}\ncall: %json {json.dumps(compact, ensure_ascii=False)}\n"
 
 
 def new_call_id() -> str:

@@ -35,6 +35,7 @@ from .sampling import SamplingParams, TokenLogprob, log_softmax, token_logprob
 __all__ = [
     "PromptRead", "Piece", "Item", "PromptReader", "generate_items", "end_tokens", "model_id", "choice_params",
     "Choices", "ChatChoices", "TextChoices", "Reply", "respond", "embedding_response", "prompt_logprobs",
+    "response_grammar",
 ]
 
 
@@ -144,6 +145,41 @@ def prompt_logprobs(model, ids: Sequence[int], top: int) -> list[Optional[TokenL
             if at + k + 1 < len(ids):
                 out.append(token_logprob(log_softmax(row), ids[at + k + 1], top))
     return out
+
+
+def response_grammar(response_format: Any = None, grammar: Any = None, call_grammar: Optional[str] = None):
+    """The :class:`~rwkvcpp.constrain.Grammar` a request asks for, or None: OpenAI's
+    ``response_format`` (``{"type": "text" | "json_object" | "json_schema", ...}``; a
+    ``json_object`` with a ``schema``, as llama-cpp-python takes it, is that schema), or
+    llama.cpp's ``grammar`` (GBNF text, or a Grammar). ``call_grammar`` is a chat prompt's
+    (a required tool call), used when the request asks for nothing else. ValueError (a
+    GrammarError) for a bad one, naming the field."""
+    from .constrain import Grammar
+
+    if response_format is not None and grammar is not None:
+        raise ValueError("response_format and grammar: give one of them, not both")
+    if grammar is not None:
+        return grammar if isinstance(grammar, Grammar) else Grammar.gbnf(grammar)
+    if response_format is not None:
+        if not isinstance(response_format, dict) or "type" not in response_format:
+            raise ValueError("response_format must be an object with a type: text, json_object or json_schema")
+        kind = response_format["type"]
+        if kind == "json_object":
+            schema = response_format.get("schema")
+            return Grammar.json_schema(schema) if schema is not None else Grammar.json_object()
+        if kind == "json_schema":
+            spec = response_format.get("json_schema")
+            if not isinstance(spec, dict) or not isinstance(spec.get("schema"), dict):
+                raise ValueError('response_format json_schema needs {"json_schema": {"name": ..., "schema": {...}}}')
+            return Grammar.json_schema(spec["schema"])
+        if kind != "text":
+            raise ValueError(f"response_format type must be text, json_object or json_schema, not {kind!r}")
+    if call_grammar is not None:
+        try:
+            return Grammar.lark(call_grammar)
+        except ValueError:  # llguidance missing (or the tools' schemas beyond it): the prefill alone
+            return None
+    return None
 
 
 def end_tokens(tokenizer) -> tuple[int, ...]:

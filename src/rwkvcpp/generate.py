@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Optional, Union
 
 import numpy as np
 
+from .constrain import END_TOKEN, Constraint
 from .sampling import Sampler, SamplingParams, TokenLogprob
 from .tokenizer import StreamDecoder, Tokenizer
 
@@ -60,7 +61,8 @@ class Generation:
     tokens:             the generated token ids, without a stop token (a stop string's tokens
                         are included: the model produced them)
     finish_reason:      ``"stop"`` (stop token or stop string) or ``"length"`` (max_tokens)
-    stop:               the stop string or stop token id that ended it, else None
+    stop:               the stop string or stop token id that ended it, else None (max_tokens, or
+                        a grammar that was complete)
     prompt_tokens:      number of prompt tokens evaluated by this call
     completion_tokens:  number of tokens sampled, a stop token included
     prompt_seconds, completion_seconds: wall-clock time of the two phases
@@ -336,6 +338,7 @@ class Decoding:
         self.pieces: list[str] = []
         self.logprobs: Optional[list[TokenLogprob]] = [] if params.logprobs is not None else None
         self.sampled = 0
+        self.constraint = Constraint(params.grammar, tokenizer, model.n_vocab) if params.grammar is not None else None
 
     def step(self, state: np.ndarray, logits: np.ndarray) -> Chunk:
         """Samples the next token from ``logits`` (they go with ``state``, the state after the
@@ -347,14 +350,16 @@ class Decoding:
         if limit == 0:
             return Chunk("", None, FINISH_LENGTH, self._finish(FINISH_LENGTH, None, state, logits, []))
         scored = None
+        constraint = self.constraint
+        allowed = constraint.allowed() if constraint is not None else None
         if self.logprobs is not None:
-            token, scored = self.sampler.sample_scored(logits, self.params.logprobs or 0)
+            token, scored = self.sampler.sample_scored(logits, self.params.logprobs or 0, allowed)
         else:
-            token = self.sampler.sample(logits)
+            token = self.sampler.sample(logits, allowed)
         self.sampled += 1
         stops = self.stops
 
-        if token in self.stop_tokens:
+        if token in self.stop_tokens or (constraint is not None and token == END_TOKEN):
             text, stop = stops.finish(self.decoder.flush())
             self.pieces.append(text)
             # The stop token is not part of the output, nor of the state.
@@ -366,13 +371,17 @@ class Decoding:
             self.logprobs.append(scored)
         self.sampler.observe(token)
         text, stop = stops.feed(self.decoder.feed(token))
-        if stop is None and limit is not None and self.sampled >= limit:
+        complete = False
+        if constraint is not None:
+            constraint.take(token)
+            complete = constraint.finished  # nothing may follow: end here, not a step later
+        if stop is None and (complete or (limit is not None and self.sampled >= limit)):
             more, stop = stops.finish(self.decoder.flush())
             text += more
             if stop is None:
                 self.pieces.append(text)
-                result = self._finish(FINISH_LENGTH, None, state, logits, [token])
-                return Chunk(text, token, FINISH_LENGTH, result, scored)
+                reason = FINISH_STOP if complete else FINISH_LENGTH
+                return Chunk(text, token, reason, self._finish(reason, None, state, logits, [token]), scored)
         self.pieces.append(text)
         if stop is not None:
             return Chunk(text, token, FINISH_STOP, self._finish(FINISH_STOP, stop, state, logits, [token]), scored)

@@ -271,8 +271,8 @@ class HighLevelAPI:
         repeat_penalty: Optional[float] = None, count_prompt: bool = False,
         stop: Union[str, Sequence[str], None] = None, stop_tokens: Optional[Sequence[int]] = None,
         seed: Optional[int] = None, logit_bias: Optional[dict] = None, n: int = 1, echo: bool = False,
-        logprobs: Optional[int] = None, stream: bool = False, stream_options: Optional[dict] = None,
-        model: Optional[str] = None,
+        logprobs: Optional[int] = None, response_format: Optional[dict] = None, grammar: Any = None,
+        stream: bool = False, stream_options: Optional[dict] = None, model: Optional[str] = None,
     ) -> Union[dict, Iterator[dict]]:
         """OpenAI's text completion (``/v1/completions``), the same code as the server's.
 
@@ -286,15 +286,19 @@ class HighLevelAPI:
         to their logits (``-inf`` bans). ``logprobs=k`` (0..20) gives each generated token's log
         probability and the k most likely tokens in OpenAI's completions shape (``tokens``,
         ``token_logprobs``, ``top_logprobs``, ``text_offset``), from the distribution that
-        sampled it (see :mod:`rwkvcpp.sampling`). ``model`` names the model in the response
-        (default: the file's name).
+        sampled it (see :mod:`rwkvcpp.sampling`). ``response_format`` (``{"type":
+        "json_object"}``, or ``{"type": "json_schema", "json_schema": {"schema": {...}}}``) or
+        ``grammar`` (GBNF text, or a :class:`~rwkvcpp.constrain.Grammar`) holds the output to
+        that form (:mod:`rwkvcpp.constrain`; needs llguidance). ``model`` names the model in the
+        response (default: the file's name).
         """
-        from .completion import TextChoices, generate_items, model_id, respond
+        from .completion import TextChoices, generate_items, model_id, respond, response_grammar
 
         settings = dict(temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
                         presence_penalty=presence_penalty, frequency_penalty=frequency_penalty,
                         penalty_decay=penalty_decay, repeat_penalty=repeat_penalty, count_prompt=count_prompt,
-                        stop=stop, stop_tokens=stop_tokens, seed=seed, logit_bias=logit_bias, logprobs=logprobs)
+                        stop=stop, stop_tokens=stop_tokens, seed=seed, logit_bias=logit_bias, logprobs=logprobs,
+                        grammar=response_grammar(response_format, grammar))
         params = self._openai_params(max_tokens, n, (), settings)
         items, _ = _split(prompt, "prompt")
         prompts = [self._ids(item, "prompt") for item in items]
@@ -325,8 +329,8 @@ class HighLevelAPI:
         repeat_penalty: Optional[float] = None, count_prompt: bool = False,
         stop: Union[str, Sequence[str], None] = None, stop_tokens: Optional[Sequence[int]] = None,
         seed: Optional[int] = None, logit_bias: Optional[dict] = None, n: int = 1, logprobs: bool = False,
-        top_logprobs: Optional[int] = None, stream: bool = False, stream_options: Optional[dict] = None,
-        model: Optional[str] = None,
+        top_logprobs: Optional[int] = None, response_format: Optional[dict] = None, grammar: Any = None,
+        stream: bool = False, stream_options: Optional[dict] = None, model: Optional[str] = None,
     ) -> Union[dict, Iterator[dict]]:
         """OpenAI's chat completion (``/v1/chat/completions``), the same code as the server's.
 
@@ -342,17 +346,21 @@ class HighLevelAPI:
         ``chat.completion.chunk`` dicts whose ``delta``s add up to the same message. The
         sampling keywords are those of :meth:`create_completion`; ``logprobs=True`` (with
         ``top_logprobs``, 0..20) gives ``choice["logprobs"]["content"]``, one entry per token
-        (``token``, ``logprob``, ``bytes``, ``top_logprobs``).
+        (``token``, ``logprob``, ``bytes``, ``top_logprobs``). ``response_format`` and ``grammar``
+        are as in :meth:`create_completion`; with ``tool_choice`` "required" or a function, the
+        call itself is held to the tools' parameter schemas the same way (when llguidance is
+        installed).
         """
         from .chat_format import render_chat
-        from .completion import ChatChoices, generate_items, model_id, respond
+        from .completion import ChatChoices, generate_items, model_id, respond, response_grammar
 
         prompt = render_chat(messages, tools, tool_choice)
         settings = dict(temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
                         presence_penalty=presence_penalty, frequency_penalty=frequency_penalty,
                         penalty_decay=penalty_decay, repeat_penalty=repeat_penalty, count_prompt=count_prompt,
                         stop=stop, stop_tokens=stop_tokens, seed=seed, logit_bias=logit_bias,
-                        logprobs=_chat_logprobs(logprobs, top_logprobs))
+                        logprobs=_chat_logprobs(logprobs, top_logprobs),
+                        grammar=response_grammar(response_format, grammar, prompt.call_grammar))
         params = self._openai_params(max_tokens, n, prompt.stop, settings)
         ids = self._ids(prompt.text, "messages")
         choices = ChatChoices(n, prompt.tools, prompt.prefill, single_call=parallel_tool_calls is False,

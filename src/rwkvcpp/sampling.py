@@ -33,6 +33,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .constrain import Grammar
+
 __all__ = ["CHAT_DEFAULTS", "Sampler", "SamplingParams", "TokenLogprob", "log_softmax", "token_logprob"]
 
 # The most alternatives a token's logprobs list (OpenAI's limit for top_logprobs).
@@ -107,6 +109,8 @@ class SamplingParams:
     max_tokens:        most tokens to generate (None = no limit).
     logprobs:          None (off), or 0..20: report each sampled token's log probability
                        and that many most likely alternatives (see the module's notes).
+    grammar:           a :class:`~rwkvcpp.constrain.Grammar` the output must follow (JSON
+                       schema, GBNF, regex); None = free text.
     """
 
     temperature: float = 1.0
@@ -124,6 +128,7 @@ class SamplingParams:
     seed: int | None = None
     max_tokens: int | None = 256
     logprobs: int | None = None
+    grammar: Grammar | None = None
 
     def __post_init__(self):
         inf = math.inf
@@ -177,6 +182,8 @@ class SamplingParams:
             raise ValueError(f"seed must be None or an integer >= 0, got {self.seed!r}")
         if self.max_tokens is not None and (not _is_int(self.max_tokens) or self.max_tokens < 0):
             raise ValueError(f"max_tokens must be None or an integer >= 0, got {self.max_tokens!r}")
+        if self.grammar is not None and not isinstance(self.grammar, Grammar):
+            raise ValueError(f"grammar must be a rwkvcpp.constrain.Grammar or None, got {type(self.grammar).__name__}")
         if self.logprobs is not None and (not _is_int(self.logprobs) or not 0 <= self.logprobs <= MAX_TOP_LOGPROBS):
             raise ValueError(f"logprobs must be None or an integer in 0..{MAX_TOP_LOGPROBS}, got {self.logprobs!r}")
 
@@ -258,13 +265,16 @@ class Sampler:
 
     # -- sampling -------------------------------------------------------------
 
-    def adjusted_logits(self, logits) -> np.ndarray:
-        """A new float64 array: ``logits`` after bias, bans and penalties."""
+    def adjusted_logits(self, logits, allowed: np.ndarray | None = None) -> np.ndarray:
+        """A new float64 array: ``logits`` after bias, bans and penalties; with ``allowed`` (a
+        boolean mask, a grammar's), the other tokens at -inf."""
         x = np.array(logits, dtype=np.float64)  # always a copy
         if x.ndim != 1 or x.shape[0] != self.n_vocab:
             raise ValueError(f"logits must be a vector of {self.n_vocab} values, got shape {x.shape}")
         if not x.max() < np.inf:  # NaN makes the max NaN
             raise ValueError("logits contain NaN or +inf")
+        if allowed is not None:
+            x[~allowed] = -np.inf
         if self._bias is not None:
             x += self._bias
         if self._penalised:  # only tokens seen so far are penalised: touch just those
@@ -304,19 +314,20 @@ class Sampler:
             probs[probs < p.min_p * probs.max()] = 0.0
         return probs / probs.sum()
 
-    def sample(self, logits) -> int:
-        """Choose a token from ``logits`` (which are never modified)."""
-        return self._pick(self.adjusted_logits(logits))
+    def sample(self, logits, allowed: np.ndarray | None = None) -> int:
+        """Choose a token from ``logits`` (which are never modified), among the ``allowed`` ones
+        if a mask is given."""
+        return self._pick(self.adjusted_logits(logits, allowed))
 
     def _pick(self, x: np.ndarray) -> int:
         if self.params.greedy:
             return int(np.argmax(x))
         return _draw(self._filtered(x), self.rng.random())
 
-    def sample_scored(self, logits, top: int = 0) -> tuple[int, TokenLogprob]:
+    def sample_scored(self, logits, top: int = 0, allowed: np.ndarray | None = None) -> tuple[int, TokenLogprob]:
         """:meth:`sample`, and the token's :class:`TokenLogprob` with the ``top`` most likely
         tokens. Draws exactly as :meth:`sample` does, so the same seed picks the same tokens."""
-        x = self.adjusted_logits(logits)
+        x = self.adjusted_logits(logits, allowed)
         token = self._pick(x)
         temperature = 1.0 if self.params.greedy else self.params.temperature
         return token, token_logprob(log_softmax(x, temperature), token, top)

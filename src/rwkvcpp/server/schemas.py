@@ -105,6 +105,12 @@ class _Sampling(_Strict):
     global_penalty: Optional[bool] = Field(
         None, description="RWKV extra: count the prompt's tokens towards the presence/frequency penalties"
     )
+    response_format: Optional[dict[str, Any]] = Field(
+        None, description='{"type": "text" | "json_object" | "json_schema", "json_schema": {"name", "schema"}}'
+    )
+    grammar: Optional[str] = Field(None, description="llama.cpp extra: a GBNF grammar the output must follow")
+    json_schema: Optional[dict[str, Any]] = Field(None, description="llama.cpp extra: a JSON schema the output "
+                                                                    "must follow")
 
 
 class ChatCompletionRequest(_Sampling):

@@ -28,7 +28,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     except ValueError as e:
         param = "tool_choice" if "tool_choice" in str(e) else "messages"
         raise bad_request(str(e), param) from None
-    params = sampling_params(engine, body, prompt.stop, logprobs=logprobs)
+    params = await run_in_threadpool(sampling_params, engine, body, prompt.stop, logprobs, prompt.call_grammar)
     ids = await run_in_threadpool(encode, engine, prompt.text, "messages")
     job = scheduler.submit(Generate([ids], params))
     engine.count(requests=1)

@@ -25,7 +25,7 @@ async def completions(body: CompletionRequest, request: Request):
         raise bad_request("best_of is not supported by this server (leave it out, or equal to n)", "best_of")
     max_batch = engine.config.max_batch
     raw = as_list(body.prompt, "prompt", "prompts", max_batch)
-    params = sampling_params(engine, body, logprobs=body.logprobs)
+    params = await run_in_threadpool(sampling_params, engine, body, (), body.logprobs)  # a grammar compiles here
     n = len(params)
     if len(raw) * n > max_batch:
         raise bad_request(f"{len(raw)} prompts x n={n} is more than this server's {max_batch} choices "

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from typing import Optional, Union
 
-from ...completion import choice_params
+from ...completion import choice_params, response_grammar
 from ...sampling import SamplingParams
 from ..engine import Engine
 from ..errors import OpenAIError, bad_request
@@ -69,9 +69,10 @@ def token_lists(engine: Engine, items: list, param: str) -> list[list[int]]:
 
 
 def sampling_params(engine: Engine, req, extra_stop: tuple[str, ...] = (),
-                    logprobs: Optional[int] = None) -> list[SamplingParams]:
+                    logprobs: Optional[int] = None, call_grammar: Optional[str] = None) -> list[SamplingParams]:
     """One SamplingParams per choice (``n``), from a request's fields and the defaults;
-    ``logprobs``: the alternatives each token's logprobs list (None: no logprobs)."""
+    ``logprobs``: the alternatives each token's logprobs list (None: no logprobs);
+    ``call_grammar``: a chat prompt's required tool call."""
     cfg = engine.config
     n_vocab = engine.model.n_vocab
     if req.n > cfg.max_n:
@@ -105,6 +106,7 @@ def sampling_params(engine: Engine, req, extra_stop: tuple[str, ...] = (),
         return defaults[name] if value is None else value
 
     seed = req.seed % (1 << 64) if req.seed is not None else None
+    grammar = _grammar(req, call_grammar)
     try:
         base = SamplingParams(
             temperature=pick("temperature"), top_p=pick("top_p"), top_k=pick("top_k"), min_p=pick("min_p"),
@@ -112,8 +114,25 @@ def sampling_params(engine: Engine, req, extra_stop: tuple[str, ...] = (),
             penalty_decay=pick("penalty_decay"), count_prompt=bool(req.global_penalty),
             logit_bias=bias, stop_tokens=engine.end_tokens,
             stop=tuple(dict.fromkeys(tuple(stop) + tuple(extra_stop))), seed=seed, max_tokens=max_tokens,
-            logprobs=logprobs,
+            logprobs=logprobs, grammar=grammar,
         )
     except ValueError as e:
         raise bad_request(str(e), str(e).split(" ", 1)[0]) from None
     return choice_params(base, req.n)
+
+
+def _grammar(req, call_grammar: Optional[str]):
+    """The request's output constraint (response_format, or llama.cpp's grammar / json_schema)."""
+    fields = [name for name in ("response_format", "grammar", "json_schema") if getattr(req, name) is not None]
+    if req.response_format is not None and req.response_format.get("type") == "text":
+        fields.remove("response_format")
+    if len(fields) > 1:
+        raise bad_request(f"{' and '.join(fields)}: give one of them, not several", fields[1])
+    response_format = req.response_format
+    if req.json_schema is not None:
+        response_format = {"type": "json_schema", "json_schema": {"schema": req.json_schema}}
+    try:
+        return response_grammar(response_format, req.grammar, call_grammar)
+    except ValueError as e:
+        raise bad_request(str(e), fields[0] if fields else "tool_choice") from None
+
