@@ -101,6 +101,18 @@ class HighLevelAPI:
         def eval_embedding_batch(self, tokens_per_sequence: Any, states: Any = None, *, normalize: bool = True,
                                  states_out: Any = None) -> tuple[np.ndarray, np.ndarray]: ...
 
+    @classmethod
+    def from_pretrained(cls, repo_id: str, filename: Optional[str] = None, *, revision: Optional[str] = None,
+                        **kwargs: Any) -> Any:
+        """A model from the Hugging Face Hub (llama-cpp-python's ``Llama.from_pretrained``):
+        ``filename`` in ``repo_id`` (None: the repository's one model file, or its Transformers
+        folder), downloaded through ``huggingface-hub`` and its cache, converted to a ``.bin``
+        once if it is a checkpoint (:mod:`rwkvcpp.hub`). ``kwargs`` go to ``Model(...)``
+        (``threads=``, ...)."""
+        from .hub import resolve
+
+        return cls(resolve(repo_id, filename, revision=revision), **kwargs)  # type: ignore[call-arg]
+
     # ---- tokens --------------------------------------------------------------------------------
 
     @property
