@@ -107,3 +107,26 @@ def test_structured_output_with_the_openai_client(client):
     both = client.post("/v1/completions", json={"prompt": "x", "grammar": 'root ::= "a"',
                                                 "json_schema": {"type": "object"}})
     assert both.status_code == 400 and "not several" in both.json()["error"]["message"]
+
+
+def test_metrics_in_prometheus_text(client):
+    parser = pytest.importorskip("prometheus_client.parser")
+    client.post("/v1/completions", json={"prompt": "Hello", "max_tokens": 5, "seed": 1})
+    with client.stream("POST", "/v1/completions", json={"prompt": "Hi", "max_tokens": 4, "stream": True}) as r:
+        assert any(line.startswith("data: ") for line in r.iter_lines())
+    assert client.get("/metrics", headers={"Authorization": ""}).status_code == 401
+    answer = client.get("/metrics")
+    assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/plain")
+    families = {f.name: f for f in parser.text_string_to_metric_families(answer.text)}
+    requests = {(s.labels["endpoint"], s.labels["status"]): s.value
+                for s in families["rwkvcpp_http_requests"].samples if s.name.endswith("_total")}
+    assert requests[("/v1/completions", "200")] >= 2
+    ttft = {s.name: s.value for s in families["rwkvcpp_time_to_first_token_seconds"].samples}
+    assert ttft["rwkvcpp_time_to_first_token_seconds_count"] >= 2
+    assert ttft["rwkvcpp_time_to_first_token_seconds_sum"] > 0
+    per_token = {s.name: s.value for s in families["rwkvcpp_time_per_output_token_seconds"].samples}
+    assert per_token["rwkvcpp_time_per_output_token_seconds_count"] >= 2
+    counters = {s.name: s.value for f in families.values() for s in f.samples}
+    assert counters["rwkvcpp_completion_tokens_total"] >= 9
+    assert counters["rwkvcpp_prompt_tokens_total"] >= len("Hello") + len("Hi")
+    assert any(name.startswith("rwkvcpp_scheduler_") for name in counters)

@@ -4,7 +4,7 @@ Endpoints: ``POST /v1/chat/completions``, ``POST /v1/completions`` (both with ``
 sent events ``data: {...}`` ending with ``data: [DONE]``), ``POST /v1/embeddings``,
 ``GET /v1/models``, ``GET /health``, ``POST /tokenize`` and ``/detokenize`` (and llama-cpp-python's
 ``/extras/*`` names), ``GET /`` (a chat page) and the OpenAPI docs at ``/docs`` and ``/redoc``
-(served without internet).
+(served without internet), ``GET /metrics`` (Prometheus).
 
 How a request runs:
 
@@ -29,6 +29,7 @@ from fastapi import FastAPI
 from .config import ServerConfig
 from .engine import Engine
 from .errors import install_error_handlers
+from .metrics import Metrics, MetricsMiddleware
 from .middleware import Guard
 from .routes import ROUTERS
 from .scheduler import ThreadScheduler
@@ -60,7 +61,9 @@ def create_app(model, config: Optional[ServerConfig] = None) -> FastAPI:
     )
     app.state.engine = engine
     app.state.scheduler = scheduler
+    app.state.metrics = Metrics(app.state)
     app.add_middleware(Guard, config=config)
+    app.add_middleware(MetricsMiddleware, app_state=app.state)  # outermost: it times everything
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)

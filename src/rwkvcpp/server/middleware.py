@@ -18,7 +18,7 @@ from .errors import OpenAIError
 __all__ = ["Guard"]
 
 # Paths that need the API key when one is set (/health, the chat page and the docs do not).
-PROTECTED = ("/v1", "/tokenize", "/detokenize", "/extras")
+PROTECTED = ("/v1", "/tokenize", "/detokenize", "/extras", "/metrics")
 
 
 class Guard:

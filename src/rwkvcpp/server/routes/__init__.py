@@ -3,9 +3,10 @@ tokenizer, state cache, settings) and ``request.app.state.scheduler`` (which run
 
 from __future__ import annotations
 
+from .. import metrics
 from . import chat, completions, embeddings, health, models, tokens, web
 
 ROUTERS = [web.router, health.router, models.router, chat.router, completions.router, embeddings.router,
-           tokens.router]
+           tokens.router, metrics.router]
 
 __all__ = ["ROUTERS"]

@@ -8,14 +8,16 @@ drives it from the scheduler's items, on the event loop.
 from __future__ import annotations
 
 import json
-from typing import Any, Callable
+import time
+from typing import Any, Callable, Optional
 
 from fastapi import Request
 from fastapi.responses import StreamingResponse
 
-from ...completion import Choices, Reply
+from ...completion import Choices, Piece, Reply
 from ..errors import as_openai_error, client_gone
 from ..jobs import Job
+from ..metrics import START_KEY
 
 __all__ = ["respond", "drain"]
 
@@ -27,6 +29,7 @@ async def respond(request: Request, job: Job, choices: Choices, *, model_id: str
     """The response to a completion request whose ``job`` is running: a server-sent event
     stream (``data: {...}`` chunks, ending with ``data: [DONE]``) or one JSON body."""
     reply = Reply(choices, model_id, prompt_tokens)
+    timing = _Timing(request)
 
     if stream:
         async def events():
@@ -34,6 +37,7 @@ async def respond(request: Request, job: Job, choices: Choices, *, model_id: str
                 for chunk in choices.opening():
                     yield _sse(reply.chunk(chunk))
                 async for item in job.items():
+                    timing.saw(item)
                     for chunk in choices.feed(item):
                         yield _sse(reply.chunk(chunk))
                 if include_usage:
@@ -42,15 +46,46 @@ async def respond(request: Request, job: Job, choices: Choices, *, model_id: str
                 yield _sse(as_openai_error(e).body())
             finally:
                 job.cancel()  # a no-op when finished; frees the slot when the client went away
+                timing.done()
             yield "data: [DONE]\n\n"
 
         return StreamingResponse(events(), media_type="text/event-stream", headers=SSE_HEADERS)
 
     sent = choices.opening()
-    await drain(job, request, lambda item: sent.extend(choices.feed(item)))
+
+    def handle(item) -> None:
+        timing.saw(item)
+        sent.extend(choices.feed(item))
+
+    try:
+        await drain(job, request, handle)
+    finally:
+        timing.done()
     if not choices.complete:
         return client_gone()
     return reply.whole(sent)
+
+
+class _Timing:
+    """When a generation's pieces came, for the metrics' time to first token and per token."""
+
+    def __init__(self, request: Request):
+        self.metrics = getattr(request.app.state, "metrics", None)
+        self.started = request.scope.get(START_KEY)
+        self.first: Optional[float] = None
+        self.last: Optional[float] = None
+        self.pieces = 0
+
+    def saw(self, item) -> None:
+        if isinstance(item, Piece):
+            self.last = time.perf_counter()
+            if self.first is None:
+                self.first = self.last
+            self.pieces += 1
+
+    def done(self) -> None:
+        if self.metrics is not None:
+            self.metrics.observe_generation(self.started, self.first, self.last, self.pieces)
 
 
 async def drain(job: Job, request: Request, handle: Callable[[Any], Any]) -> None:
