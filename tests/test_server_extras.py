@@ -24,7 +24,8 @@ def model():
 
 @pytest.fixture(scope="module")
 def client(model):
-    with TestClient(create_app(model, ServerConfig(api_key=KEY))) as c:
+    # The test client's requests carry "Host: testserver".
+    with TestClient(create_app(model, ServerConfig(api_key=[KEY, "second-key"], allowed_hosts=["testserver"]))) as c:
         c.headers["Authorization"] = f"Bearer {KEY}"
         yield c
 
@@ -72,6 +73,7 @@ def test_logprobs_over_http(client, model):
 def test_docs_work_offline(client):
     """/docs and /redoc load their scripts from this server, not from a CDN."""
     pytest.importorskip("fastapi_offline")
+    assert client.get("/docs", headers={"Authorization": ""}).status_code == 401  # the docs follow the key
     for page in ("/docs", "/redoc"):
         html = client.get(page).text
         assert "cdn.jsdelivr.net" not in html and "unpkg.com" not in html
@@ -130,3 +132,48 @@ def test_metrics_in_prometheus_text(client):
     assert counters["rwkvcpp_completion_tokens_total"] >= 9
     assert counters["rwkvcpp_prompt_tokens_total"] >= len("Hello") + len("Hi")
     assert any(name.startswith("rwkvcpp_scheduler_") for name in counters)
+
+
+def test_keys_hosts_and_cors(model):
+    config = ServerConfig(api_key=["a-key", "b-key"], cors_origins=["https://app.example"], public_docs=True)
+    with TestClient(create_app(model, config), base_url="http://127.0.0.1:8000") as c:
+        for key, status in (("a-key", 200), ("b-key", 200), ("c-key", 401)):
+            assert c.get("/v1/models", headers={"Authorization": f"Bearer {key}"}).status_code == status
+        assert c.get("/health").status_code == 200 and c.get("/openapi.json").status_code == 200  # public docs
+        # DNS rebinding: a page of another site whose name resolves to 127.0.0.1
+        rebound = c.get("/health", headers={"Host": "evil.example:8000"})
+        assert rebound.status_code == 400 and rebound.json()["error"]["code"] == "invalid_host"
+        assert c.get("/health", headers={"Host": "localhost:8000"}).status_code == 200
+        assert c.get("/health", headers={"Host": "[::1]:8000"}).status_code == 200
+        preflight = c.options("/v1/chat/completions", headers={
+            "Origin": "https://app.example", "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type"})
+        assert preflight.status_code == 200
+        assert preflight.headers["access-control-allow-origin"] == "https://app.example"
+        other = c.options("/v1/chat/completions", headers={"Origin": "https://other.example",
+                                                           "Access-Control-Request-Method": "POST"})
+        assert "access-control-allow-origin" not in other.headers
+    with pytest.raises(ValueError, match="without spaces"):
+        ServerConfig(api_key="two words")
+    with TestClient(create_app(model, ServerConfig(host="0.0.0.0")), base_url="http://anything.example") as c:
+        assert c.get("/health").status_code == 200  # not bound to loopback: any name
+
+
+def test_serve_refuses_empty_or_missing_keys(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    def serve(*args, env=None):
+        return subprocess.run([sys.executable, "-m", "rwkvcpp", "serve", *args], capture_output=True, text=True,
+                              timeout=120, env={**os.environ, **(env or {})})
+
+    empty = serve(env={"RWKVCPP_API_KEY": " "})
+    assert empty.returncode == 2
+    assert empty.stderr.splitlines()[0] == ("rwkvcpp serve: error: RWKVCPP_API_KEY is set but empty: unset it to "
+                                            "serve without a key, or set a key")
+    missing = serve("--api-key-file", str(tmp_path / "nope"))
+    assert missing.returncode == 2 and "--api-key-file: cannot read" in missing.stderr.splitlines()[0]
+    (tmp_path / "keys").write_text("# our keys\n\n")
+    blank = serve("--api-key-file", str(tmp_path / "keys"))
+    assert blank.returncode == 2 and "holds no key" in blank.stderr.splitlines()[0]

@@ -22,9 +22,18 @@ def add_arguments(parser) -> None:
     parser.add_argument("--host", default=d.host,
                         help=f"address to listen on (default {d.host}; 0.0.0.0 exposes the server to the network)")
     parser.add_argument("--port", type=int, default=d.port, help=f"port (default {d.port})")
-    parser.add_argument("--api-key", metavar="KEY",
-                        help="require 'Authorization: Bearer KEY' on /v1/* (default: the RWKVCPP_API_KEY "
-                             "environment variable, else no key)")
+    access = parser.add_argument_group("access")
+    access.add_argument("--api-key", metavar="KEY", action="append",
+                        help="require 'Authorization: Bearer KEY' on the API and the docs (repeat for several "
+                             "keys; default: the RWKVCPP_API_KEY environment variable, else no key)")
+    access.add_argument("--api-key-file", metavar="FILE",
+                        help="read keys from FILE, one per line (# starts a comment)")
+    access.add_argument("--public-docs", action="store_true", help="serve /docs and /openapi.json without the key")
+    access.add_argument("--allowed-host", metavar="NAME", action="append", default=[],
+                        help="a Host header name to accept besides localhost while on a loopback address "
+                             "(repeatable; refusing others guards against DNS rebinding)")
+    access.add_argument("--cors-origin", metavar="ORIGIN", action="append", default=[],
+                        help="an origin whose web pages may call the API (repeatable; '*' for any; default none)")
     _common.add_state_argument(parser)
     parser.add_argument("--model-name", metavar="NAME", help="model id shown to clients (default: the file name)")
     limits = parser.add_argument_group("limits")
@@ -53,13 +62,14 @@ def run(args) -> int:
         require_server_dependencies(uvicorn=True)
     except ImportError as e:
         raise CommandError(str(e)) from None
-    api_key = args.api_key if args.api_key is not None else os.environ.get("RWKVCPP_API_KEY") or None
+    api_keys = _api_keys(args)
     default_max = args.default_max_tokens
     if default_max is None:
         default_max = min(ServerConfig.default_max_tokens, args.max_tokens)
     try:  # ServerConfig checks every setting
         config = ServerConfig(
-            host=args.host, port=args.port, api_key=api_key, model_name=args.model_name,
+            host=args.host, port=args.port, api_key=api_keys, model_name=args.model_name,
+            public_docs=args.public_docs, allowed_hosts=args.allowed_host, cors_origins=args.cors_origin,
             max_queue=args.max_queue, max_concurrent=args.max_concurrent, max_tokens_cap=args.max_tokens,
             default_max_tokens=default_max, max_prompt_tokens=args.max_prompt_tokens,
             cache_bytes=args.cache_mb << 20, cache_entries=ServerConfig.cache_entries if args.cache_mb else 0,
@@ -77,9 +87,9 @@ def run(args) -> int:
     app.state.engine.initial_state = start  # for every request
     shown = f"[{config.host}]" if ":" in config.host else config.host
     print(f"serving {app.state.engine.model_id} ({model.arch}, {model.n_layer} layers, n_vocab {model.n_vocab}) "
-          f"at http://{shown}:{config.port}/  (API: /v1, docs: /docs){'; API key required' if api_key else ''}",
+          f"at http://{shown}:{config.port}/  (API: /v1, docs: /docs){'; API key required' if api_keys else ''}",
           file=sys.stderr, flush=True)
-    if config.host not in ("127.0.0.1", "localhost", "::1") and not api_key:
+    if not config.loopback and not api_keys:
         print("warning: listening beyond this machine without --api-key", file=sys.stderr, flush=True)
     try:
         uvicorn.run(app, host=config.host, port=config.port, log_level=args.log_level, timeout_graceful_shutdown=3)
@@ -89,9 +99,31 @@ def run(args) -> int:
     return 0
 
 
+def _api_keys(args) -> list[str]:
+    """The keys of --api-key, --api-key-file, else RWKVCPP_API_KEY; an empty variable is an error
+    rather than a server that silently needs no key."""
+    keys = list(args.api_key or [])
+    if args.api_key_file:
+        try:
+            with open(args.api_key_file, encoding="utf-8") as f:
+                lines = [line.split("#", 1)[0].strip() for line in f]
+        except OSError as e:
+            raise CommandError(f"--api-key-file: cannot read {args.api_key_file}: {e.strerror}") from None
+        found = [line for line in lines if line]
+        if not found:
+            raise CommandError(f"--api-key-file: {args.api_key_file} holds no key")
+        keys += found
+    if not keys and "RWKVCPP_API_KEY" in os.environ:
+        value = os.environ["RWKVCPP_API_KEY"].strip()
+        if not value:
+            raise CommandError("RWKVCPP_API_KEY is set but empty: unset it to serve without a key, or set a key")
+        keys.append(value)
+    return keys
+
+
 # ServerConfig's fields as this command's flags, for its error messages.
 FLAGS = {
-    "port": "--port", "api_key": "--api-key", "max_queue": "--max-queue", "max_concurrent": "--max-concurrent",
+    "port": "--port", "api_key": "--api-key", "allowed_hosts": "--allowed-host", "cors_origins": "--cors-origin", "max_queue": "--max-queue", "max_concurrent": "--max-concurrent",
     "max_tokens_cap": "--max-tokens", "default_max_tokens": "--default-max-tokens",
     "max_prompt_tokens": "--max-prompt-tokens", "cache_bytes": "--cache-mb (in bytes)",
 }

@@ -63,6 +63,11 @@ def create_app(model, config: Optional[ServerConfig] = None) -> FastAPI:
     app.state.scheduler = scheduler
     app.state.metrics = Metrics(app.state)
     app.add_middleware(Guard, config=config)
+    if config.cors_origins:  # outside the guard: a browser's preflight carries no API key
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type"], max_age=600)
     app.add_middleware(MetricsMiddleware, app_state=app.state)  # outermost: it times everything
     install_error_handlers(app)
     for router in ROUTERS:

@@ -7,12 +7,16 @@ each setting as ``ServerConfig.<field>``, which ``rwkvcpp serve`` turns into its
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
-from typing import Optional
+from typing import Optional, Union
 
 from ..sampling import CHAT_DEFAULTS
 
-__all__ = ["ServerConfig", "DEFAULT_SAMPLING"]
+__all__ = ["ServerConfig", "DEFAULT_SAMPLING", "LOOPBACK_HOSTS"]
+
+# Names of this machine that a Host header may carry when the server listens on loopback.
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 
 # Used for any sampling field a request leaves out: the settings of `rwkvcpp chat`.
 DEFAULT_SAMPLING = CHAT_DEFAULTS
@@ -26,7 +30,15 @@ class ServerConfig:
     host, port:          where ``rwkvcpp serve`` listens (loopback only by default)
     model_name:          the model id shown by /v1/models and in responses (default: the
                          file name without ``.bin``); requests may name any model
-    api_key:             when set, /v1/* requests need ``Authorization: Bearer <api_key>``
+    api_key:             a key, or a list of keys: when set, requests to the API (/v1/*, /tokenize,
+                         /detokenize, /extras/*, /metrics; the docs too unless ``public_docs``)
+                         need ``Authorization: Bearer <one of them>``; /health and the chat page
+                         never do
+    public_docs:         /docs, /redoc and /openapi.json without the key
+    allowed_hosts:       Host header names accepted besides localhost, 127.0.0.1 and [::1] while
+                         bound to a loopback address (a DNS-rebinding guard)
+    cors_origins:        origins a browser page may call the API from (CORS); "*" for any;
+                         default none
     max_body_bytes:      largest request body (413 beyond)
     max_prompt_tokens:   longest prompt, or embedding input, in tokens
     max_tokens_cap:      the most ``max_tokens`` a request may ask for
@@ -45,7 +57,10 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8000
     model_name: Optional[str] = None
-    api_key: Optional[str] = None
+    api_key: Union[str, Sequence[str], None] = None
+    public_docs: bool = False
+    allowed_hosts: Sequence[str] = ()
+    cors_origins: Sequence[str] = ()
     max_body_bytes: int = 1 << 20
     max_prompt_tokens: int = 16384
     max_tokens_cap: int = 4096
@@ -81,10 +96,29 @@ class ServerConfig:
                 f"ServerConfig.default_max_tokens ({self.default_max_tokens}) is above ServerConfig.max_tokens_cap "
                 f"({self.max_tokens_cap})"
             )
-        if self.api_key is not None and (not isinstance(self.api_key, str) or not self.api_key):
-            raise ValueError("ServerConfig.api_key must be a non-empty string or None")
+        keys = (self.api_key,) if isinstance(self.api_key, str) else tuple(self.api_key or ())
+        for key in keys:
+            if not isinstance(key, str) or not key or key != key.strip() or any(c.isspace() for c in key):
+                raise ValueError("ServerConfig.api_key: each key must be a non-empty string without spaces")
+        for name in ("allowed_hosts", "cors_origins"):
+            values = getattr(self, name)
+            values = (values,) if isinstance(values, str) else tuple(values)
+            if not all(isinstance(v, str) and v for v in values):
+                raise ValueError(f"ServerConfig.{name} must be a list of non-empty strings")
+            setattr(self, name, values)
+        if not isinstance(self.public_docs, bool):
+            raise ValueError("ServerConfig.public_docs must be True or False")
         unknown = set(self.sampling) - set(DEFAULT_SAMPLING)
         if unknown:
             raise ValueError(f"ServerConfig.sampling has unknown key(s) {', '.join(sorted(unknown))}; "
                              f"expected some of {', '.join(DEFAULT_SAMPLING)}")
         self.sampling = {**DEFAULT_SAMPLING, **self.sampling}
+
+    @property
+    def api_keys(self) -> tuple[str, ...]:
+        """The accepted keys (empty: none needed)."""
+        return (self.api_key,) if isinstance(self.api_key, str) else tuple(self.api_key or ())
+
+    @property
+    def loopback(self) -> bool:
+        return self.host in LOOPBACK_HOSTS or self.host.startswith("127.")

@@ -1,5 +1,9 @@
-"""ASGI middleware in front of every route: the API key (for the API's paths) and the request size
-limit.
+"""ASGI middleware in front of every route: the Host header (while bound to loopback), the API key
+(for the API's paths) and the request size limit.
+
+The Host check stops DNS rebinding: a web page on another site whose name is made to resolve to
+127.0.0.1 would otherwise reach a loopback server from the visitor's browser, with the server
+seeing its own address; the page's Host header gives it away.
 
 Raw ASGI rather than FastAPI's middleware, so that an oversized body is refused as it arrives
 (by its Content-Length, or while it streams in) instead of after it has been read whole.
@@ -12,20 +16,29 @@ import json
 
 from fastapi import HTTPException
 
-from .config import ServerConfig
+from .config import LOOPBACK_HOSTS, ServerConfig
 from .errors import OpenAIError
 
 __all__ = ["Guard"]
 
-# Paths that need the API key when one is set (/health, the chat page and the docs do not).
+# Paths that need the API key when one is set (/health and the chat page never do).
 PROTECTED = ("/v1", "/tokenize", "/detokenize", "/extras", "/metrics")
+DOCS = ("/docs", "/redoc", "/openapi.json", "/static-offline-docs")
 
 
 class Guard:
     def __init__(self, app, config: ServerConfig):
         self.app = app
         self.config = config
-        self._key = config.api_key.encode() if config.api_key else None
+        self._keys = [key.encode() for key in config.api_keys]
+        self._protected = PROTECTED if config.public_docs else PROTECTED + DOCS
+        self._hosts = {h.lower() for h in (*LOOPBACK_HOSTS, *config.allowed_hosts)} if config.loopback else None
+
+    def _key_ok(self, token: bytes) -> bool:
+        ok = False
+        for key in self._keys:  # every key compared, in constant time each
+            ok |= hmac.compare_digest(token, key)
+        return ok
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -33,10 +46,14 @@ class Guard:
         headers = {}
         for name, value in scope.get("headers", ()):
             headers.setdefault(name.lower(), value)
-        if self._key is not None and scope["path"].startswith(PROTECTED):
+        if self._hosts is not None and _host_name(headers.get(b"host", b"")) not in self._hosts:
+            return await _send(send, OpenAIError(
+                400, "this server answers requests for localhost only (Host header not accepted; "
+                     "rwkvcpp serve --allowed-host NAME adds a name)", code="invalid_host"))
+        if self._keys and scope["path"].startswith(self._protected):
             auth = headers.get(b"authorization", b"")
             scheme, _, token = auth.partition(b" ")
-            if scheme.lower() != b"bearer" or not hmac.compare_digest(token.strip(), self._key):
+            if scheme.lower() != b"bearer" or not self._key_ok(token.strip()):
                 message = ("Incorrect API key provided" if auth else
                            "Missing API key: send it as the header 'Authorization: Bearer <key>'")
                 return await _send(send, OpenAIError(401, message, code="invalid_api_key",
@@ -62,6 +79,14 @@ class Guard:
             return message
 
         await self.app(scope, limited_receive, send)
+
+
+def _host_name(host: bytes) -> str:
+    """The name in a Host header, without the port ("[::1]:8000" -> "[::1]")."""
+    text = host.decode("latin-1").strip().lower()
+    if text.startswith("["):
+        return text[: text.find("]") + 1]
+    return text.rsplit(":", 1)[0] if text.count(":") == 1 else text
 
 
 def _too_large(limit: int) -> str:
