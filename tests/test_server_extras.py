@@ -177,3 +177,82 @@ def test_serve_refuses_empty_or_missing_keys(tmp_path):
     (tmp_path / "keys").write_text("# our keys\n\n")
     blank = serve("--api-key-file", str(tmp_path / "keys"))
     assert blank.returncode == 2 and "holds no key" in blank.stderr.splitlines()[0]
+
+
+@pytest.fixture
+def live_server(model):
+    """A real uvicorn server in a thread, with short connection limits."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    from rwkvcpp.server.connections import uvicorn_settings
+
+    config = ServerConfig(header_timeout=1.0, body_timeout=1.0, max_connections=3)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    settings = uvicorn_settings(config)
+    server = uvicorn.Server(uvicorn.Config(create_app(model, config), log_level="warning", **settings))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.02)
+    yield sock.getsockname()
+    server.should_exit = True
+    thread.join(10)
+
+
+def _closed_within(conn, seconds: float) -> bool:
+    """Whether the server closes ``conn`` (reading what it sends) within ``seconds``."""
+    import time
+
+    conn.settimeout(seconds)
+    end = time.monotonic() + seconds
+    try:
+        while time.monotonic() < end:
+            if not conn.recv(4096):
+                return True
+    except OSError:  # a timeout: still open
+        return False
+    return False
+
+
+def test_slow_and_idle_connections_are_cut(live_server):
+    import socket
+
+    idle = socket.create_connection(live_server)
+    assert _closed_within(idle, 4), "an idle connection must be closed after the header timeout"
+    slow = socket.create_connection(live_server)
+    for part in (b"GET /health HTTP/1.1\r\n", b"Host: 127.0.0.1\r\n"):
+        slow.sendall(part)
+    assert _closed_within(slow, 4), "headers that never end must not hold the connection"
+    body = socket.create_connection(live_server)
+    body.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: 100\r\n\r\n{\"prompt\"")
+    body.settimeout(5)
+    assert body.recv(4096).startswith(b"HTTP/1.1 408"), "a body that stops arriving gets 408"
+    for conn in (idle, slow, body):
+        conn.close()
+
+
+def test_connection_cap_answers_503(live_server):
+    import socket
+    import time
+
+    held = [socket.create_connection(live_server) for _ in range(3)]
+    extra = socket.create_connection(live_server)
+    extra.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    extra.settimeout(5)
+    assert extra.recv(4096).startswith(b"HTTP/1.1 503")
+    for conn in held + [extra]:
+        conn.close()
+    time.sleep(0.3)  # the server sees the closes
+    fresh = socket.create_connection(live_server)  # the held ones are gone: served again
+    fresh.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    fresh.settimeout(5)
+    assert fresh.recv(4096).startswith(b"HTTP/1.1 200")
+    fresh.close()

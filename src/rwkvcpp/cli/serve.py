@@ -48,6 +48,12 @@ def add_arguments(parser) -> None:
                              f"(default {d.default_max_tokens}, or --max-tokens if lower)")
     limits.add_argument("--max-prompt-tokens", type=int, metavar="N", default=d.max_prompt_tokens,
                         help=f"longest prompt in tokens (default {d.max_prompt_tokens})")
+    limits.add_argument("--max-connections", type=int, metavar="N", default=d.max_connections,
+                        help=f"open connections beyond which requests get 503 (default {d.max_connections})")
+    limits.add_argument("--header-timeout", type=float, metavar="S", default=d.header_timeout,
+                        help=f"seconds a client may take over a request's headers (default {d.header_timeout:g})")
+    limits.add_argument("--body-timeout", type=float, metavar="S", default=d.body_timeout,
+                        help=f"seconds a client may take over a request's body (default {d.body_timeout:g})")
     limits.add_argument("--cache-mb", type=int, metavar="MB", default=d.cache_bytes >> 20,
                         help=f"memory for cached conversation states, 0 = off (default {d.cache_bytes >> 20})")
     parser.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"),
@@ -70,6 +76,8 @@ def run(args) -> int:
         config = ServerConfig(
             host=args.host, port=args.port, api_key=api_keys, model_name=args.model_name,
             public_docs=args.public_docs, allowed_hosts=args.allowed_host, cors_origins=args.cors_origin,
+            max_connections=args.max_connections, header_timeout=args.header_timeout,
+            body_timeout=args.body_timeout,
             max_queue=args.max_queue, max_concurrent=args.max_concurrent, max_tokens_cap=args.max_tokens,
             default_max_tokens=default_max, max_prompt_tokens=args.max_prompt_tokens,
             cache_bytes=args.cache_mb << 20, cache_entries=ServerConfig.cache_entries if args.cache_mb else 0,
@@ -82,6 +90,7 @@ def run(args) -> int:
     import uvicorn
 
     from ..server import create_app
+    from ..server.connections import uvicorn_settings
 
     app = create_app(model, config)
     app.state.engine.initial_state = start  # for every request
@@ -92,7 +101,7 @@ def run(args) -> int:
     if not config.loopback and not api_keys:
         print("warning: listening beyond this machine without --api-key", file=sys.stderr, flush=True)
     try:
-        uvicorn.run(app, host=config.host, port=config.port, log_level=args.log_level, timeout_graceful_shutdown=3)
+        uvicorn.run(app, host=config.host, port=config.port, log_level=args.log_level, **uvicorn_settings(config))
     except SystemExit as e:  # uvicorn exits when it cannot bind
         if e.code:
             raise CommandError(f"could not serve on {config.host}:{config.port} (see the message above)") from None
@@ -123,7 +132,8 @@ def _api_keys(args) -> list[str]:
 
 # ServerConfig's fields as this command's flags, for its error messages.
 FLAGS = {
-    "port": "--port", "api_key": "--api-key", "allowed_hosts": "--allowed-host", "cors_origins": "--cors-origin", "max_queue": "--max-queue", "max_concurrent": "--max-concurrent",
+    "port": "--port", "api_key": "--api-key", "allowed_hosts": "--allowed-host", "cors_origins": "--cors-origin",
+    "max_connections": "--max-connections", "header_timeout": "--header-timeout", "body_timeout": "--body-timeout", "max_queue": "--max-queue", "max_concurrent": "--max-concurrent",
     "max_tokens_cap": "--max-tokens", "default_max_tokens": "--default-max-tokens",
     "max_prompt_tokens": "--max-prompt-tokens", "cache_bytes": "--cache-mb (in bytes)",
 }

@@ -46,6 +46,8 @@ def serve(model, config: ServerConfig | None = None, log_level: str = "info") ->
     require_server_dependencies(uvicorn=True)
     import uvicorn
 
+    from .connections import uvicorn_settings
+
     config = config if config is not None else ServerConfig()
     app = create_app(model, config)
-    uvicorn.run(app, host=config.host, port=config.port, log_level=log_level, timeout_graceful_shutdown=3)
+    uvicorn.run(app, host=config.host, port=config.port, log_level=log_level, **uvicorn_settings(config))

@@ -39,6 +39,9 @@ class ServerConfig:
                          bound to a loopback address (a DNS-rebinding guard)
     cors_origins:        origins a browser page may call the API from (CORS); "*" for any;
                          default none
+    header_timeout, body_timeout: seconds a client may take to send a request's headers (else
+                         the connection is closed) and its body (else 408)
+    max_connections:     open connections (and requests in flight) beyond which a request gets 503
     max_body_bytes:      largest request body (413 beyond)
     max_prompt_tokens:   longest prompt, or embedding input, in tokens
     max_tokens_cap:      the most ``max_tokens`` a request may ask for
@@ -61,6 +64,9 @@ class ServerConfig:
     public_docs: bool = False
     allowed_hosts: Sequence[str] = ()
     cors_origins: Sequence[str] = ()
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    max_connections: int = 256
     max_body_bytes: int = 1 << 20
     max_prompt_tokens: int = 16384
     max_tokens_cap: int = 4096
@@ -76,7 +82,7 @@ class ServerConfig:
 
     def __post_init__(self):
         positive = ("max_body_bytes", "max_prompt_tokens", "max_tokens_cap", "max_n", "max_batch",
-                    "max_concurrent")
+                    "max_concurrent", "max_connections")
         non_negative = ("default_max_tokens", "max_stop", "max_queue", "cache_entries", "cache_bytes")
         for f in fields(self):
             value = getattr(self, f.name)
@@ -106,6 +112,10 @@ class ServerConfig:
             if not all(isinstance(v, str) and v for v in values):
                 raise ValueError(f"ServerConfig.{name} must be a list of non-empty strings")
             setattr(self, name, values)
+        for name in ("header_timeout", "body_timeout"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1e6:
+                raise ValueError(f"ServerConfig.{name} must be a positive number of seconds, not {value!r}")
         if not isinstance(self.public_docs, bool):
             raise ValueError("ServerConfig.public_docs must be True or False")
         unknown = set(self.sampling) - set(DEFAULT_SAMPLING)

@@ -11,6 +11,7 @@ Raw ASGI rather than FastAPI's middleware, so that an oversized body is refused 
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 
@@ -68,14 +69,22 @@ class Guard:
             if declared > limit:
                 return await _send(send, OpenAIError(413, _too_large(limit), code="request_too_large"))
         received = 0
+        body_done = False
 
         async def limited_receive():
-            nonlocal received
-            message = await receive()
+            nonlocal received, body_done
+            if body_done:  # later receives wait for a disconnect, as long as a stream lasts
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.config.body_timeout)
+            except asyncio.TimeoutError:
+                raise HTTPException(408, f"the request body did not arrive within {self.config.body_timeout:g} s") \
+                    from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
                     raise HTTPException(413, _too_large(limit))  # answered by the app's error handler
+                body_done = not message.get("more_body", False)
             return message
 
         await self.app(scope, limited_receive, send)

@@ -1,0 +1,68 @@
+"""Connection limits the HTTP server enforces below the app: how long a client may take to send
+a request's headers, how many connections may be open, and (in :mod:`.middleware`) how long it
+may take over the body.
+
+uvicorn closes idle keep-alive connections, but a connection that never finishes its headers
+(a slowloris client, or one that connects and sends nothing) would hold a socket and a slot
+forever: :func:`protocol` adds a deadline for the headers of each request, as nginx's
+``client_header_timeout`` does.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["protocol", "uvicorn_settings"]
+
+
+def protocol(header_timeout: float) -> type:
+    """uvicorn's h11 protocol with a deadline: a connection whose next request has not been read
+    up to the end of its headers ``header_timeout`` seconds after the connection opened, or
+    after that request's first byte, is closed."""
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeaderDeadlineProtocol(H11Protocol):
+        _deadline: Any = None
+
+        def connection_made(self, transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm()
+
+        def data_received(self, data: bytes) -> None:
+            if self.cycle is None or self.cycle.response_complete:
+                self._arm()  # the first bytes of a new request: its headers have this long
+            before = self.cycle
+            super().data_received(data)
+            if self.cycle is not before:  # the headers were read: the app has the request
+                self._disarm()
+
+        def connection_lost(self, exc) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def _arm(self) -> None:
+            if self._deadline is None:
+                self._deadline = self.loop.call_later(header_timeout, self._expire)
+
+        def _disarm(self) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+                self._deadline = None
+
+        def _expire(self) -> None:
+            self._deadline = None
+            if not self.transport.is_closing():
+                try:
+                    self.conn.send(h11.ConnectionClosed())
+                except h11.LocalProtocolError:
+                    pass
+                self.transport.close()
+
+    return HeaderDeadlineProtocol
+
+
+def uvicorn_settings(config) -> dict:
+    """The keyword arguments of ``uvicorn.run`` / ``uvicorn.Config`` for a ServerConfig's limits."""
+    return {"http": protocol(config.header_timeout), "limit_concurrency": config.max_connections,
+            "timeout_keep_alive": 5, "timeout_graceful_shutdown": 3}
