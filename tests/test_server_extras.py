@@ -256,3 +256,66 @@ def test_connection_cap_answers_503(live_server):
     fresh.settimeout(5)
     assert fresh.recv(4096).startswith(b"HTTP/1.1 200")
     fresh.close()
+
+
+@pytest.fixture
+def session_client(model, tmp_path):
+    config = ServerConfig(states_dir=str(tmp_path / "states"), max_states=3, allowed_hosts=["testserver"])
+    with TestClient(create_app(model, config)) as c:
+        yield c
+
+
+def test_saved_session_continues_exactly(session_client, model):
+    from rwkvcpp.chat_format import conversation_text, render_chat
+    from rwkvcpp.generate import Generator
+    from rwkvcpp.sampling import SamplingParams
+
+    saved = session_client.post("/v1/states", json={"prompt": "The cat"}).json()
+    assert saved["object"] == "rwkv.state" and saved["tokens"] == len("The cat") and saved["id"].startswith("state_")
+    assert session_client.get(f"/v1/states/{saved['id']}").json()["bytes"] == saved["bytes"]
+    reply = session_client.post("/v1/completions", json={"prompt": " sat", "rwkv_state": saved["id"],
+                                                         "max_tokens": 12, "temperature": 0}).json()
+    state = model.eval_sequence(model.tokenize("The cat"))[1]
+    want = Generator(model).complete(" sat", SamplingParams(max_tokens=12, temperature=0, stop_tokens=()), state)
+    assert reply["choices"][0]["text"] == want.text
+
+    history = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]
+    turn = session_client.post("/v1/states", json={"messages": history}).json()
+    nxt = [{"role": "user", "content": "How are you?"}]
+    chat = session_client.post("/v1/chat/completions", json={"messages": nxt, "rwkv_state": turn["id"],
+                                                             "max_tokens": 10, "temperature": 0}).json()
+    # the saved conversation, then the new turn: the text of the whole conversation
+    assert conversation_text(history) + "\n\n" + render_chat(nxt).text == render_chat(history + nxt).text
+    state = model.eval_sequence(model.tokenize(conversation_text(history)))[1]
+    want = Generator(model).complete("\n\n" + render_chat(nxt).text,
+                                     SamplingParams(max_tokens=10, temperature=0, stop=("\n\nUser:", "\n\nSystem:")),
+                                     state)
+    assert chat["choices"][0]["message"]["content"] == want.text.strip()
+
+
+def test_saved_sessions_are_bounded_and_checked(session_client, tmp_path):
+    ids = [session_client.post("/v1/states", json={"prompt": f"text {i}"}).json()["id"] for i in range(4)]
+    assert session_client.get(f"/v1/states/{ids[0]}").status_code == 404, "the least recently used went"
+    assert all(session_client.get(f"/v1/states/{i}").status_code == 200 for i in ids[1:])
+    bad = session_client.post("/v1/completions", json={"prompt": "x", "rwkv_state": "../../etc/passwd"})
+    assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_state_id"
+    gone = session_client.post("/v1/completions", json={"prompt": "x", "rwkv_state": ids[0]})
+    assert gone.status_code == 404 and gone.json()["error"]["code"] == "state_not_found"
+    assert session_client.delete(f"/v1/states/{ids[1]}").json()["deleted"] is True
+    assert session_client.post("/v1/states", json={"prompt": "a", "messages": []}).status_code == 400
+    # another model's state is refused
+    other = tmp_path / "other.bin"
+    from support.checkpoints import make_checkpoint
+
+    from rwkvcpp.writer import write_model
+
+    write_model(other, make_checkpoint("v7", n_layer=1, n_embed=64, n_vocab=256, seed=1), dtype="FP16")
+    config = ServerConfig(states_dir=str(tmp_path / "states"), allowed_hosts=["testserver"])
+    with TestClient(create_app(Model(other), config)) as c:
+        refused = c.post("/v1/completions", json={"prompt": "x", "rwkv_state": ids[2]})
+        assert refused.status_code == 400 and "cannot be used" in refused.json()["error"]["message"]
+
+
+def test_sessions_off_by_default(client):
+    off = client.post("/v1/states", json={"prompt": "x"})
+    assert off.status_code == 404 and off.json()["error"]["code"] == "sessions_off"

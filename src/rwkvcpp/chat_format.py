@@ -234,6 +234,18 @@ def _lark_json_then(schema: dict, tail: str) -> str:
     return f"start: call {json.dumps(tail)}\ncall: %json {json.dumps(compact, ensure_ascii=False)}\n"
 
 
+# What separates new turns from a saved conversation they continue (rwkvcpp serve's rwkv_state).
+CONTINUATION = "\n\n"
+
+
+def conversation_text(messages: Sequence, tools: Optional[Sequence] = None, tool_choice: Any = None) -> str:
+    """The conversation as :func:`render_chat` writes it, without the assistant's cue at the end:
+    the text whose state a saved session keeps."""
+    text = render_chat(messages, tools, tool_choice).text
+    cue = f"\n\n{ASSISTANT}:"
+    return text[: -len(cue)] if text.endswith(cue) else text
+
+
 def new_call_id() -> str:
     return "call_" + secrets.token_hex(12)
 

@@ -68,28 +68,32 @@ class PromptReader:
     """How :func:`generate_items` reads prompts and learns of finished choices. This one reads
     each prompt whole and keeps nothing."""
 
-    def read_prompt(self, ids: list[int], count_prompt: bool) -> tuple[int, Optional[np.ndarray], list[int]]:
+    def read_prompt(self, ids: list[int], count_prompt: bool,
+                    start: Optional[np.ndarray] = None) -> tuple[int, Optional[np.ndarray], list[int]]:
         """``(cached, state, todo)``: generation starts from ``state`` (None: a fresh one) by
-        reading ``todo``; ``cached`` tokens of ``ids`` needed no evaluation."""
-        return 0, None, list(ids)
+        reading ``todo``; ``cached`` tokens of ``ids`` needed no evaluation. ``start``: the state
+        ``ids`` continue (None: the reader's initial state)."""
+        return 0, start, list(ids)
 
     def choice_started(self, todo: Sequence[int]) -> None:
         """A choice starts by evaluating ``todo``."""
 
-    def choice_finished(self, ids: Sequence[int], result: Any) -> None:
-        """A choice of prompt ``ids`` ended with ``result`` (a :class:`~rwkvcpp.generate.Generation`)."""
+    def choice_finished(self, ids: Sequence[int], result: Any, start: Optional[np.ndarray] = None) -> None:
+        """A choice of prompt ``ids`` (continuing ``start``) ended with ``result`` (a
+        :class:`~rwkvcpp.generate.Generation`)."""
 
 
 def generate_items(generator, prompts: Sequence[Sequence[int]], params: Sequence[SamplingParams],
-                   reader: Optional[PromptReader] = None) -> Iterator[Item]:
+                   reader: Optional[PromptReader] = None, start: Optional[np.ndarray] = None) -> Iterator[Item]:
     """The items of ``len(params)`` choices for each prompt (checked token lists); choice ``i``
-    of prompt ``p`` is number ``p * len(params) + i``. One choice runs on ``generator`` alone;
+    of prompt ``p`` is number ``p * len(params) + i``; every prompt continues ``start`` (None:
+    the reader's initial state). One choice runs on ``generator`` alone;
     several run together in a :class:`~rwkvcpp.batch.BatchGenerator` (each prompt read once for
     its choices), their pieces interleaved. Closing the iterator early stops the generation."""
     reader = reader if reader is not None else PromptReader()
     n = len(params)
     if len(prompts) * n == 1:
-        yield from _one_choice(generator, list(prompts[0]), params[0], reader)
+        yield from _one_choice(generator, list(prompts[0]), params[0], reader, start)
         return
     from .batch import BatchGenerator
 
@@ -97,7 +101,7 @@ def generate_items(generator, prompts: Sequence[Sequence[int]], params: Sequence
     number: dict[int, tuple[int, list[int]]] = {}  # choice id -> (its number, its prompt)
     for p, ids in enumerate(prompts):
         ids = list(ids)
-        cached, state, todo = reader.read_prompt(ids, params[0].count_prompt)
+        cached, state, todo = reader.read_prompt(ids, params[0].count_prompt, start)
         yield PromptRead(p, cached)
         reader.choice_started(todo)  # read once for all n choices
         number.update((c, (p * n + i, ids)) for i, c in enumerate(batch.add(todo, params, state)))
@@ -107,12 +111,13 @@ def generate_items(generator, prompts: Sequence[Sequence[int]], params: Sequence
         tokens = 0
         if result is not None:
             tokens = result.completion_tokens
-            reader.choice_finished(ids, result)
+            reader.choice_finished(ids, result, start)
         yield Piece(at, chunk.text, chunk.finish_reason, tokens, chunk.logprob)
 
 
-def _one_choice(generator, ids: list[int], params: SamplingParams, reader: PromptReader) -> Iterator[Item]:
-    cached, state, todo = reader.read_prompt(ids, params.count_prompt)
+def _one_choice(generator, ids: list[int], params: SamplingParams, reader: PromptReader,
+                start: Optional[np.ndarray]) -> Iterator[Item]:
+    cached, state, todo = reader.read_prompt(ids, params.count_prompt, start)
     yield PromptRead(0, cached)
     stream = generator.stream(todo, params, state)
     reader.choice_started(todo)
@@ -122,7 +127,7 @@ def _one_choice(generator, ids: list[int], params: SamplingParams, reader: Promp
             tokens = 0
             if result is not None:
                 tokens = getattr(result, "completion_tokens", 0) or 0
-                reader.choice_finished(ids, result)
+                reader.choice_finished(ids, result, start)
             yield Piece(0, chunk.text, chunk.finish_reason, tokens, chunk.logprob)
     finally:
         stream.close()
@@ -132,12 +137,14 @@ def _one_choice(generator, ids: list[int], params: SamplingParams, reader: Promp
 _SCORE_CHUNK = 64
 
 
-def prompt_logprobs(model, ids: Sequence[int], top: int) -> list[Optional[TokenLogprob]]:
-    """Each prompt token's log probability given the tokens before it (the model's own
-    distribution: no sampling settings apply), with the ``top`` most likely tokens; None for the
-    first token, which nothing predicts. What ``echo`` with ``logprobs`` shows."""
+def prompt_logprobs(model, ids: Sequence[int], top: int,
+                    start: Optional[np.ndarray] = None) -> list[Optional[TokenLogprob]]:
+    """Each prompt token's log probability given the tokens before it (after ``start``, if
+    given; the model's own distribution: no sampling settings apply), with the ``top`` most
+    likely tokens; None for the first token, which nothing here predicts. What ``echo`` with
+    ``logprobs`` shows."""
     out: list[Optional[TokenLogprob]] = [None]
-    state = None
+    state = start
     for at in range(0, len(ids) - 1, _SCORE_CHUNK):
         chunk = list(ids[at:at + _SCORE_CHUNK])
         logits, state = model.eval_sequence(chunk, state, all_logits=True)

@@ -54,8 +54,20 @@ def add_arguments(parser) -> None:
                         help=f"seconds a client may take over a request's headers (default {d.header_timeout:g})")
     limits.add_argument("--body-timeout", type=float, metavar="S", default=d.body_timeout,
                         help=f"seconds a client may take over a request's body (default {d.body_timeout:g})")
+    parser.add_argument("--states-dir", metavar="DIR",
+                        help="keep saved sessions (POST /v1/states) in DIR; replicas may share it (default: off)")
+    limits.add_argument("--max-states", type=int, metavar="N", default=d.max_states,
+                        help=f"saved sessions kept, the least recently used deleted beyond (default {d.max_states})")
     limits.add_argument("--cache-mb", type=int, metavar="MB", default=d.cache_bytes >> 20,
                         help=f"memory for cached conversation states, 0 = off (default {d.cache_bytes >> 20})")
+    ray = parser.add_argument_group("replicas on Ray Serve (pip install \"rwkvcpp[ray]\"; see docs/SCALING.md)")
+    ray.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
+                     help="serve with Ray Serve on the cluster at ADDRESS, or with no ADDRESS the one RAY_ADDRESS or "
+                          "`ray start` on this machine names, else a new local one; --threads is then per replica")
+    ray.add_argument("--replicas", type=int, metavar="N", default=1,
+                     help="replicas, each with its own model (default 1; threads: this machine's cores / N)")
+    ray.add_argument("--max-replicas", type=int, metavar="N",
+                     help="scale between --replicas and N replicas with the load (default: a fixed count)")
     parser.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"),
                         help="uvicorn's log level (default info)")
 
@@ -77,7 +89,7 @@ def run(args) -> int:
             host=args.host, port=args.port, api_key=api_keys, model_name=args.model_name,
             public_docs=args.public_docs, allowed_hosts=args.allowed_host, cors_origins=args.cors_origin,
             max_connections=args.max_connections, header_timeout=args.header_timeout,
-            body_timeout=args.body_timeout,
+            body_timeout=args.body_timeout, states_dir=args.states_dir, max_states=args.max_states,
             max_queue=args.max_queue, max_concurrent=args.max_concurrent, max_tokens_cap=args.max_tokens,
             default_max_tokens=default_max, max_prompt_tokens=args.max_prompt_tokens,
             cache_bytes=args.cache_mb << 20, cache_entries=ServerConfig.cache_entries if args.cache_mb else 0,
@@ -86,6 +98,9 @@ def run(args) -> int:
         raise CommandError(_as_flags(str(e))) from None
     model = _common.load_model(args)  # says so on stderr when it falls back to the built-in model
     start = _common.load_start_state(model, args.state)
+    if args.ray is not None:
+        model.close()  # checked here; each replica loads its own
+        return _serve_on_ray(args, config, model.path)
 
     import uvicorn
 
@@ -130,10 +145,38 @@ def _api_keys(args) -> list[str]:
     return keys
 
 
+def _serve_on_ray(args, config, model_path: str) -> int:
+    from ..scale.jobs import available_cores
+    from ..scale.ray_data import require_ray
+
+    require_ray()
+    from ..scale import serve as ray_serve
+
+    if args.replicas < 1 or (args.max_replicas is not None and args.max_replicas < args.replicas):
+        raise CommandError(f"--replicas must be at least 1 and --max-replicas at least --replicas, not "
+                           f"{args.replicas} and {args.max_replicas}")
+    threads = args.threads or max(1, available_cores() // args.replicas)
+    application = ray_serve.build_app(model_path, replicas=args.replicas, max_replicas=args.max_replicas,
+                                      threads=threads, config=config, tokenizer=args.tokenizer, state=args.state)
+    shown = f"[{config.host}]" if ":" in config.host else config.host
+    scaling = f"{args.replicas}-{args.max_replicas}" if args.max_replicas else f"{args.replicas}"
+
+    def ready() -> None:
+        print(f"serving {os.path.basename(model_path)} on Ray Serve: {scaling} replica(s) x {threads} thread(s) at "
+              f"http://{shown}:{config.port}/ (Ctrl-C stops)", file=sys.stderr, flush=True)
+
+    try:
+        ray_serve.run(application, address=args.ray or None, host=config.host, port=config.port, on_ready=ready)
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
 # ServerConfig's fields as this command's flags, for its error messages.
 FLAGS = {
     "port": "--port", "api_key": "--api-key", "allowed_hosts": "--allowed-host", "cors_origins": "--cors-origin",
-    "max_connections": "--max-connections", "header_timeout": "--header-timeout", "body_timeout": "--body-timeout", "max_queue": "--max-queue", "max_concurrent": "--max-concurrent",
+    "max_connections": "--max-connections", "header_timeout": "--header-timeout", "body_timeout": "--body-timeout",
+    "max_states": "--max-states", "max_queue": "--max-queue", "max_concurrent": "--max-concurrent",
     "max_tokens_cap": "--max-tokens", "default_max_tokens": "--default-max-tokens",
     "max_prompt_tokens": "--max-prompt-tokens", "cache_bytes": "--cache-mb (in bytes)",
 }

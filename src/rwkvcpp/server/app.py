@@ -31,6 +31,7 @@ from .engine import Engine
 from .errors import install_error_handlers
 from .metrics import Metrics, MetricsMiddleware
 from .middleware import Guard
+from .sessions import SessionStore
 from .routes import ROUTERS
 from .scheduler import ThreadScheduler
 
@@ -62,6 +63,7 @@ def create_app(model, config: Optional[ServerConfig] = None) -> FastAPI:
     app.state.engine = engine
     app.state.scheduler = scheduler
     app.state.metrics = Metrics(app.state)
+    app.state.sessions = SessionStore(config.states_dir, config.max_states) if config.states_dir else None
     app.add_middleware(Guard, config=config)
     if config.cors_origins:  # outside the guard: a browser's preflight carries no API key
         from fastapi.middleware.cors import CORSMiddleware

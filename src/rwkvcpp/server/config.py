@@ -42,6 +42,9 @@ class ServerConfig:
     header_timeout, body_timeout: seconds a client may take to send a request's headers (else
                          the connection is closed) and its body (else 408)
     max_connections:     open connections (and requests in flight) beyond which a request gets 503
+    states_dir:          the folder of saved sessions (POST /v1/states; ``rwkv_state`` in a
+                         request), shared by replicas that mount it; None turns them off
+    max_states:          saved sessions kept; saving one more deletes the least recently used
     max_body_bytes:      largest request body (413 beyond)
     max_prompt_tokens:   longest prompt, or embedding input, in tokens
     max_tokens_cap:      the most ``max_tokens`` a request may ask for
@@ -67,6 +70,8 @@ class ServerConfig:
     header_timeout: float = 10.0
     body_timeout: float = 30.0
     max_connections: int = 256
+    states_dir: Optional[str] = None
+    max_states: int = 1000
     max_body_bytes: int = 1 << 20
     max_prompt_tokens: int = 16384
     max_tokens_cap: int = 4096
@@ -82,7 +87,7 @@ class ServerConfig:
 
     def __post_init__(self):
         positive = ("max_body_bytes", "max_prompt_tokens", "max_tokens_cap", "max_n", "max_batch",
-                    "max_concurrent", "max_connections")
+                    "max_concurrent", "max_connections", "max_states")
         non_negative = ("default_max_tokens", "max_stop", "max_queue", "cache_entries", "cache_bytes")
         for f in fields(self):
             value = getattr(self, f.name)

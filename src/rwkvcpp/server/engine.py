@@ -63,13 +63,18 @@ class Engine(PromptReader):
 
     # -- the state cache around a generation -------------------------------------------------
 
-    def read_prompt(self, ids: list[int], count_prompt: bool) -> tuple[int, Optional[np.ndarray], list[int]]:
+    def read_prompt(self, ids: list[int], count_prompt: bool,
+                    start: Optional[np.ndarray] = None) -> tuple[int, Optional[np.ndarray], list[int]]:
         """``(cached, state, todo)``: a prompt read up to its last token through the state cache;
         generation goes on from ``state`` by reading ``todo``. ``cached`` tokens came from the cache.
 
         With ``count_prompt`` (global_penalty) the sampler must see the whole prompt, so nothing
-        is read here and the cache is left alone.
+        is read here and the cache is left alone; so too for a prompt that continues a ``start``
+        state (a saved session), which the cache's states did not grow from.
         """
+        if start is not None:
+            self.count(prompt_tokens=len(ids))
+            return 0, start, list(ids)
         cache = self.cache
         use_cache = cache.max_entries > 0 and not count_prompt
         cached, state = cache.lookup(ids) if use_cache else (0, None)
@@ -91,14 +96,29 @@ class Engine(PromptReader):
     def choice_started(self, todo) -> None:
         self.count(prompt_tokens_evaluated=len(todo))
 
-    def choice_finished(self, ids, result) -> None:
+    def choice_finished(self, ids, result, start=None) -> None:
         """Counts the reply's tokens and caches the state after the prompt and the reply
-        (``result`` of the generator's last chunk): the next turn of a chat starts there."""
+        (``result`` of the generator's last chunk): the next turn of a chat starts there. Not
+        after a ``start`` state (a saved session): the cache holds states grown from the
+        initial one."""
         self.count(completion_tokens=getattr(result, "completion_tokens", 0) or 0)
-        if self.cache.max_entries > 0:
+        if self.cache.max_entries > 0 and start is None:
             final = getattr(result, "state", None)
             if isinstance(final, np.ndarray):
                 self.cache.put(list(ids) + list(result.tokens), final)
+
+    def read_whole(self, ids: list[int], start: Optional[np.ndarray] = None) -> np.ndarray:
+        """The state after all of ``ids`` (from ``start``, else the initial state through the
+        cache), for a saved session. Called in a worker thread, beside the engine's own work."""
+        state, todo = start, ids
+        if start is None:
+            cached, state = self.cache.lookup(ids) if self.cache.max_entries > 0 else (0, None)
+            state = self.initial_state if cached == 0 else state
+            todo = ids[cached:]
+        self.count(prompt_tokens=len(ids), prompt_tokens_evaluated=len(todo))
+        if not todo:
+            return np.array(state, dtype=np.float32)
+        return self._ingest(todo, state)
 
     def _ingest(self, tokens: list[int], state):
         ingest = getattr(self.model, "ingest", None)

@@ -18,7 +18,7 @@ route changing.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import AsyncIterator, NamedTuple, Protocol, Sequence, Union
+from typing import AsyncIterator, NamedTuple, Optional, Protocol, Sequence, Union
 
 import numpy as np
 
@@ -34,10 +34,13 @@ __all__ = ["Generate", "Embed", "PromptRead", "Piece", "Vector", "Item", "Job", 
 @dataclass(frozen=True)
 class Generate:
     """``len(params)`` choices for each prompt; choice ``i`` of prompt ``p`` is choice number
-    ``p * len(params) + i`` of the response. The token lists are checked already."""
+    ``p * len(params) + i`` of the response. The token lists are checked already. ``start``: the
+    state every prompt continues (a saved session's), instead of the server's initial state;
+    such prompts bypass the state cache, which holds states grown from the initial one."""
 
     prompts: Sequence[Sequence[int]]
     params: Sequence[SamplingParams]
+    start: Optional[np.ndarray] = None
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from .errors import OpenAIError
 __all__ = ["Guard"]
 
 # Paths that need the API key when one is set (/health and the chat page never do).
-PROTECTED = ("/v1", "/tokenize", "/detokenize", "/extras", "/metrics")
+PROTECTED = ("/v1", "/tokenize", "/detokenize", "/extras", "/metrics")  # /v1 holds /v1/states
 DOCS = ("/docs", "/redoc", "/openapi.json", "/static-offline-docs")
 
 

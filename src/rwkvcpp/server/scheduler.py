@@ -166,7 +166,7 @@ class ThreadScheduler:
                 self.admitted -= 1
 
     def _generate(self, job: Job, generator, work: Generate) -> None:
-        items = generate_items(generator, work.prompts, work.params, self.engine)
+        items = generate_items(generator, work.prompts, work.params, self.engine, work.start)
         try:
             for item in items:
                 if job.cancelled.is_set():

@@ -111,6 +111,8 @@ class _Sampling(_Strict):
     grammar: Optional[str] = Field(None, description="llama.cpp extra: a GBNF grammar the output must follow")
     json_schema: Optional[dict[str, Any]] = Field(None, description="llama.cpp extra: a JSON schema the output "
                                                                     "must follow")
+    rwkv_state: Optional[str] = Field(None, description="RWKV extra: continue a saved session (POST /v1/states): "
+                                                         "the prompt, or the messages, come after it")
 
 
 class ChatCompletionRequest(_Sampling):

@@ -12,6 +12,7 @@ from ..jobs import Generate
 from ..schemas import ChatCompletionRequest
 from .choices import respond
 from .params import encode, sampling_params
+from .states import continuation, start_state
 
 router = APIRouter(tags=["OpenAI"])
 
@@ -29,8 +30,9 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
         param = "tool_choice" if "tool_choice" in str(e) else "messages"
         raise bad_request(str(e), param) from None
     params = await run_in_threadpool(sampling_params, engine, body, prompt.stop, logprobs, prompt.call_grammar)
-    ids = await run_in_threadpool(encode, engine, prompt.text, "messages")
-    job = scheduler.submit(Generate([ids], params))
+    start = await run_in_threadpool(start_state, request, body.rwkv_state)
+    ids = await run_in_threadpool(encode, engine, continuation(prompt.text, start), "messages")
+    job = scheduler.submit(Generate([ids], params, start))
     engine.count(requests=1)
     choices = ChatChoices(len(params), prompt.tools, prompt.prefill, single_call=body.parallel_tool_calls is False,
                           tokenizer=engine.tokenizer if logprobs is not None else None)

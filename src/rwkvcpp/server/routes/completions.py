@@ -11,6 +11,7 @@ from ..jobs import Generate
 from ..schemas import CompletionRequest
 from .choices import respond
 from .params import as_list, sampling_params, token_lists
+from .states import start_state
 
 router = APIRouter(tags=["OpenAI"])
 
@@ -38,12 +39,13 @@ async def completions(body: CompletionRequest, request: Request):
         return prompts, texts
 
     prompts, texts = await run_in_threadpool(tokenize)
+    start = await run_in_threadpool(start_state, request, body.rwkv_state)
     scored = None
     if body.echo and body.logprobs is not None:  # the prompt's own logprobs (scoring a text)
         scored = await run_in_threadpool(
-            lambda: [(ids, prompt_logprobs(engine.model, ids, body.logprobs)) for ids in prompts])
+            lambda: [(ids, prompt_logprobs(engine.model, ids, body.logprobs, start)) for ids in prompts])
         scored = [scored[i // n] for i in range(len(prompts) * n)]
-    job = scheduler.submit(Generate(prompts, params))
+    job = scheduler.submit(Generate(prompts, params, start))
     engine.count(requests=1)
     echoed = [texts[i // n] for i in range(len(prompts) * n)] if body.echo else None
     choices = TextChoices(len(prompts) * n, echoed, engine.tokenizer if body.logprobs is not None else None, scored)
