@@ -19,6 +19,7 @@ COMMANDS = {
     "perplexity": "measure perplexity and speed on a text file",
     "bench": "measure decoding and prompt speed",
     "serve": "serve an OpenAI-compatible HTTP API",
+    "batch": "embed, score or continue every record of a corpus, with many workers",
 }
 
 
