@@ -79,13 +79,17 @@ def run_job_on_ray(job: Job, *, address: Optional[str] = None, workers: Optional
         results = shards.map_batches(RayShardWorker, fn_constructor_kwargs={"job": job, "threads": threads},
                                      batch_size=1, compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=threads,
                                      batch_format="numpy")
-        for row in results.iter_rows():
-            result = ShardResult(**json.loads(row["result"]))
-            summary.add(result)
-            if on_records is not None:
-                on_records(result.records)
-            if on_shard is not None:
-                on_shard(result)
+        rows = iter(results.iter_rows())
+        try:
+            for row in rows:
+                result = ShardResult(**json.loads(row["result"]))
+                summary.add(result)
+                if on_records is not None:
+                    on_records(result.records)
+                if on_shard is not None:
+                    on_shard(result)
+        finally:
+            rows.close()  # stops the execution (and frees its workers) when the loop is left early
     except Exception as e:
         raise _user_error(e) from None
     finally:
