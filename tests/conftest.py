@@ -98,7 +98,6 @@ def reference_runs(model_files, fixed_tokens):
     return Runs()
 
 
-
 def pytest_configure(config):
     config.addinivalue_line("markers", "ray: starts a local Ray cluster (tests/test_scale_ray.py, about a minute and "
                                        "a half); -m 'not ray' leaves them out")

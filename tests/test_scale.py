@@ -295,3 +295,11 @@ def test_cli_ray_without_ray_names_the_install(tmp_path):
                     "--ray")
     assert (r.returncode, r.stderr.strip().splitlines()[-1]) == (
         2, 'rwkvcpp batch: error: --ray needs Ray: pip install "rwkvcpp[ray]" (or "ray[serve,data]")')
+
+
+def test_serve_ray_replica_bounds_are_checked_before_ray_starts():
+    pytest.importorskip("fastapi")
+    pytest.importorskip("uvicorn")
+    r = rwkvcpp_cli("serve", MODEL, "--ray", "--replicas", "2", "--max-replicas", "1")
+    assert (r.returncode, r.stderr.strip()) == (
+        2, "rwkvcpp serve: error: --replicas must be at least 1 and --max-replicas at least --replicas, not 2 and 1")

@@ -149,12 +149,12 @@ def _serve_on_ray(args, config, model_path: str) -> int:
     from ..scale.jobs import available_cores
     from ..scale.ray_data import require_ray
 
-    require_ray()
-    from ..scale import serve as ray_serve
-
     if args.replicas < 1 or (args.max_replicas is not None and args.max_replicas < args.replicas):
         raise CommandError(f"--replicas must be at least 1 and --max-replicas at least --replicas, not "
                            f"{args.replicas} and {args.max_replicas}")
+    require_ray()
+    from ..scale import serve as ray_serve
+
     threads = args.threads or max(1, available_cores() // args.replicas)
     application = ray_serve.build_app(model_path, replicas=args.replicas, max_replicas=args.max_replicas,
                                       threads=threads, config=config, tokenizer=args.tokenizer, state=args.state)
