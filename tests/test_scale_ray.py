@@ -129,12 +129,22 @@ def test_two_serve_replicas_answer_the_openai_client(cluster):
 
 
 def test_app_builder_arguments():
-    from rwkvcpp.scale.serve import app_builder
+    from ray import serve
 
-    app_builder({"model": MODEL, "replicas": "2", "max_replicas": "4", "max_concurrent": "3"})
+    from rwkvcpp.scale.serve import app_builder, builder_arguments
+
+    args = {"model": MODEL, "replicas": "2", "max_replicas": "4", "max_concurrent": "3", "header_timeout": "2.5",
+            "public_docs": "true", "allowed_hosts": "a.example,b.example"}
+    model, options, config = builder_arguments(args)
+    assert (model, options) == (MODEL, {"replicas": 2, "max_replicas": 4})
+    assert (config.max_concurrent, config.header_timeout, config.public_docs, tuple(config.allowed_hosts)) == (
+        3, 2.5, True, ("a.example", "b.example"))
+    assert isinstance(app_builder(args), serve.Application)
+    with pytest.raises(ValueError, match="max_concurrent must be a number, not 'x'"):
+        builder_arguments({"model": MODEL, "max_concurrent": "x"})
     with pytest.raises(ValueError, match="the model argument is required"):
-        app_builder({"replicas": "2"})
+        builder_arguments({"replicas": "2"})
     with pytest.raises(ValueError, match="unknown argument 'replica'"):
-        app_builder({"model": MODEL, "replica": "2"})
+        builder_arguments({"model": MODEL, "replica": "2"})
     with pytest.raises(ValueError, match=r"max_replicas \(1\) must be at least replicas \(2\)"):
         app_builder({"model": MODEL, "replicas": "2", "max_replicas": "1"})

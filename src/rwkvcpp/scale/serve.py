@@ -27,7 +27,7 @@ from ray import serve
 
 from ..server.config import ServerConfig
 
-__all__ = ["RWKVReplica", "build_app", "app_builder", "REPLICA_HEADER"]
+__all__ = ["RWKVReplica", "build_app", "app_builder", "builder_arguments", "REPLICA_HEADER"]
 
 REPLICA_HEADER = "x-rwkvcpp-replica"
 
@@ -124,21 +124,49 @@ _BUILDER_ARGS = {"model": str, "replicas": int, "max_replicas": int, "threads": 
 def app_builder(args: dict) -> serve.Application:
     """Ray Serve's application builder: ``model`` (required), ``replicas``, ``max_replicas``,
     ``threads``, ``tokenizer``, ``state``, ``target_ongoing``, and any
-    :class:`~rwkvcpp.server.config.ServerConfig` field (``api_key``, ``max_concurrent``, ...)."""
-    config_fields = {f.name: f.type for f in dataclasses.fields(ServerConfig) if f.name not in ("host", "port",
-                                                                                                  "sampling")}
+    :class:`~rwkvcpp.server.config.ServerConfig` field (``api_key``, ``max_concurrent``,
+    ``states_dir``, ...). Values may be typed (a config file's ``args:``) or strings (``serve
+    run ... key=value``; a list as comma-separated names)."""
+    model, options, config = builder_arguments(args)
+    return build_app(model, config=config, **options)
+
+
+def builder_arguments(args: dict) -> tuple[str, dict, ServerConfig]:
+    """``app_builder``'s arguments as build_app's: (model, its other arguments, the config)."""
+    config_fields = {f.name: str(f.type) for f in dataclasses.fields(ServerConfig)
+                     if f.name not in ("host", "port", "sampling")}  # Serve's proxy has the address
     own, config = {}, {}
     for key, value in args.items():
         if key in _BUILDER_ARGS:
             own[key] = _BUILDER_ARGS[key](value)
         elif key in config_fields:
-            config[key] = int(value) if config_fields[key] == "int" else value
+            config[key] = _typed(value, config_fields[key], key)
         else:
             raise ValueError(f"unknown argument {key!r}: give model, {', '.join(list(_BUILDER_ARGS)[1:])} or a "
                              f"ServerConfig field ({', '.join(config_fields)})")
     if "model" not in own:
         raise ValueError("the model argument is required: model=/path/to/model.bin (on every node)")
-    return build_app(own.pop("model"), config=ServerConfig(**config), **own)
+    return own.pop("model"), own, ServerConfig(**config)
+
+
+def _typed(value: Any, kind: str, key: str) -> Any:
+    """A ServerConfig value from ``serve run``'s strings (typed values pass as they are)."""
+    if not isinstance(value, str):
+        return value
+    try:
+        if kind == "int":
+            return int(value)
+        if kind == "float":
+            return float(value)
+    except ValueError:
+        raise ValueError(f"{key} must be a number, not {value!r}") from None
+    if kind == "bool":
+        if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+            raise ValueError(f"{key} must be true or false, not {value!r}")
+        return value.lower() in ("true", "1", "yes")
+    if kind.startswith("Sequence"):
+        return tuple(v for v in value.split(",") if v)
+    return value
 
 
 def run(application: serve.Application, *, address: Optional[str] = None, host: str = "127.0.0.1",
