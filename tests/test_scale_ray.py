@@ -88,6 +88,17 @@ def test_ray_data_refuses_more_workers_than_the_cluster_has_cpus(cluster, corpus
         run_job_on_ray(job(corpus, "embed", "ray"), workers=2, threads=2)
 
 
+def test_ray_data_raises_a_workers_error_as_it_was(cluster, corpus):
+    from rwkvcpp.scale.jobs import plan_job
+
+    plan = plan_job(job(corpus, "embed", "ray"))
+    first_line = (corpus / "in.jsonl").read_text().splitlines()[0]
+    (corpus / "in.jsonl").write_text(first_line + "\n")  # the input shrinks after planning
+    with pytest.raises(ValueError, match=r"in.jsonl has changed since the job was planned: shard 0 should hold 2 "
+                                         r"records from line 1, found 1"):
+        run_job_on_ray(job(corpus, "embed", "ray"), workers=1, threads=1, plan=plan)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -9,7 +9,9 @@ on one machine, anything works. Needs ``pip install "rwkvcpp[ray]"``.
 
 from __future__ import annotations
 
+import base64
 import json
+import pickle
 import time
 from collections.abc import Callable
 from typing import Optional
@@ -32,14 +34,26 @@ def require_ray(what: str = "--ray"):
 
 class RayShardWorker:
     """The callable class of ``map_batches``: one model per actor; each batch is shard rows
-    (``{"shard": [json, ...]}``), each done whole; returns one result row per shard."""
+    (``{"shard": [json, ...]}``), each done whole; returns one result row per shard. An error
+    (a model that does not load, an input that changed) comes back as the shard's row, for the
+    driver to raise as it was: Ray would wrap it in its own exception and traceback."""
 
     def __init__(self, job: Job, threads: int):
-        self.worker = ShardWorker(job, threads)
+        try:
+            self.worker = ShardWorker(job, threads)
+        except Exception as e:
+            self.worker = e
 
     def __call__(self, batch: dict) -> dict:
-        results = [self.worker.run(Shard.from_json(str(spec))) for spec in batch["shard"]]
-        return {"result": np.array([json.dumps(r._asdict()) for r in results], dtype=object)}
+        rows = []
+        for spec in batch["shard"]:
+            try:
+                if isinstance(self.worker, Exception):
+                    raise self.worker
+                rows.append(json.dumps(self.worker.run(Shard.from_json(str(spec)))._asdict()))
+            except Exception as e:
+                rows.append(json.dumps({"error": _pickled(e)}))
+        return {"result": np.array(rows, dtype=object)}
 
 
 def run_job_on_ray(job: Job, *, address: Optional[str] = None, workers: Optional[int] = None,
@@ -82,7 +96,10 @@ def run_job_on_ray(job: Job, *, address: Optional[str] = None, workers: Optional
         rows = iter(results.iter_rows())
         try:
             for row in rows:
-                result = ShardResult(**json.loads(row["result"]))
+                values = json.loads(row["result"])
+                if "error" in values:
+                    raise pickle.loads(base64.b64decode(values["error"]))
+                result = ShardResult(**values)
                 summary.add(result)
                 if on_records is not None:
                     on_records(result.records)
@@ -90,8 +107,6 @@ def run_job_on_ray(job: Job, *, address: Optional[str] = None, workers: Optional
                     on_shard(result)
         finally:
             rows.close()  # stops the execution (and frees its workers) when the loop is left early
-    except Exception as e:
-        raise _user_error(e) from None
     finally:
         if started_here:
             ray.shutdown()
@@ -99,13 +114,9 @@ def run_job_on_ray(job: Job, *, address: Optional[str] = None, workers: Optional
     return summary
 
 
-def _user_error(error: Exception) -> Exception:
-    """The error a worker raised, not Ray's wrapping of it (whose message is its traceback)."""
-    seen = set()
-    while id(error) not in seen:
-        seen.add(id(error))
-        cause = getattr(error, "cause", None) or error.__cause__
-        if not isinstance(cause, Exception):
-            break
-        error = cause
-    return error
+def _pickled(error: Exception) -> str:
+    try:
+        data = pickle.dumps(error)
+    except Exception:  # an exception that does not pickle: its type and message
+        data = pickle.dumps(RuntimeError(f"{type(error).__name__}: {error}"))
+    return base64.b64encode(data).decode("ascii")
