@@ -206,7 +206,8 @@ def test_folder_input(tmp_path, model):
             threads=1)
     rows = rows_of(tmp_path / "out")
     assert [r["file"] for r in rows] == ["a.txt", "b.txt", "latin1.txt", "sub/a.txt"]
-    assert np.array_equal(np.asarray(rows[3]["embedding"], np.float32), model.eval_embedding(model.tokenize("import os"))[0])
+    alone, _ = model.eval_embedding(model.tokenize("import os"))
+    assert np.array_equal(np.asarray(rows[3]["embedding"], np.float32), alone)
     assert rows[2]["embedding"] is None and rows[2]["error"].startswith("not UTF-8 text")
 
 
@@ -267,7 +268,8 @@ def test_cli_runs_reruns_and_reports(tmp_path):
     assert lines[0].endswith("; 2 with an error (see their 'error' field)")
     assert lines[1].startswith("corpus: ") and lines[2] == f"output: {tmp_path / 'out'}{os.sep}"
     again = rwkvcpp_cli(*args)
-    assert again.stdout.splitlines()[0].startswith("perplexity: 0 shard(s) written, 3 already there (3 in all); 0 records")
+    assert again.stdout.splitlines()[0].startswith(
+        "perplexity: 0 shard(s) written, 3 already there (3 in all); 0 records")
     assert again.stdout.splitlines()[1] == lines[1]  # the corpus figure, from the shards on disk
 
 

@@ -45,9 +45,11 @@ def _add_job_arguments(parser) -> None:
     parser.add_argument("--model", metavar="PATH",
                         help=f"rwkv.cpp .bin model (default: the built-in model, {_common.BUILTIN_NOTE})")
     parser.add_argument("--tokenizer", metavar="NAME_OR_PATH",
-                        help="world, 20b, bytes or a vocabulary file (default: chosen from the model's vocabulary size)")
+                        help="world, 20b, bytes or a vocabulary file (default: chosen from the model's "
+                             "vocabulary size)")
     data = parser.add_argument_group("records")
-    data.add_argument("--field", default="text", help="the JSON field or Parquet column holding the text (default text)")
+    data.add_argument("--field", default="text",
+                      help="the JSON field or Parquet column holding the text (default text)")
     data.add_argument("--keep", action="append", metavar="NAME", default=[],
                       help="copy this field of each record to the output (may be repeated)")
     data.add_argument("--format", choices=("jsonl", "parquet"), default="jsonl",
