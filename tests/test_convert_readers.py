@@ -5,6 +5,7 @@ torch-free writer in pth_writer.py, so CI without torch still exercises the read
 import json
 import os
 import pickle
+import re
 import struct
 import sys
 import tracemalloc
@@ -382,6 +383,119 @@ def test_build_on_a_tensor_is_refused(tmp_path):
         load_checkpoint(path)
 
 
+def _reader_objects_state():
+    """What a pickle could change in this process if the reader handed it its own objects."""
+    from rwkvcpp.conversion import pth
+
+    functions = [pth._rebuild_tensor, pth._rebuild_parameter]
+    return ([(f.__defaults__, f.__kwdefaults__, dict(f.__dict__), f.__name__) for f in functions],
+            sorted(vars(OrderedDict)), sorted(vars(pth)))
+
+
+@pytest.mark.parametrize("target", [
+    ("torch._utils", "_rebuild_tensor_v2"), ("torch._utils", "_rebuild_parameter"),
+    ("collections", "OrderedDict"), ("torch", "FloatStorage"), ("torch", "float32"),
+    ("rwkvcpp.conversion.pth", "_rebuild_tensor"), ("builtins", "object")])
+@pytest.mark.parametrize("state", [
+    (None, {"__defaults__": (1, 2), "__name__": "pwned", "dtype": "evil"}),  # slot state: setattr
+    {"pwned": True, "__defaults__": (1, 2)},  # dict state: __dict__.update
+])
+def test_build_on_what_the_reader_hands_out_is_refused(tmp_path, target, state):
+    """BUILD may only touch objects the pickle created itself: the reader's functions and classes
+    (and the stand-ins it hands out for torch's) are not reachable, so a pickle cannot change the
+    running process nor the reader's later behaviour."""
+    before = _reader_objects_state()
+    t, good = _good_entries()
+    evil = pw.Build(pw.Global(*target), state)
+    # the modified object is then used, as an attack would, next to a real tensor
+    tree = {"emb.weight": good, "x": pw.Call(evil, (pw.storage_pid("0", "float32", 16), 0, (4, 4), (4, 1)))}
+    path = tmp_path / "model.pth"
+    pw.write_zip(path, {"data.pkl": pw.dumps(tree), "data/0": t.storage.tobytes()})
+    with pytest.raises(UnsafeCheckpointError, match=r"^model\.pth: refusing to load: the pickle "):
+        load_checkpoint(path)
+    assert _reader_objects_state() == before
+    pw.write_pth(path, {"w": t})  # and the reader still reads checkpoints as before
+    assert_same(load_checkpoint(path), {"w": sample((4, 4), 0)})
+
+
+def test_storage_type_cannot_be_modified(tmp_path):
+    # A storage type stand-in rebuilt with another element type must not reach the storages.
+    t = pw.tensor(sample((4, 4), 0))
+    storage_type = pw.Build(pw.Global("torch", "FloatStorage"), (None, {"dtype": "evil"}))
+    tree = {"w": pw.Call(pw.Global("torch._utils", "_rebuild_tensor_v2"), (
+        pw.PersId(("storage", storage_type, "0", "cpu", 16)), 0, (4, 4), (4, 1), False, {}))}
+    path = tmp_path / "model.pth"
+    pw.write_zip(path, {"data.pkl": pw.dumps(tree), "data/0": t.storage.tobytes()})
+    with pytest.raises(UnsafeCheckpointError, match="refusing to load: the pickle tries to modify torch.FloatStorage"):
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize("size, stride, offset, message", [
+    ((2**64,), (1,), 0, "size"),
+    ((4, 4), (2**63, 1), 0, "stride"),
+    ((4, 4), (4, 1), 2**70, "offset"),
+    ((1,) * 65, (1,) * 65, 0, "65 dimensions"),
+])
+def test_tensor_numbers_out_of_range_are_refused(tmp_path, size, stride, offset, message):
+    # torch's sizes, strides and offsets are int64; a pickle's ints are not bounded (and
+    # arithmetic on multi-megabyte ones would not end), so they are checked as they arrive.
+    t = pw.tensor(sample((4, 4), 0))
+    tree = {"w": pw.Call(pw.Global("torch._utils", "_rebuild_tensor_v2"), (
+        pw.storage_pid("0", "float32", 16), offset, size, stride, False, {}))}
+    path = tmp_path / "model.pth"
+    pw.write_zip(path, {"data.pkl": pw.dumps(tree), "data/0": t.storage.tobytes()})
+    with pytest.raises(CheckpointError, match=message):
+        load_checkpoint(path)
+
+
+def _inflating_zip(path, member: str, nbytes: int, start: bytes = b"") -> None:
+    """A zip whose ``member`` inflates to ``nbytes`` (zeros after ``start``), written a MiB at a
+    time so that making it takes little memory."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+        if member != "archive/data.pkl":
+            zf.writestr("archive/data.pkl", pw.dumps({}))
+        with zf.open(member, "w", force_zip64=True) as f:
+            f.write(start)
+            chunk = bytes(1 << 20)
+            for done in range(len(start), nbytes, len(chunk)):
+                f.write(chunk[: nbytes - done])
+
+
+@pytest.mark.parametrize("member, nbytes, message", [
+    ("archive/data.pkl", 100 << 20, "archive/data.pkl inflates to 104857600 bytes, more than the 67108864 "
+                                    r"\(64 MiB\) allowed"),
+    # under the size limit, but compressed as no pickle is
+    ("archive/data.pkl", 4 << 20, r"archive/data.pkl inflates \d+ times \(\d+ to 4194304 bytes\), more than "
+                                  "the 100 times"),
+    ("archive/byteorder", 100 << 20, "archive/byteorder inflates to 104857600 bytes, more than the 16 "),
+])
+def test_zip_members_that_inflate_are_refused_before_reading(tmp_path, member, nbytes, message):
+    path = tmp_path / "bomb.pth"
+    start = pickle.PROTO + b"\x02" if member.endswith(".pkl") else b""
+    _inflating_zip(path, member, nbytes, start)
+    assert path.stat().st_size < nbytes // 200
+    tracemalloc.start()
+    try:
+        with pytest.raises(CheckpointError, match="^bomb\\.pth: " + message):
+            load_checkpoint(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20, f"refusing it allocated {peak} bytes"
+
+
+def test_legacy_pickle_longer_than_the_limit_is_refused(tmp_path, monkeypatch):
+    from rwkvcpp.conversion import pth
+
+    expected, tensors = writer_tensors("float32")
+    path = tmp_path / "old.pth"
+    pw.write_legacy_pth(path, tensors)
+    assert_same(load_checkpoint(path), expected)
+    monkeypatch.setattr(pth, "MAX_PICKLE_BYTES", 200)
+    with pytest.raises(CheckpointError, match="old.pth: the pickle is longer than 200 bytes"):
+        load_checkpoint(path)
+
+
 def test_module_persistent_id_is_refused(tmp_path):
     tree = {"w": pw.PersId(("module", "Linear", "x.py", "source"))}
     path = tmp_path / "model.pth"
@@ -559,6 +673,72 @@ def test_safetensors_whose_header_length_starts_like_a_pickle(tmp_path, padding)
                       metadata={"pad": "x" * (padding + pad)})
     assert path.read_bytes()[0] == 0x80
     np.testing.assert_array_equal(load_checkpoint(path)["emb.weight"], np.ones((2, 2)))
+
+
+def _nested(opener: str, closer: str, depth: int) -> bytes:
+    return (opener * depth + "1" + closer * depth).encode()
+
+
+@pytest.mark.parametrize("header", [
+    _nested('{"a":', "}", 100_000),
+    b'{"w":' + _nested("[", "]", 100_000) + b"}",
+    _nested('{"a":', "}", 9),  # just past what is allowed
+], ids=["objects", "arrays", "nine-levels"])
+def test_safetensors_header_nested_deeply(tmp_path, header):
+    # The format's header is flat (name -> {dtype, shape, data_offsets}); json's parser recurses
+    # once per level, so depth is checked before parsing.
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(struct.pack("<Q", len(header)) + header)
+    with pytest.raises(CheckpointError, match=r"^model\.safetensors: corrupt safetensors header "
+                                              r"\(JSON nested at least \d+ levels deep; at most 8 are accepted\)"):
+        load_checkpoint(path)
+
+
+def test_safetensors_header_brackets_inside_strings(tmp_path):
+    # Brackets and escaped quotes inside strings are not nesting.
+    path = tmp_path / "model.safetensors"
+    tricky = '{[ \\" {{{{[[[[ \\\\' * 200 + "]]"
+    write_safetensors(path, {"emb.weight": (np.ones((2, 2)), "float32")}, metadata={"note": tricky})
+    raw = path.read_bytes()
+    assert json.loads(raw[8: 8 + int.from_bytes(raw[:8], "little")])["__metadata__"]["note"] == tricky
+    np.testing.assert_array_equal(load_checkpoint(path)["emb.weight"], np.ones((2, 2)))
+
+
+@pytest.mark.parametrize("name", ["model.safetensors.index.json", "config.json"])
+def test_json_files_nested_deeply(tmp_path, name):
+    hf_name = "rwkv.embeddings.weight"  # a Hugging Face layout, whose config.json is read
+    write_safetensors(tmp_path / "a.safetensors", {hf_name: (np.ones(2), "float32")})
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {hf_name: "a.safetensors"}}))
+    (tmp_path / name).write_bytes(_nested('{"a":', "}", 100_000))
+    with pytest.raises(CheckpointError, match=rf"^{re.escape(name)}: .*nested at least 100000 levels deep"):
+        to_native_names(load_checkpoint(tmp_path))
+
+
+@pytest.mark.parametrize("command", ["info", "convert"])
+def test_nested_safetensors_header_in_the_commands(tmp_path, capsys, command):
+    from rwkvcpp.cli import main
+
+    path = tmp_path / "model.safetensors"
+    header = _nested('{"a":', "}", 100_000)
+    path.write_bytes(struct.pack("<Q", len(header)) + header)
+    argv = [command, str(path)] + ([str(tmp_path / "out.bin")] if command == "convert" else [])
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"rwkvcpp {command}: error: ") and "\n" not in err
+    assert "model.safetensors: corrupt safetensors header (JSON nested at least 100000 levels deep" in err
+    assert sorted(os.listdir(tmp_path)) == ["model.safetensors"]
+
+
+@pytest.mark.parametrize("shape, message", [
+    ([0, 2**70], "malformed header entry"),  # no data, but no array can have that shape
+    ([1] * 65, "malformed header entry"),
+])
+def test_safetensors_shapes_out_of_range(tmp_path, shape, message):
+    head = json.dumps({"w": {"dtype": "F32", "shape": shape, "data_offsets": [0, 0 if 0 in shape else 4]}}).encode()
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(struct.pack("<Q", len(head)) + head + bytes(4))
+    with pytest.raises(CheckpointError, match=message):
+        load_checkpoint(path)
 
 
 def test_safetensors_model_order(tmp_path):

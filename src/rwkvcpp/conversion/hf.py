@@ -36,15 +36,19 @@ compute, which are refused.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
 from collections.abc import Iterable, Mapping
 from typing import Optional
 
+from . import untrusted_json
 from .fla import check_fla_config, fla_to_native, is_fla_layout
 from .lazy import CheckpointError, LazyCheckpoint
+
+# A model's config.json: a few dozen settings, some nested a level or two.
+_MAX_CONFIG_BYTES = 10_000_000
+_MAX_CONFIG_DEPTH = 32
 
 __all__ = ["is_hf_layout", "to_native_names", "hf_to_native_name", "read_config"]
 
@@ -103,9 +107,8 @@ def read_config(checkpoint) -> Optional[dict]:
     if not os.path.isfile(path):
         return None
     try:
-        with open(path, encoding="utf-8") as f:
-            config = json.load(f)
-    except (ValueError, UnicodeDecodeError) as exc:
+        config = untrusted_json.load_file(path, _MAX_CONFIG_BYTES, _MAX_CONFIG_DEPTH)
+    except ValueError as exc:  # UnicodeDecodeError included
         raise CheckpointError(f"config.json: not valid JSON ({exc})") from exc
     if not isinstance(config, dict):
         raise CheckpointError("config.json: not a JSON object")

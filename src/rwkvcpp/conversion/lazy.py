@@ -24,6 +24,8 @@ __all__ = [
     "LazyCheckpoint",
     "DTYPE_NAMES",
     "RAW_DTYPES",
+    "MAX_DIMS",
+    "INT64_LIMIT",
 ]
 
 
@@ -59,6 +61,11 @@ RAW_DTYPES = {
 }
 _FLOAT_DTYPES = frozenset({"float64", "float32", "float16", "bfloat16"})
 DTYPE_NAMES = frozenset(RAW_DTYPES)
+#: numpy's limit on dimensions. Sizes, strides and offsets are int64 in torch and in safetensors:
+#: readers refuse larger numbers as they arrive (Python's ints are unbounded, and arithmetic on
+#: multi-megabyte ones from a hostile file would not end).
+MAX_DIMS = 64
+INT64_LIMIT = 2**63
 # Contiguous tensors are converted this many source bytes at a time (see LazyTensor.numpy).
 _CHUNK_BYTES = 16 << 20
 
@@ -179,6 +186,8 @@ class LazyTensor:
             return f"shape {self.shape} and strides {self.strides} differ in length"
         if any(n < 0 for n in self.shape) or any(s < 0 for s in self.strides) or self.storage_offset < 0:
             return f"negative size, stride or offset (shape {self.shape}, strides {self.strides})"
+        if len(self.shape) > MAX_DIMS or math.prod(n for n in self.shape if n) * 8 >= INT64_LIMIT:
+            return f"has a shape no array can have ({len(self.shape)} dimensions, sizes {self.shape[:8]})"
         if self.numel == 0:
             return None
         if self._storage.path is None:

@@ -17,9 +17,9 @@ RWKV names back to BlinkDL's.
 
 from __future__ import annotations
 
-import json
 import os
 
+from . import untrusted_json
 from .lazy import CheckpointError, LazyCheckpoint, LazyTensor
 from .pth import read_torch_legacy, read_torch_zip
 from .safetensors import read_safetensors
@@ -27,7 +27,9 @@ from .schema import natural_key
 
 __all__ = ["load_checkpoint"]
 
-
+# An index maps each tensor name to a shard: {"metadata": {...}, "weight_map": {name: file}}.
+_MAX_INDEX_BYTES = 100_000_000
+_MAX_INDEX_DEPTH = 16
 
 def _read_index(path: str) -> LazyCheckpoint:
     """HF sharded checkpoint: ``{"weight_map": {tensor name: shard file}}``. Shards are read in
@@ -35,9 +37,8 @@ def _read_index(path: str) -> LazyCheckpoint:
     that shard (as transformers does)."""
     filename = os.path.basename(path)
     try:
-        with open(path, encoding="utf-8") as f:
-            index = json.load(f)
-    except (ValueError, UnicodeDecodeError) as exc:
+        index = untrusted_json.load_file(path, _MAX_INDEX_BYTES, _MAX_INDEX_DEPTH)
+    except ValueError as exc:  # UnicodeDecodeError included
         raise CheckpointError(f"{filename}: not a valid JSON index ({exc})") from exc
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(weight_map, dict) or not weight_map or not all(

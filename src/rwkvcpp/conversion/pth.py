@@ -6,6 +6,12 @@ arbitrary code. This reader uses an unpickler that only resolves the handful of 
 checkpoint is made of (``collections.OrderedDict``, torch's tensor rebuild functions, typed storage
 classes, dtype objects) and maps each of them to a harmless stand-in defined here. Anything else
 is refused with :class:`~rwkvcpp.conversion.lazy.UnsafeCheckpointError` before it can be called.
+Every stand-in a pickle receives is a fresh object that refuses BUILD, so a pickle can neither
+reach nor change anything of the running process; the only objects it may modify are the dicts
+it creates itself (torch sets a state dict's ``_metadata`` that way).
+
+A pickle is at most :data:`MAX_PICKLE_BYTES` long, and a compressed zip member is checked against
+that and against a plausible compression ratio before it is inflated.
 
 Tensors are not read while the pickle is: each becomes a
 :class:`~rwkvcpp.conversion.lazy.LazyTensor` that reads its bytes when asked.
@@ -27,9 +33,20 @@ import os
 import pickle
 import zipfile
 
-from .lazy import RAW_DTYPES, CheckpointError, LazyCheckpoint, LazyTensor, Storage, UnsafeCheckpointError
+from .lazy import (INT64_LIMIT, MAX_DIMS, RAW_DTYPES, CheckpointError, LazyCheckpoint, LazyTensor, Storage,
+                   UnsafeCheckpointError)
 
-__all__ = ["read_torch_zip", "read_torch_legacy"]
+__all__ = ["read_torch_zip", "read_torch_legacy", "MAX_PICKLE_BYTES"]
+
+#: The longest pickle read. A state dict's pickle takes about 150 bytes per tensor (a 7B model's
+#: is under 1 MB); unpickled objects can take some 40 times their bytes, so this bounds the
+#: memory a hostile pickle can claim to a few GB at worst.
+MAX_PICKLE_BYTES = 64 << 20
+# How many times a compressed pickle of over a MiB may inflate: pickles compress a few times,
+# deflate's ceiling (about 1000) is reached by runs of one byte, as in a zip bomb.
+_MAX_PICKLE_RATIO = 100
+_RATIO_CHECKED_ABOVE = 1 << 20
+_MAX_BYTEORDER_BYTES = 16  # "little" or "big"
 
 
 # --------------------------------------------------------------------------------------------
@@ -37,14 +54,22 @@ __all__ = ["read_torch_zip", "read_torch_legacy"]
 # --------------------------------------------------------------------------------------------
 
 
+def _refuse_build(name: str):
+    raise UnsafeCheckpointError(f"refusing to load: the pickle tries to modify {name}", forbidden=name)
+
+
 class StorageType:
     """Stand-in for ``torch.FloatStorage`` and friends: only carries the element type. Not
     callable, so a pickle cannot use it as a function."""
 
-    __slots__ = ("dtype",)
+    __slots__ = ("name", "dtype")
 
-    def __init__(self, dtype: str):
+    def __init__(self, name: str, dtype: str):
+        self.name = name
         self.dtype = dtype
+
+    def __setstate__(self, state):  # BUILD: the dtype must stay the one the name says
+        _refuse_build(f"torch.{self.name}")
 
     def __repr__(self):
         return f"<storage type {self.dtype}>"
@@ -52,6 +77,30 @@ class StorageType:
 
 class TorchDType(str):
     """Stand-in for a ``torch.dtype`` object found in a pickle (e.g. in saved config values)."""
+
+    def __setstate__(self, state):
+        _refuse_build(f"torch.{self}")
+
+
+class _Reconstructor:
+    """What a pickle receives for an allowed callable: a fresh wrapper per request, never the
+    function or class itself, since BUILD on it would set attributes (``__defaults__``, ...) on
+    the reader's own objects in the running process."""
+
+    __slots__ = ("_name", "_function")
+
+    def __init__(self, name: str, function):
+        self._name = name
+        self._function = function
+
+    def __call__(self, *args):
+        return self._function(*args)
+
+    def __setstate__(self, state):
+        _refuse_build(self._name)
+
+    def __repr__(self):
+        return f"<{self._name} (restricted)>"
 
 
 # torch.<name> storage classes -> dtype names
@@ -80,11 +129,15 @@ _TORCH_DTYPES = {
 }
 
 
+def _is_int64(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and -INT64_LIMIT <= value < INT64_LIMIT
+
+
 def _check_ints(value, what: str) -> tuple[int, ...]:
-    if not isinstance(value, (tuple, list)) or not all(
-        isinstance(v, int) and not isinstance(v, bool) for v in value
-    ):
-        raise CheckpointError(f"tensor {what} is not a tuple of integers: {value!r}")
+    if not isinstance(value, (tuple, list)) or not all(_is_int64(v) for v in value):
+        raise CheckpointError(f"tensor {what} is not a tuple of int64 values: {value!r:.200}")
+    if len(value) > MAX_DIMS:
+        raise CheckpointError(f"tensor {what} has {len(value)} dimensions; at most {MAX_DIMS} are read")
     return tuple(value)
 
 
@@ -94,8 +147,8 @@ def _rebuild_tensor(storage, storage_offset, size, stride, *_ignored):
     autograd and are ignored."""
     if not isinstance(storage, Storage):
         raise CheckpointError("tensor rebuilt from something that is not a storage")
-    if not isinstance(storage_offset, int):
-        raise CheckpointError(f"tensor storage offset is not an integer: {storage_offset!r}")
+    if not _is_int64(storage_offset):
+        raise CheckpointError(f"tensor storage offset is not an int64 value: {storage_offset!r:.200}")
     return LazyTensor(storage, storage_offset, _check_ints(size, "size"), _check_ints(stride, "stride"))
 
 
@@ -135,9 +188,9 @@ class _RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):
         found = _SAFE_GLOBALS.get((module, name))
         if found is not None:
-            return found
+            return _Reconstructor(f"{module}.{name}", found)
         if module == "torch" and name in _STORAGE_CLASSES:
-            return StorageType(_STORAGE_CLASSES[name])
+            return StorageType(name, _STORAGE_CLASSES[name])
         if module == "torch" and name in _TORCH_DTYPES:
             return TorchDType(_TORCH_DTYPES[name])
         dotted = f"{module}.{name}"
@@ -160,7 +213,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
             raise CheckpointError(f"{self._filename}: unexpected persistent id in pickle: {pid!r:.200}")
         storage_type, key, _location, numel = pid[1:5]
         if not isinstance(storage_type, StorageType) or not isinstance(key, str) \
-                or not isinstance(numel, int) or numel < 0:
+                or not _is_int64(numel) or numel < 0:
             raise CheckpointError(f"{self._filename}: malformed storage reference: {pid!r:.200}")
         storage = self._storages.get(key)
         if storage is None:
@@ -173,8 +226,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
         # Legacy storage views (never written by torch >= 1.0): (view_key, offset, numel),
         # in elements of the root storage.
         if not (isinstance(view, tuple) and len(view) == 3 and isinstance(view[0], str)
-                and isinstance(view[1], int) and isinstance(view[2], int)
-                and view[1] >= 0 and view[2] >= 0):
+                and _is_int64(view[1]) and _is_int64(view[2]) and view[1] >= 0 and view[2] >= 0):
             raise CheckpointError(f"{self._filename}: malformed storage view: {view!r:.200}")
         view_storage = self._storages.get("view:" + view[0])
         if view_storage is None:
@@ -183,9 +235,43 @@ class _RestrictedUnpickler(pickle.Unpickler):
         return view_storage
 
 
+class _BoundedReader:
+    """A file as the unpickler reads it, refusing to read more than ``limit`` bytes from where it
+    starts (the legacy format's pickles are read straight from the file, with no length given)."""
+
+    def __init__(self, file, limit: int):
+        self._file = file
+        self._limit = limit
+        self._end = file.tell() + limit
+
+    def _left(self, wanted: int) -> int:
+        left = self._end - self._file.tell()
+        if wanted > left:
+            raise CheckpointError(f"the pickle is longer than {self._limit} bytes, more than a checkpoint's "
+                                  "pickle takes")
+        return wanted
+
+    def read(self, n: int) -> bytes:
+        return self._file.read(self._left(n))
+
+    def readinto(self, buffer) -> int:
+        return self._file.readinto(memoryview(buffer)[: self._left(len(buffer))])
+
+    def readline(self) -> bytes:
+        line = self._file.readline(self._end - self._file.tell() + 1)
+        self._left(0)
+        return line
+
+    def peek(self, n: int = 0) -> bytes:  # looking ahead is not reading; the unpickler reads what it uses
+        return self._file.peek(n)
+
+
 def _unpickle(data_or_file, filename: str, storages: dict | None, unpickler_out: list | None = None):
     """Run the restricted unpickler; turn every failure that is not ours into CheckpointError."""
-    file = io.BytesIO(data_or_file) if isinstance(data_or_file, (bytes, bytearray)) else data_or_file
+    if isinstance(data_or_file, (bytes, bytearray)):
+        file = io.BytesIO(data_or_file)
+    else:
+        file = _BoundedReader(data_or_file, MAX_PICKLE_BYTES)
     unpickler = _RestrictedUnpickler(file, filename, storages)
     if unpickler_out is not None:
         unpickler_out.append(unpickler)
@@ -257,6 +343,25 @@ def _member_data_offset(f, info: zipfile.ZipInfo, filename: str) -> int:
     return info.header_offset + _LOCAL_HEADER_SIZE + name_len + extra_len
 
 
+def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int, what: str, filename: str) -> bytes:
+    """A small member's bytes, after checking what it inflates to: the sizes in the zip's
+    directory bound what zipfile will produce, so they are checked before anything is inflated."""
+    member, size = info.filename, info.file_size
+    if size > limit:
+        described = f"{limit} ({limit >> 20} MiB)" if limit >= 1 << 20 else str(limit)
+        raise CheckpointError(f"{filename}: {member} inflates to {size} bytes, more than the {described} "
+                              f"allowed for {what}")
+    if info.compress_type != zipfile.ZIP_STORED and size > _RATIO_CHECKED_ABOVE \
+            and size > _MAX_PICKLE_RATIO * info.compress_size:
+        raise CheckpointError(f"{filename}: {member} inflates {size // max(info.compress_size, 1)} times "
+                              f"({info.compress_size} to {size} bytes), more than the {_MAX_PICKLE_RATIO} times "
+                              f"{what} compresses; refused as a zip bomb")
+    try:
+        return zf.read(member)
+    except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError) as exc:  # CRC mismatch, unknown method
+        raise CheckpointError(f"{filename}: corrupt zip member {member} ({exc})") from exc
+
+
 def read_torch_zip(path) -> LazyCheckpoint:
     """Read a zip-format ``torch.save`` file (``.pth``, ``.pt``, HF ``pytorch_model.bin``)."""
     path = os.fspath(path)
@@ -280,15 +385,13 @@ def read_torch_zip(path) -> LazyCheckpoint:
 
         big_endian = False
         if prefix + "byteorder" in infos:
-            order = zf.read(prefix + "byteorder").strip()
+            order = _read_member(zf, infos[prefix + "byteorder"], _MAX_BYTEORDER_BYTES, "a byteorder record",
+                                 filename).strip()
             if order not in (b"little", b"big"):
                 raise CheckpointError(f"{filename}: unknown byteorder record {order!r}")
             big_endian = order == b"big"
 
-        try:
-            pickle_bytes = zf.read(pickles[0])
-        except (zipfile.BadZipFile, OSError, EOFError) as exc:  # e.g. CRC mismatch
-            raise CheckpointError(f"{filename}: corrupt zip member {pickles[0]} ({exc})") from exc
+        pickle_bytes = _read_member(zf, infos[pickles[0]], MAX_PICKLE_BYTES, "a checkpoint's pickle", filename)
         storages: dict[str, Storage] = {}
         obj = _unpickle(pickle_bytes, filename, storages)
         tensors = _collect_tensors(obj, filename)

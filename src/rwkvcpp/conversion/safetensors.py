@@ -3,11 +3,11 @@ has no bf16, and this way safetensors is not a dependency)."""
 
 from __future__ import annotations
 
-import json
 import math
 import os
 
-from .lazy import RAW_DTYPES, CheckpointError, LazyCheckpoint, LazyTensor, Storage
+from . import untrusted_json
+from .lazy import INT64_LIMIT, MAX_DIMS, RAW_DTYPES, CheckpointError, LazyCheckpoint, LazyTensor, Storage
 from .schema import model_order
 
 __all__ = ["read_safetensors"]
@@ -19,10 +19,15 @@ _SAFETENSORS_DTYPES = {
 }
 # The safetensors library refuses headers over 100 MB; a larger one is corrupt or hostile.
 _MAX_SAFETENSORS_HEADER = 100_000_000
+# The header is flat: {name: {dtype, shape: [sizes], data_offsets}, __metadata__: {str: str}},
+# three levels; a little slack for writers that nest metadata.
+_MAX_HEADER_DEPTH = 8
 
 
-def _is_int_list(value) -> bool:
-    return isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+def _is_int_list(value, max_len: int) -> bool:
+    """A list of at most ``max_len`` ints, each in [0, 2**63) as the format's sizes and offsets are."""
+    return isinstance(value, list) and len(value) <= max_len and all(
+        isinstance(v, int) and not isinstance(v, bool) and 0 <= v < INT64_LIMIT for v in value)
 
 
 def read_safetensors(path) -> LazyCheckpoint:
@@ -43,8 +48,8 @@ def read_safetensors(path) -> LazyCheckpoint:
                                   f"(claims {header_len} bytes)")
         header_bytes = f.read(header_len)
     try:
-        header = json.loads(header_bytes)
-    except (ValueError, UnicodeDecodeError) as exc:
+        header = untrusted_json.loads(header_bytes, _MAX_HEADER_DEPTH)
+    except ValueError as exc:  # UnicodeDecodeError included
         raise CheckpointError(f"{filename}: corrupt safetensors header ({exc})") from exc
     if not isinstance(header, dict):
         raise CheckpointError(f"{filename}: corrupt safetensors header (not a JSON object)")
@@ -61,8 +66,8 @@ def read_safetensors(path) -> LazyCheckpoint:
         if dtype is None:
             raise CheckpointError(f"{filename}: tensor {name!r} has unsupported dtype {info.get('dtype')!r}")
         shape, offsets = info.get("shape"), info.get("data_offsets")
-        if not (_is_int_list(shape) and all(n >= 0 for n in shape) and _is_int_list(offsets)
-                and len(offsets) == 2 and 0 <= offsets[0] <= offsets[1]):
+        if not (_is_int_list(shape, MAX_DIMS) and _is_int_list(offsets, 2) and len(offsets) == 2
+                and offsets[0] <= offsets[1]):
             raise CheckpointError(f"{filename}: malformed header entry for {name!r}")
         begin, end = offsets
         if end > data_size:
@@ -71,4 +76,7 @@ def read_safetensors(path) -> LazyCheckpoint:
             raise CheckpointError(f"{filename}: tensor {name!r}: {end - begin} bytes for shape {shape}")
         storage = Storage(name, dtype, math.prod(shape)).bind(path, data_start + begin, end - begin)
         tensors[name] = LazyTensor(storage, 0, shape)
+        problem = tensors[name].check_bounds()
+        if problem:
+            raise CheckpointError(f"{filename}: tensor {name!r} {problem}")
     return LazyCheckpoint(((n, tensors[n]) for n in model_order(tensors)), source=path)
