@@ -35,6 +35,16 @@ from rwkvcpp import format as F
 from rwkvcpp.conversion.gguf import bin_to_gguf
 
 
+def to_gguf(path: str, gguf_dir: str) -> str:
+    """The GGUF twin of a .bin in gguf_dir, converted unless one newer than the .bin is there;
+    ValueError for an architecture llama.cpp does not run."""
+    gguf = os.path.join(gguf_dir, os.path.splitext(os.path.basename(path))[0] + ".gguf")
+    if not os.path.exists(gguf) or os.path.getmtime(gguf) < os.path.getmtime(path):
+        os.makedirs(gguf_dir, exist_ok=True)
+        bin_to_gguf(path, gguf)  # written to a temporary name, renamed at the end
+    return gguf
+
+
 def llama_bench(binary: str, gguf: str, threads: int, prompt: int, tokens: int, reps: int) -> dict:
     """{'decode_ms': ..., 'prompt_tps': ..., 'build': ...} from one llama-bench run."""
     cmd = [binary, "-m", gguf, "-t", str(threads), "-p", str(prompt), "-n", str(tokens), "-r", str(reps), "-o", "json"]
@@ -98,7 +108,6 @@ def main() -> None:
     paths = sorted(glob.glob(os.path.join(args.folder, "*.bin")))
     if not paths:
         sys.exit(f"error: no .bin files in {args.folder}; make some with benchmarks/make_models.py")
-    os.makedirs(args.gguf_dir, exist_ok=True)
 
     cols = ["model", "format", "llama.cpp decode ms/token", "llama.cpp prompt tok/s"]
     if args.ours:
@@ -108,10 +117,8 @@ def main() -> None:
     build = None
     for path in paths:
         name = os.path.splitext(os.path.basename(path))[0]
-        gguf = os.path.join(args.gguf_dir, name + ".gguf")
         try:
-            if not os.path.exists(gguf) or os.path.getmtime(gguf) < os.path.getmtime(path):
-                bin_to_gguf(path, gguf)  # written to a temporary name, renamed at the end
+            gguf = to_gguf(path, args.gguf_dir)
         except ValueError as e:
             print(f"skipped: {e}", file=sys.stderr, flush=True)
             continue

@@ -321,6 +321,50 @@ def test_perplexity_command(files, model):
     assert r.returncode == 2 and "at least 2" in r.stderr.decode()
 
 
+@pytest.mark.parametrize("dtype", ["FP32", "Q8_0"])
+def test_perplexity_windows_read_together_score_as_read_alone(files, dtype):
+    from rwkvcpp.cli.perplexity import score_windows
+    from rwkvcpp.quantization import quantize
+
+    path = files["model"]
+    if dtype != "FP32":
+        path = str(files["dir"] / f"v7-{dtype}.bin")
+        if not os.path.exists(path):
+            quantize(files["model"], path, dtype)
+    model = Model(path, threads=2)
+    tokens = np.asarray(list(Path(files["text"]).read_bytes()), dtype=np.int64)
+    # windows of 37 and a short last one: chunks of 16, 16 and 4 inputs (both kernel paths), and
+    # windows joining the batch as others end
+    windows = [tokens[i : i + 37] for i in range(0, len(tokens), 37)]
+    assert len(windows[-1]) < 37
+    alone, _ = score_windows(model, windows, batch=16, parallel=1, ignore_first=5)
+    for parallel in (3, len(windows)):
+        together, _ = score_windows(model, windows, batch=16, parallel=parallel, ignore_first=5)
+        assert all(np.array_equal(a, b) for a, b in zip(alone, together))
+    for window, losses in zip(windows, alone):  # what eval_sequence gives each window, chunk by chunk
+        state, expected = None, []
+        for start in range(0, len(window) - 1, 16):
+            logits, state = model.eval_sequence(window[start : min(start + 16, len(window) - 1)], state,
+                                                all_logits=True)
+            expected.append(logits)
+        logits = np.concatenate(expected)[4:].astype(np.float64)  # targets from position 5 on
+        lse = logits.max(1) + np.log(np.exp(logits - logits.max(1)[:, None]).sum(1))
+        np.testing.assert_array_equal(losses, lse - logits[np.arange(len(logits)), window[5:]])
+
+
+def test_perplexity_command_parallel_windows(files):
+    outputs = []
+    for parallel in (1, 3):
+        r = rwkvcpp("perplexity", files["model"], files["text"], "--threads", 1, "--ctx", 37, "--batch", 16,
+                    "--parallel", parallel)
+        assert r.returncode == 0, r.stderr.decode()
+        outputs.append(r.stdout.decode().splitlines())
+    assert "3 at a time" in outputs[1][1]
+    assert outputs[0][2] == outputs[1][2] and outputs[0][2].startswith("scored ")  # the same figures
+    r = rwkvcpp("perplexity", files["model"], files["text"], "--ctx", 37, "--parallel", 0)
+    assert r.returncode == 2 and "--parallel must be at least 1" in r.stderr.decode()
+
+
 # -- the python/ scripts ----------------------------------------------------------------------------------
 
 

@@ -5,7 +5,9 @@ The text is tokenized and read in sequence mode, ``--batch`` tokens per call, wi
 every position. Each token after the first is scored by the probability the model gave it.
 Without ``--ctx`` the whole file is one context (the state runs on from start to end, as in
 rwkv.cpp's measure_pexplexity.py); with ``--ctx N`` it is cut into windows of N tokens, each
-read from a fresh state. Reports the mean loss (nats per token), perplexity (exp of the loss),
+read from a fresh state, ``--parallel`` windows together in each pass over the weights
+(:meth:`Model.eval_batch`; every window gets the logits it gets alone, so the figures do not
+depend on ``--parallel``). Reports the mean loss (nats per token), perplexity (exp of the loss),
 bits per token and bits per UTF-8 byte, and the reading speed.
 """
 
@@ -14,10 +16,14 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections import deque
 
 import numpy as np
 
+from ..scale.tasks import token_losses
 from . import CommandError, _common
+
+DEFAULT_PARALLEL = 4
 
 
 def add_arguments(parser) -> None:
@@ -28,26 +34,57 @@ def add_arguments(parser) -> None:
                              "(default: the whole text as one context)")
     parser.add_argument("--batch", type=int, metavar="N", default=128,
                         help="tokens per evaluation call (default 128); changes speed and memory, not results")
+    parser.add_argument("--parallel", type=int, metavar="N", default=DEFAULT_PARALLEL,
+                        help=f"with --ctx: windows read together, --batch tokens of each per pass (default "
+                             f"{DEFAULT_PARALLEL}); changes speed and memory, not results")
     parser.add_argument("--ignore-first", type=int, metavar="N", default=0,
                         help="do not score the first N tokens of each context (default 0)")
     parser.add_argument("--limit", type=int, metavar="N", default=0,
                         help="use only the first N tokens of the text (default: all)")
 
 
-def _losses(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """-log p(target) for each row of logits, in float64."""
-    x = logits.astype(np.float64)
-    top = x.max(axis=1)
-    lse = top + np.log(np.exp(x - top[:, None]).sum(axis=1))
-    return lse - x[np.arange(len(targets)), targets]
+def score_windows(model, windows, batch: int, parallel: int = 1, ignore_first: int = 0, on_pass=None):
+    """-log p of the scored targets of each window (float64 arrays, in window order) and the
+    seconds spent evaluating. Each window is read from a fresh state, ``batch`` tokens per pass,
+    up to ``parallel`` windows in one :meth:`Model.eval_batch` pass, a waiting window joining as
+    another ends. A window's logits are those :meth:`Model.eval_sequence` gives it alone in the
+    same chunks, so the losses do not depend on ``parallel``. Targets at positions below
+    ``ignore_first`` are not scored. ``on_pass(tokens_read, new_losses)`` follows each pass."""
+    losses = [[] for _ in windows]
+    waiting = deque(k for k, w in enumerate(windows) if len(w) > 1)
+    active = []  # [window index, tokens read, state]
+    seconds = 0.0
+    while waiting or active:
+        while waiting and len(active) < parallel:
+            active.append([waiting.popleft(), 0, model.init_state()])
+        # The next chunk of each window's inputs: its last token is only a target.
+        chunks = [windows[k][read : min(read + batch, len(windows[k]) - 1)] for k, read, _ in active]
+        states = [state for _, _, state in active]
+        t0 = time.perf_counter()
+        logits, _ = model.eval_batch(chunks, states, all_logits=True, states_out=states)
+        seconds += time.perf_counter() - t0
+        new_losses = []
+        for entry, chunk, chunk_logits in zip(active, chunks, logits):
+            k, read, _ = entry
+            targets = windows[k][read + 1 : read + 1 + len(chunk)]
+            skip = max(0, ignore_first - (read + 1))
+            if skip < len(chunk):
+                losses[k].append(token_losses(chunk_logits[skip:], targets[skip:]))
+                new_losses.append(losses[k][-1])
+            entry[1] += len(chunk)
+        active = [entry for entry in active if entry[1] < len(windows[entry[0]]) - 1]
+        if on_pass:
+            on_pass(sum(len(c) for c in chunks), new_losses)
+    return [np.concatenate(parts) if parts else np.zeros(0) for parts in losses], seconds
 
 
 def run(args) -> int:
     for name in ("ctx", "ignore_first", "limit"):
         if getattr(args, name) < 0:
             raise CommandError(f"--{name.replace('_', '-')} must be 0 or more")
-    if args.batch < 1:
-        raise CommandError("--batch must be at least 1")
+    for name in ("batch", "parallel"):
+        if getattr(args, name) < 1:
+            raise CommandError(f"--{name} must be at least 1")
     if args.ctx == 1:
         raise CommandError("--ctx must be at least 2: a context of one token predicts nothing")
 
@@ -73,29 +110,21 @@ def run(args) -> int:
 
     n_inputs = sum(len(w) - 1 for w in windows)
     progress = _common.Progress(n_inputs, "token", "perplexity")
-    loss_sum = 0.0
-    scored = 0
-    scored_bytes = 0
-    eval_seconds = 0.0
+    so_far = [0.0, 0]  # loss and tokens scored, for the progress line
+
+    def on_pass(tokens_read: int, new_losses) -> None:
+        for part in new_losses:
+            so_far[0] += float(part.sum())
+            so_far[1] += len(part)
+        progress.update(tokens_read, f"ppl {math.exp(so_far[0] / so_far[1]):.3f}" if so_far[1] else "")
+
     try:
-        for window in windows:
-            state = None
-            inputs = window[:-1]  # the last token is only a target
-            for start in range(0, len(inputs), args.batch):
-                batch = inputs[start : start + args.batch]
-                t0 = time.perf_counter()
-                logits, state = model.eval_sequence(batch, state, all_logits=True)
-                eval_seconds += time.perf_counter() - t0
-                targets = window[start + 1 : start + 1 + len(batch)]
-                first = max(0, args.ignore_first - (start + 1))  # targets at positions >= ignore_first count
-                if first < len(batch):
-                    losses = _losses(logits[first:], targets[first:])
-                    loss_sum += float(losses.sum())
-                    scored += len(losses)
-                    scored_bytes += len(tokenizer.decode_bytes(targets[first:].tolist()))
-                progress.update(len(batch), f"ppl {math.exp(loss_sum / scored):.3f}" if scored else "")
+        losses, eval_seconds = score_windows(model, windows, args.batch, args.parallel, args.ignore_first, on_pass)
     finally:
         progress.close()
+    loss_sum = float(np.concatenate(losses).sum())
+    scored = sum(len(part) for part in losses)
+    scored_bytes = sum(len(tokenizer.decode_bytes(w[len(w) - len(part):].tolist())) for w, part in zip(windows, losses))
 
     loss = loss_sum / scored
     speed = n_inputs / eval_seconds if eval_seconds > 0 else float("inf")
@@ -105,7 +134,8 @@ def run(args) -> int:
         f"text: {os.path.basename(args.text)}, {n_text_tokens} tokens"
         + (f" (first {len(tokens)} used)" if len(tokens) < n_text_tokens else "")
     )
-    print(f"read {n_inputs} tokens in {eval_seconds:.2f} s: {speed:.1f} tokens/s ({ctx_note}, batch {args.batch})")
+    print(f"read {n_inputs} tokens in {eval_seconds:.2f} s: {speed:.1f} tokens/s ({ctx_note}, batch {args.batch}"
+          + (f", {min(args.parallel, len(windows))} at a time" if args.ctx else "") + ")")
     bpb = loss_sum / math.log(2) / scored_bytes if scored_bytes else float("nan")
     print(
         f"scored {scored} tokens: loss {loss:.4f}, perplexity {math.exp(loss):.4f}, "
