@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 pytest.importorskip("huggingface_hub")
@@ -85,3 +86,46 @@ def test_split_spec():
     assert split_spec("org/name") == ("org/name", None)
     with pytest.raises(ValueError, match="not a Hugging Face model name"):
         split_spec("just-a-name")
+
+
+def cli(tmp_path, *args) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub"),
+           "RWKVCPP_CACHE": str(tmp_path / "rwkvcpp")}
+    return subprocess.run([sys.executable, "-m", "rwkvcpp", *map(str, args)], env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_commands_take_models_by_name(hub):
+    from rwkvcpp import Model
+
+    local = cli(hub, "generate", hub / "m.bin", "--prompt", "ab", "-n", 4, "--temperature", 0, "--tokenizer", "bytes")
+    assert local.returncode == 0, local.stderr
+    by_name = cli(hub, "generate", "--hf", "someone/rwkv-bin", "--prompt", "ab", "-n", 4, "--temperature", 0,
+                  "--tokenizer", "bytes")
+    assert by_name.returncode == 0 and by_name.stdout == local.stdout, by_name.stderr
+
+    converted = cli(hub, "generate", "--hf", "someone/rwkv-pth:a.pth", "--prompt", "ab", "-n", 1,
+                    "--tokenizer", "bytes")
+    assert converted.returncode == 0 and "converting someone/rwkv-pth:a.pth" in converted.stderr, converted.stderr
+
+    out = hub / "out.bin"
+    done = cli(hub, "convert", "--hf", "someone/rwkv-pth:b.pth", out, "--dtype", "FP32")
+    assert done.returncode == 0, done.stderr
+    reference = Model(hub / "m.bin")
+    np.testing.assert_allclose(Model(out).eval_sequence([1, 2, 3])[0], reference.eval_sequence([1, 2, 3])[0],
+                               atol=2e-2)
+
+
+@pytest.mark.parametrize("args, first_line", [
+    (["generate", "--hf", "no-slash", "-n", "1", "--prompt", "x"],
+     "rwkvcpp generate: error: --hf no-slash: 'no-slash' is not a Hugging Face model name: expected ORG/NAME or ORG/NAME:FILE"),
+    (["generate", "--hf", "someone/rwkv-pth", "-n", "1", "--prompt", "x"],
+     "rwkvcpp generate: error: --hf someone/rwkv-pth: someone/rwkv-pth has 2 model files; name one as someone/rwkv-pth:FILE"),
+    (["generate", "M.bin", "--hf", "someone/rwkv-bin", "--prompt", "x"],
+     "rwkvcpp generate: error: give MODEL (M.bin) or --hf someone/rwkv-bin, not both"),
+    (["convert", "--hf", "someone/rwkv-bin"], "rwkvcpp convert: error: give SRC and DST (or --hf REPO[:FILE] and DST)"),
+])
+def test_commands_name_a_bad_model_name(hub, args, first_line):
+    done = cli(hub, *args)
+    assert done.returncode == 2 and done.stderr.splitlines()[0].startswith(first_line), done.stderr
+    assert "Traceback" not in done.stderr

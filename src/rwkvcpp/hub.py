@@ -18,7 +18,7 @@ from typing import Optional
 
 from .format import MAGIC
 
-__all__ = ["resolve", "split_spec"]
+__all__ = ["resolve", "download", "split_spec"]
 
 MODEL_SUFFIXES = (".bin", ".pth", ".pt", ".safetensors", ".gguf")
 # What a Transformers-format repository needs for conversion (no other files are fetched).
@@ -82,21 +82,29 @@ def cache_dir() -> str:
     return os.environ.get("RWKVCPP_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "rwkvcpp")
 
 
-def resolve(repo_id: str, filename: Optional[str] = None, *, revision: Optional[str] = None,
-            log=None) -> str:
-    """The path of a ready ``.bin`` for ``repo_id`` (and ``filename`` in it; None: the
-    repository's one model file, or its Transformers folder), downloading and converting once."""
-    hub = _hub()
+def download(repo_id: str, filename: Optional[str] = None, *, revision: Optional[str] = None) -> str:
+    """The local path of ``filename`` of ``repo_id`` as the Hub gives it, unconverted (None: the
+    repository's one model file, or its Transformers folder), fetched once into the Hub's cache."""
+    return _download(_hub(), repo_id, filename, revision)[0]
+
+
+def _download(hub, repo_id: str, filename: Optional[str], revision: Optional[str]) -> tuple[str, Optional[str]]:
     folder = None
     if filename is None:
         files, folder = _repo_files(hub, repo_id, revision)
         filename = _choose(repo_id, files)
     if filename is not None:
-        source = hub.hf_hub_download(repo_id, filename, revision=revision)
-        if _is_rwkv_bin(source):
-            return source
-    else:
-        source = folder or hub.snapshot_download(repo_id, revision=revision, allow_patterns=FOLDER_PATTERNS)
+        return hub.hf_hub_download(repo_id, filename, revision=revision), filename
+    return folder or hub.snapshot_download(repo_id, revision=revision, allow_patterns=FOLDER_PATTERNS), None
+
+
+def resolve(repo_id: str, filename: Optional[str] = None, *, revision: Optional[str] = None,
+            log=None) -> str:
+    """The path of a ready ``.bin`` for ``repo_id`` (and ``filename`` in it; None: the
+    repository's one model file, or its Transformers folder), downloading and converting once."""
+    source, filename = _download(_hub(), repo_id, filename, revision)
+    if filename is not None and _is_rwkv_bin(source):
+        return source
     # The snapshot folder's name is the commit: a new revision converts anew.
     snapshot = re.search(r"snapshots[/\\]([^/\\]+)", source)
     commit = snapshot.group(1) if snapshot else str(os.stat(source).st_mtime_ns)

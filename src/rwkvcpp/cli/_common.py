@@ -21,11 +21,31 @@ def add_model_arguments(parser) -> None:
         "model", metavar="MODEL", nargs="?",
         help=f"rwkv.cpp .bin model (default: the built-in model, {BUILTIN_NOTE})",
     )
+    add_hf_argument(parser, "instead of MODEL, a model from the Hugging Face Hub (a .bin used as it is; a .pth, "
+                            ".safetensors, GGUF or Transformers folder converted once; needs huggingface-hub)")
     parser.add_argument("--threads", type=int, metavar="N", help="CPU threads (default: the engine's choice)")
     parser.add_argument(
         "--tokenizer", metavar="NAME_OR_PATH",
         help="world, 20b, bytes or a vocabulary file (default: chosen from the model's vocabulary size)",
     )
+
+
+def add_hf_argument(parser, help: str) -> None:
+    parser.add_argument("--hf", metavar="REPO[:FILE]", help=help)
+
+
+def hub_file(spec: str, convert: bool) -> str:
+    """The local path for ``--hf REPO[:FILE]``: the file as downloaded, or (``convert``) a ready
+    .bin, converted once into the rwkvcpp cache. Errors are CommandErrors naming the spec."""
+    from .. import hub
+
+    try:
+        repo_id, filename = hub.split_spec(spec)
+        if not convert:
+            return hub.download(repo_id, filename)
+        return hub.resolve(repo_id, filename, log=lambda line: print(line, file=sys.stderr, flush=True))
+    except (ImportError, ValueError, OSError) as e:
+        raise CommandError(f"--hf {spec}: {e}") from None
 
 
 def builtin_model_path() -> str:
@@ -46,11 +66,16 @@ def builtin_model_path() -> str:
 
 
 def load_model(args):
-    """The Model named by ``args.model`` (the built-in one when None), with ``--tokenizer`` applied."""
+    """The Model named by ``args.model`` or ``--hf`` (the built-in one when neither), with ``--tokenizer``
+    applied."""
     from ..model import Model
 
     path = args.model
-    if path is None:
+    if args.hf is not None:
+        if path is not None:
+            raise CommandError(f"give MODEL ({path}) or --hf {args.hf}, not both")
+        path = hub_file(args.hf, convert=True)
+    elif path is None:
         path = builtin_model_path()
         print(f"using the built-in model {path} ({BUILTIN_NOTE})", file=sys.stderr, flush=True)
     if args.threads is not None and args.threads < 1:
