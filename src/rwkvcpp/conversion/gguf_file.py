@@ -21,7 +21,7 @@ from typing import Any, Callable, NamedTuple, Optional
 import numpy as np
 
 from .. import format as fmt
-from .pth_write import _atomic_write
+from ..atomic_file import write_atomically
 
 __all__ = ["GGUFError", "GGUFFile", "GGUFTensor", "GGMLType", "GGML_TYPES", "OutTensor", "is_gguf", "write_gguf"]
 
@@ -303,19 +303,16 @@ def write_gguf(path, metadata: list, tensors: list, progress: Optional[ProgressF
         sizes.append(_nbytes(GGML_TYPES[t.type_id], t.shape))
         offset += -(-sizes[-1] // DEFAULT_ALIGNMENT) * DEFAULT_ALIGNMENT
 
-    def write(tmp: str) -> None:
-        with open(tmp, "xb") as f:
-            f.write(b"".join(head))
-            f.write(b"\0" * (-f.tell() % DEFAULT_ALIGNMENT))
-            for i, (t, size) in enumerate(zip(tensors, sizes)):
-                data = memoryview(t.data()).cast("B")
-                if data.nbytes != size:  # a bug here, never the user's file
-                    raise AssertionError(f"{t.name}: {data.nbytes} bytes of data, {size} expected")
-                f.write(data)
-                f.write(b"\0" * (-size % DEFAULT_ALIGNMENT))
-                if progress is not None:
-                    progress(i + 1, len(tensors), t.name)
-            f.flush()
-            os.fsync(f.fileno())
+    def write(f) -> None:
+        f.write(b"".join(head))
+        f.write(b"\0" * (-f.tell() % DEFAULT_ALIGNMENT))
+        for i, (t, size) in enumerate(zip(tensors, sizes)):
+            data = memoryview(t.data()).cast("B")
+            if data.nbytes != size:  # a bug here, never the user's file
+                raise AssertionError(f"{t.name}: {data.nbytes} bytes of data, {size} expected")
+            f.write(data)
+            f.write(b"\0" * (-size % DEFAULT_ALIGNMENT))
+            if progress is not None:
+                progress(i + 1, len(tensors), t.name)
 
-    _atomic_write(path, write)
+    write_atomically(path, write)

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterator, Optional, Union
 
 from .. import format as fmt
+from ..atomic_file import check_destination
 from ..arch import get as get_arch
 from ..quantization import format_size, quantized_type_id
 from ..writer import write_model
@@ -147,6 +148,7 @@ def _check_destination(src: str, dst: str) -> None:
         raise FileNotFoundError(f"{dst}: the destination directory {parent} does not exist")
     if os.path.exists(dst) and os.path.exists(src) and os.path.samefile(src, dst):
         raise ValueError(f"{dst}: the destination is the source checkpoint; write the model to another path")
+    check_destination(dst, os.path.realpath(dst))  # before the work: a FIFO, read-only file... is refused
 
 
 def _name_the_file(exc: ValueError, src: str, dst: str, tmp: Optional[str]) -> ValueError:

@@ -19,15 +19,15 @@ What is written only uses the names :mod:`rwkvcpp.conversion.pth`'s restricted r
 from __future__ import annotations
 
 import json
-import os
 import pickle
-import secrets
 import struct
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
+
+from ..atomic_file import write_atomically
 
 __all__ = [
     "Global",
@@ -169,21 +169,6 @@ def _contiguous_strides(shape) -> tuple:
     return tuple(reversed(strides))
 
 
-def _atomic_write(path, write) -> None:
-    """Run ``write(temp_path)`` and move the result over ``path``; no partial file on failure."""
-    path = os.fspath(path)
-    tmp = f"{path}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
 def save_pth(path, tensors: Mapping[str, np.ndarray]) -> None:
     """Save ``{name: float16/float32 array}`` as a zip-format ``torch.save`` file of an
     OrderedDict of tensors (what ``torch.save(state_dict, path)`` writes). Other float dtypes are
@@ -203,7 +188,7 @@ def save_pth(path, tensors: Mapping[str, np.ndarray]) -> None:
     tree = Call(Global("collections", "OrderedDict"), (entries,))
     # torch reads data.pkl first and the version record to pick its reader; order as torch has it.
     ordered = {"data.pkl": dumps(tree), "byteorder": b"little", **records, "version": b"3\n"}
-    _atomic_write(path, lambda tmp: write_zip(tmp, ordered))
+    write_atomically(path, lambda f: write_zip(f, ordered))
 
 
 def save_safetensors(path, tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None = None) -> None:
@@ -222,11 +207,10 @@ def save_safetensors(path, tensors: Mapping[str, np.ndarray], metadata: Mapping[
     raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
     raw += b" " * (-len(raw) % 8)  # the format pads the header so the data starts 8-aligned
 
-    def write(tmp):
-        with open(tmp, "wb") as f:
-            f.write(struct.pack("<Q", len(raw)))
-            f.write(raw)
-            for array in arrays.values():
-                f.write(array.tobytes())
+    def write(f):
+        f.write(struct.pack("<Q", len(raw)))
+        f.write(raw)
+        for array in arrays.values():
+            f.write(array.tobytes())
 
-    _atomic_write(path, write)
+    write_atomically(path, write)
