@@ -17,6 +17,7 @@ import math
 import os
 import select
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -605,39 +606,79 @@ def test_state_cache_bounds():
 # ---- the command line --------------------------------------------------------------------------
 
 
-def test_serve_command(model_path):
+def start_serve(model_path, *args):
+    """``rwkvcpp serve MODEL ARGS`` on a free port, once /health answers 200: (process, url)."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     sock.close()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "rwkvcpp", "serve", str(model_path), "--port", str(port), "--api-key", "k",
-         "--max-tokens", "64", "--log-level", "warning"],
+        [sys.executable, "-m", "rwkvcpp", "serve", str(model_path), "--port", str(port), "--log-level", "warning",
+         *map(str, args)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"rwkvcpp serve did not start: {proc.communicate()[0]}")
+        time.sleep(0.1)
+
+
+def stop_serve(proc, signal_number=None) -> str:
+    """Its output, after ``signal_number`` (default SIGTERM) and its exit."""
+    proc.send_signal(signal_number or signal.SIGTERM)
     try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, "rwkvcpp serve did not start"
-            time.sleep(0.1)
+        return proc.communicate(timeout=10)[0]
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out = proc.communicate()[0]
+        raise AssertionError(f"rwkvcpp serve did not stop within 10 s of the signal: {out}")
+
+
+def test_serve_command(model_path):
+    proc, url = start_serve(model_path, "--api-key", "k", "--max-tokens", "64")
+    try:
         assert httpx.get(url + "/v1/models").status_code == 401
         r = httpx.post(url + "/v1/completions", headers={"Authorization": "Bearer k"},
                        json={"prompt": "hi", "max_tokens": 65})
         assert r.status_code == 400 and "64" in r.json()["error"]["message"]
     finally:
-        proc.terminate()
-        try:
-            out, _ = proc.communicate(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, _ = proc.communicate()
-    assert f"127.0.0.1:{port}" in out
+        out = stop_serve(proc)
+    assert url.split("//")[1] in out
+
+
+def test_sigterm_during_a_stream_ends_it_cleanly(model_path):
+    """SIGTERM while a long answer streams: the stream ends at once, well formed (an error event
+    saying the server is stopping, then [DONE]), and the process ends well before uvicorn's
+    graceful-shutdown timeout would cut the connection."""
+    proc, url = start_serve(model_path, "--max-tokens", "1000000")
+    lines = []
+    try:
+        body = {"prompt": "hi", "max_tokens": 1000000, "stream": True, "logit_bias": {"0": -100}}
+        with httpx.stream("POST", url + "/v1/completions", json=body, timeout=30) as response:
+            assert response.status_code == 200
+            for line in response.iter_lines():
+                if line:
+                    lines.append(line)
+                if len(lines) == 5:
+                    stopped_at = time.monotonic()
+                    proc.send_signal(signal.SIGTERM)
+        ended_after = time.monotonic() - stopped_at
+    finally:
+        if proc.poll() is None:
+            stop_serve(proc)
+    # uvicorn re-raises the signal once it has shut down, so the exit status says "terminated"
+    assert proc.wait(10) == -signal.SIGTERM
+    assert lines[-1] == "data: [DONE]" and ended_after < 2.5, (lines[-3:], ended_after)
+    error = json.loads(lines[-2][len("data: "):])
+    assert error["error"]["code"] == "shutting_down", error
 
 
 # ---- the web page ------------------------------------------------------------------------------

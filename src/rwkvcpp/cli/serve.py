@@ -102,24 +102,18 @@ def run(args) -> int:
         model.close()  # checked here; each replica loads its own
         return _serve_on_ray(args, config, model.path)
 
-    import uvicorn
-
     from ..server import create_app
-    from ..server.connections import uvicorn_settings
+    from ..server.connections import run_server
 
-    app = create_app(model, config)
-    app.state.engine.initial_state = start  # for every request
+    app = create_app(model, config, initial_state=start)
     shown = f"[{config.host}]" if ":" in config.host else config.host
     print(f"serving {app.state.engine.model_id} ({model.arch}, {model.n_layer} layers, n_vocab {model.n_vocab}) "
           f"at http://{shown}:{config.port}/  (API: /v1, docs: /docs){'; API key required' if api_keys else ''}",
           file=sys.stderr, flush=True)
     if not config.loopback and not api_keys:
         print("warning: listening beyond this machine without --api-key", file=sys.stderr, flush=True)
-    try:
-        uvicorn.run(app, host=config.host, port=config.port, log_level=args.log_level, **uvicorn_settings(config))
-    except SystemExit as e:  # uvicorn exits when it cannot bind
-        if e.code:
-            raise CommandError(f"could not serve on {config.host}:{config.port} (see the message above)") from None
+    if not run_server(app, config, args.log_level):
+        raise CommandError(f"could not serve on {config.host}:{config.port} (see the message above)")
     return 0
 
 

@@ -67,8 +67,7 @@ class RWKVReplica:
     def __serve_build_asgi_app__(self):
         from ..server import create_app
 
-        app = create_app(self.model, self.config)
-        app.state.engine.initial_state = self.initial_state
+        app = create_app(self.model, self.config, initial_state=self.initial_state)
         app.add_middleware(_ReplicaHeader, replica=serve.get_replica_context().replica_id.unique_id)
         return app
 

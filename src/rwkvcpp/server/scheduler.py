@@ -132,11 +132,14 @@ class ThreadScheduler:
                     "admitted": self.admitted, "max_concurrent": self.max_concurrent, "max_queue": self.max_queue}
 
     def shutdown(self) -> None:
-        """Stops every job (each at its next token) and the workers."""
+        """Stops every job (each at its next token; its items end with a 503 saying the server is
+        shutting down, which a stream passes on as an error event) and the workers."""
         with self._lock:
             jobs = list(self._jobs)
         for job in jobs:
             job.cancelled.set()
+            job.emit(_Failure(OpenAIError(503, "the server is shutting down", type="server_error",
+                                          code="shutting_down")))
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     # -- the worker's side -------------------------------------------------------------------
