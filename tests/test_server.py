@@ -808,3 +808,46 @@ def test_web_page_streams_a_reply(server, tmp_path):
     assert state["user"] == ["Hello there"] and state["streaming"] == 0
     assert state["bot"] == [expected]
     assert server.stats()["requests"] == before + 1
+
+
+def test_docs_page_lists_the_operations_in_chromium(server, tmp_path):
+    """/docs rendered by a real browser with no internet needed: Swagger UI's scripts come from
+    this server, and the page lists the API's operations. The screenshot is kept in tmp_path."""
+    pytest.importorskip("fastapi_offline")
+    chromium = _chromium()
+    if chromium is None:
+        pytest.skip("Chromium is not installed (apt-get install chromium)")
+    if os.name != "posix":
+        pytest.skip("the DevTools pipe is driven with POSIX file descriptors")
+    browser = DevTools(chromium, str(tmp_path / "profile"))
+    try:
+        target = browser.call("Target.createTarget", {"url": "about:blank"})["targetId"]
+        session = browser.call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+        browser.call("Page.enable", session=session)
+        browser.call("Emulation.setDeviceMetricsOverride", {"width": 1200, "height": 2400, "deviceScaleFactor": 1,
+                                                            "mobile": False}, session=session)
+        browser.call("Page.navigate", {"url": server.url + "/docs"}, session=session)
+
+        def js(expression):
+            result = browser.call("Runtime.evaluate", {"expression": expression, "returnByValue": True},
+                                  session=session)
+            return result["result"].get("value")
+
+        deadline = time.monotonic() + 30
+        while not js("document.querySelectorAll('.opblock').length"):
+            assert time.monotonic() < deadline, "Swagger UI did not render the operations"
+            time.sleep(0.1)
+        listed = js("[...document.querySelectorAll('.opblock-summary-path')].map(e => e.textContent.trim())")
+        methods = js("[...document.querySelectorAll('.opblock-summary-method')].map(e => e.textContent.trim())")
+        shot = browser.call("Page.captureScreenshot", {"format": "png"}, session=session)["data"]
+    finally:
+        browser.close()
+    import base64
+
+    png = base64.b64decode(shot)
+    (tmp_path / "docs.png").write_bytes(png)
+    assert png.startswith(b"\x89PNG") and len(png) > 20_000  # a rendered page, not a blank one
+    for path in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models", "/health",
+                 "/tokenize", "/detokenize", "/v1/states"):
+        assert path in listed, (path, listed)
+    assert "POST" in methods and "GET" in methods
