@@ -643,15 +643,21 @@ def stop_serve(proc, signal_number=None) -> str:
 
 
 def test_serve_command(model_path):
-    proc, url = start_serve(model_path, "--api-key", "k", "--max-tokens", "64")
+    proc, url = start_serve(model_path, "--api-key", "k", "--max-tokens", "64", "--access-log", "json")
     try:
-        assert httpx.get(url + "/v1/models").status_code == 401
+        assert httpx.get(url + "/v1/models", headers={"User-Agent": "probe/1"}).status_code == 401
         r = httpx.post(url + "/v1/completions", headers={"Authorization": "Bearer k"},
                        json={"prompt": "hi", "max_tokens": 65})
         assert r.status_code == 400 and "64" in r.json()["error"]["message"]
     finally:
         out = stop_serve(proc)
     assert url.split("//")[1] in out
+    records = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    refused = [r for r in records if r["path"] == "/v1/models"]
+    assert len(refused) == 1 and refused[0]["status"] == 401 and refused[0]["user_agent"] == "probe/1", records
+    assert {"time", "client", "method", "duration_ms", "bytes"} <= set(refused[0])
+    assert [r["status"] for r in records if r["path"] == "/v1/completions"] == [400]
+    assert "GET /v1/models" not in out  # uvicorn's text lines are off
 
 
 def test_sigterm_during_a_stream_ends_it_cleanly(model_path):

@@ -68,6 +68,9 @@ def add_arguments(parser) -> None:
                      help="replicas, each with its own model (default 1; threads: this machine's cores / N)")
     ray.add_argument("--max-replicas", type=int, metavar="N",
                      help="scale between --replicas and N replicas with the load (default: a fixed count)")
+    parser.add_argument("--access-log", choices=("text", "json", "off"), default=d.access_log,
+                        help="a line per request: uvicorn's text (default), a JSON object (time, client, method, "
+                             "path, status, duration_ms, bytes, user_agent) or none")
     parser.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"),
                         help="uvicorn's log level (default info)")
 
@@ -92,7 +95,8 @@ def run(args) -> int:
             body_timeout=args.body_timeout, states_dir=args.states_dir, max_states=args.max_states,
             max_queue=args.max_queue, max_concurrent=args.max_concurrent, max_tokens_cap=args.max_tokens,
             default_max_tokens=default_max, max_prompt_tokens=args.max_prompt_tokens,
-            cache_bytes=args.cache_mb << 20, cache_entries=ServerConfig.cache_entries if args.cache_mb else 0,
+            access_log=args.access_log, cache_bytes=args.cache_mb << 20,
+            cache_entries=ServerConfig.cache_entries if args.cache_mb else 0,
         )
     except ValueError as e:
         raise CommandError(_as_flags(str(e))) from None

@@ -27,6 +27,7 @@ from typing import Any, Callable, Optional
 
 from fastapi import FastAPI
 
+from .access_log import AccessLog
 from .config import ServerConfig
 from .engine import Engine
 from .errors import install_error_handlers
@@ -100,7 +101,9 @@ def create_app(model=None, config: Optional[ServerConfig] = None, *, load: Optio
 
         app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins), allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type"], max_age=600)
-    app.add_middleware(MetricsMiddleware, app_state=app.state)  # outermost: it times everything
+    app.add_middleware(MetricsMiddleware, app_state=app.state)  # it times everything
+    if config.access_log == "json":
+        app.add_middleware(AccessLog)  # outermost: every answer is logged, refusals included
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)

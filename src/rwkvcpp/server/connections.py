@@ -85,8 +85,12 @@ def run_server(app, config, log_level: str = "info", sockets=None) -> bool:
                 scheduler.shutdown()
             await super().shutdown(sockets)
 
+    if config.access_log == "json":
+        from .access_log import log_to_stderr
+
+        log_to_stderr()
     server = Server(uvicorn.Config(app, host=config.host, port=config.port, log_level=log_level,
-                                   **uvicorn_settings(config)))
+                                   access_log=config.access_log == "text", **uvicorn_settings(config)))
     try:
         server.run(sockets=sockets)
     except SystemExit as e:  # uvicorn exits when it cannot bind
