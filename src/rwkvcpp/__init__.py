@@ -19,6 +19,7 @@ _LAZY = {
     "BatchGenerator": ("rwkvcpp.batch", "BatchGenerator"),
     "Tokenizer": ("rwkvcpp.tokenizer", "Tokenizer"),
     "SamplingParams": ("rwkvcpp.sampling", "SamplingParams"),
+    "librwkv_path": ("rwkvcpp.c_api", "librwkv_path"),
 }
 
 
