@@ -28,12 +28,13 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Generator as PyGenerator
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Optional, Union
 
 import numpy as np
 
-from ._typing import FloatArray
+from ._typing import FloatArray, StrPath
 from .constrain import END_TOKEN, Constraint
 from .sampling import Sampler, SamplingParams, TokenLogprob
 from .tokenizer import StreamDecoder, Tokenizer
@@ -240,7 +241,7 @@ class Generator:
     """Generates text with one model and tokenizer. Holds no per-generation state, so one
     Generator can serve many generations, from several threads at once."""
 
-    def __init__(self, model: Model, tokenizer: Optional[Tokenizer] = None):
+    def __init__(self, model: Model, tokenizer: Union[Tokenizer, StrPath, None] = None):
         self.model = model
         if tokenizer is None:
             tokenizer = model.tokenizer
@@ -263,7 +264,7 @@ class Generator:
         return ids
 
     def stream(self, prompt: Prompt, params: Optional[SamplingParams] = None, state: Optional[FloatArray] = None,
-               *, logits: Optional[FloatArray] = None) -> Iterator[Chunk]:
+               *, logits: Optional[FloatArray] = None) -> PyGenerator[Chunk, None, None]:
         """Generates from ``prompt`` (text or token ids), continuing ``state`` if given.
 
         Yields one :class:`Chunk` per sampled token; the last one carries the result. An empty
@@ -297,7 +298,7 @@ class Generator:
     generate = complete  # the same method, named after its result type
 
     def _run(self, ids: list[int], params: SamplingParams, sampler: Sampler,
-             state: Optional[FloatArray], logits: Optional[FloatArray]) -> Iterator[Chunk]:
+             state: Optional[FloatArray], logits: Optional[FloatArray]) -> PyGenerator[Chunk, None, None]:
         model = self.model
         started = time.perf_counter()
         if ids:
