@@ -183,11 +183,11 @@ class BatchScheduler:
         self.admitted = 0  # running or waiting, not yet released
         self.running = 0  # jobs the engine thread runs (a cancelled one until its next step)
         self.steps = 0  # passes over the weights so far
-        self.sequences = 0  # sequences in the batch at the last step
+        self.sequences = 0  # sequences (prompts being read, choices decoding) in the last step
         # the engine thread's own
         self._jobs: list[_Running] = []  # started, oldest first
         self._batches: dict[object, Union[BatchGenerator, _Streams]] = {}  # generator -> its batch
-        self._owner: dict[int, _Running] = {}  # choice id -> its job (ids are unique per batch)
+        self._owner: dict[tuple, _Running] = {}  # (generator, choice id in its batch) -> the choice's job
         self._thread = threading.Thread(target=self._loop, name="rwkvcpp-engine", daemon=True)
         self._thread.start()
 
@@ -239,6 +239,7 @@ class BatchScheduler:
             while True:
                 with self._lock:
                     while not self._stopping and not self._waiting and not self._jobs:
+                        self.sequences = 0
                         self._lock.wait()
                     if self._stopping:
                         return
@@ -246,6 +247,9 @@ class BatchScheduler:
                 self._admit()
                 self._embed_next()
                 self._step()
+        except BaseException:
+            log.exception("the engine thread failed; the server answers 503 from now on")
+            raise
         finally:
             self._stop_all()
 
@@ -312,7 +316,7 @@ class BatchScheduler:
             return
         for i, choice in enumerate(choices):
             running.choices[choice] = p * n + i
-            self._owner[choice] = running
+            self._owner[running.generator, choice] = running
 
     def _embed_next(self) -> None:
         """One input of the oldest embedding job, between two steps."""
@@ -335,13 +339,14 @@ class BatchScheduler:
 
     def _step(self) -> None:
         """One pass of each batch (one unless the generator was replaced), its pieces sent."""
+        sequences = sum(len(batch) for batch in self._batches.values())
+        with self._lock:
+            self.sequences = sequences
         for generator, batch in list(self._batches.items()):
             if not len(batch):
                 if generator is not self.engine.generator:
                     del self._batches[generator]  # a replaced generator's, now empty
                 continue
-            with self._lock:
-                self.sequences = len(batch)
             try:
                 events = batch.step()
             except Exception as error:  # the pass or a sampler failed: every job in it fails
@@ -352,10 +357,10 @@ class BatchScheduler:
             with self._lock:
                 self.steps += 1
             for event in events:
-                self._piece(event)
+                self._piece(generator, event)
 
-    def _piece(self, event: Event) -> None:
-        running = self._owner.get(event.choice)
+    def _piece(self, generator, event: Event) -> None:
+        running = self._owner.get((generator, event.choice))
         if running is None:  # a cancelled job's
             return
         chunk = event.chunk
@@ -368,7 +373,7 @@ class BatchScheduler:
         if chunk.finish_reason is None:
             running.job.emit(piece)
             return
-        del self._owner[event.choice]
+        del self._owner[generator, event.choice]
         if self._holds(running, result):
             running.held[id(result)] = piece  # goes out once the reply's state is cached
         else:
@@ -403,19 +408,19 @@ class BatchScheduler:
         if running not in self._jobs:
             return
         self._jobs.remove(running)
-        live = [c for c in running.choices if self._owner.get(c) is running]
+        live = [c for c in running.choices if self._owner.get((running.generator, c)) is running]
         for choice in live:
-            del self._owner[choice]
+            del self._owner[running.generator, choice]
         if live and running.generator is not None:
             batch = self._batches.get(running.generator)
             if batch is not None:
                 batch.cancel(live)
+        with self._lock:
+            self.running -= 1
+        self._release(running.job)  # before the items end: a client that saw its answer sees the place free
         if error is not None:
             running.job.emit(_Failure(error))
         running.job.emit(_END)
-        with self._lock:
-            self.running -= 1
-        self._release(running.job)
 
     def _stop_all(self) -> None:
         """Every job ends, with a 503 saying the server is shutting down (a stream passes it on
@@ -426,9 +431,9 @@ class BatchScheduler:
         for running in list(self._jobs):
             self._end(running, _shutting_down())
         for job in waiting:
+            self._release(job)
             job.emit(_Failure(_shutting_down()))
             job.emit(_END)
-            self._release(job)
         for batch in self._batches.values():
             if isinstance(batch, _Streams):
                 batch.cancel(list(batch._streams))
