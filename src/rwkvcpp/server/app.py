@@ -35,7 +35,7 @@ from .metrics import Metrics, MetricsMiddleware
 from .middleware import Guard, LoadingGate
 from .sessions import SessionStore
 from .routes import ROUTERS
-from .scheduler import ThreadScheduler
+from .scheduler import BatchScheduler, fit_in_memory
 
 __all__ = ["create_app"]
 
@@ -63,7 +63,8 @@ def create_app(model=None, config: Optional[ServerConfig] = None, *, load: Optio
     def start(loaded) -> None:
         engine = Engine(loaded, config)
         engine.initial_state = initial_state(loaded) if callable(initial_state) else initial_state
-        app.state.scheduler = ThreadScheduler(engine, config.max_concurrent, config.max_queue)
+        app.state.scheduler = BatchScheduler(engine, config.max_concurrent, config.max_queue,
+                                             fit_in_memory(loaded, config.parallel), config.prompt_chunk)
         app.state.engine = engine  # the last step: the gate opens once the engine is set
 
     def load_in_background() -> None:

@@ -106,8 +106,8 @@ class ServerConfig:
             self.parallel = default_parallel()
         if self.max_concurrent is None:
             self.max_concurrent = self.parallel
-        positive = ("max_body_bytes", "max_prompt_tokens", "max_tokens_cap", "max_n", "max_batch",
-                    "max_concurrent", "max_connections", "max_states", "parallel", "prompt_chunk")
+        positive = ("max_body_bytes", "max_prompt_tokens", "max_tokens_cap", "max_n", "max_batch", "parallel",
+                    "prompt_chunk", "max_concurrent", "max_connections", "max_states")
         non_negative = ("default_max_tokens", "max_stop", "max_queue", "cache_entries", "cache_bytes")
         for f in fields(self):
             value = getattr(self, f.name)
