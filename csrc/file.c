@@ -62,6 +62,26 @@ static int valid_utf8(const uint8_t *s, size_t n) {
     return 1;
 }
 
+static int compare_record_names(const void *a, const void *b) {
+    return strcmp((*(const rwkv_record *const *)a)->name, (*(const rwkv_record *const *)b)->name);
+}
+
+/* Sorted, so that a file of many small records is checked in n log n, not n^2. */
+static int check_unique_names(const rwkv_file *f, char *err, size_t err_len) {
+    if (f->n_records < 2) return RWKV_OK;
+    const rwkv_record **sorted = malloc((size_t)f->n_records * sizeof *sorted);
+    if (!sorted) return rwkv_fail(err, err_len, RWKV_ERR_ALLOC, "%s: out of memory", f->path);
+    for (int i = 0; i < f->n_records; i++) sorted[i] = &f->records[i];
+    qsort(sorted, (size_t)f->n_records, sizeof *sorted, compare_record_names);
+    int status = RWKV_OK;
+    for (int i = 1; i < f->n_records && status == RWKV_OK; i++)
+        if (strcmp(sorted[i - 1]->name, sorted[i]->name) == 0)
+            status = rwkv_fail(err, err_len, RWKV_ERR_FORMAT, "%s: tensor '%s' appears twice", f->path,
+                               sorted[i]->name);
+    free(sorted);
+    return status;
+}
+
 static int parse_records(rwkv_file *f, char *err, size_t err_len) {
     const char *path = f->path;
     size_t pos = 24;
@@ -154,12 +174,7 @@ static int parse_records(rwkv_file *f, char *err, size_t err_len) {
         f->records[f->n_records - 1] = r;
         pos += r.nbytes;
     }
-    for (int i = 0; i < f->n_records; i++)
-        for (int j = 0; j < i; j++)
-            if (strcmp(f->records[i].name, f->records[j].name) == 0)
-                return rwkv_fail(err, err_len, RWKV_ERR_FORMAT, "%s: tensor '%s' appears twice", path,
-                                 f->records[i].name);
-    return RWKV_OK;
+    return check_unique_names(f, err, err_len);
 }
 
 /* ---- opening -------------------------------------------------------------------------------- */

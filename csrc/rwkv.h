@@ -17,6 +17,13 @@
 extern "C" {
 #endif
 
+/* librwkv (csrc/librwkv/) exports rwkv.cpp's C API from this engine, and rwkv.cpp has functions
+ * of these three names too; the engine's are linked under rwkv_engine_* names so both can live in
+ * one library. Code that includes this header calls them by the names below as usual. */
+#define rwkv_eval rwkv_engine_eval
+#define rwkv_init_state rwkv_engine_init_state
+#define rwkv_free rwkv_engine_free
+
 typedef enum {
     RWKV_OK = 0,
     RWKV_ERR_IO,          /* the file cannot be opened, mapped, read or written */

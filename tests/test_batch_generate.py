@@ -134,6 +134,30 @@ def test_prompt_read_in_pieces(model):
     assert all(p == [(1, True)] for p in recorded.passes[len(pieces):])
 
 
+def test_prompt_pieces_do_not_depend_on_the_batch(model):
+    """A prompt reads the same pieces (so ends in the same state, bit for bit) whatever else
+    is being read, and prompts take turns: a short prompt added behind a long one is read
+    before the long one is done."""
+    params = SamplingParams(max_tokens=12, temperature=0)
+    long_prompt, short_prompt = PROMPTS[3] * 2, PROMPTS[0]
+    alone = {}
+    for prompt in (long_prompt, short_prompt):
+        batch = BatchGenerator(model, prompt_chunk=8)
+        batch.add(prompt, params, checkpoint=lambda s: None)
+        (alone[prompt],) = finished(batch.run()).values()
+    recorded = Passes(model)
+    batch = BatchGenerator(recorded, prompt_chunk=8)
+    first = batch.add(long_prompt, params, checkpoint=lambda s: None)[0]
+    batch.step()
+    second = batch.add(short_prompt, params, checkpoint=lambda s: None)[0]
+    results = finished(batch.run())
+    assert_same_result(results[first], alone[long_prompt], "long prompt")
+    assert_same_result(results[second], alone[short_prompt], "short prompt")
+    assert all(sum(k for k, _ in p if k > 1) <= 8 for p in recorded.passes), "prompt_chunk bounds every pass"
+    short_done = next(i for i, p in enumerate(recorded.passes) if (1, True) in p)
+    assert short_done < len(long_prompt) // 8, "the short prompt waited for the long one to be read"
+
+
 def test_choices_share_one_prompt_read(model):
     params = [SamplingParams(max_tokens=10, seed=s, temperature=1.0) for s in (11, 12, 13)]
     recorded = Passes(model)

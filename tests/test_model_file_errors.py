@@ -326,6 +326,23 @@ def test_duplicate_tensor(v7):
     expect_file_error(v7.write("dup2.bin", blob), ("twice", "duplicate"), "blocks.1.att.key.weight")
 
 
+def test_many_small_records_are_checked_in_linear_time(v7):
+    """300,000 one-element records (10 MB) after a valid model: the duplicate-name check once
+    compared every pair (over 120 s for this file); now it sorts. The load fails on the first
+    extra tensor the model does not know, or on the duplicate planted last."""
+    import subprocess
+    import sys
+
+    records = [struct.pack("<iii", 1, 10, 0) + struct.pack("<i", 1) + f"x{i:09d}".encode() + b"\0" * 4
+               for i in range(300_000)]
+    records.append(records[123_456])
+    path = v7.write("many.bin", bytes(v7.blob) + b"".join(records))
+    code = f"from rwkvcpp.model import Model\ntry:\n    Model({str(path)!r}, threads=1)\nexcept Exception as e:\n" \
+           f"    print(e)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert "x000123456' appears twice" in done.stdout, (done.stdout, done.stderr[-2000:])
+
+
 def test_header_n_layer_disagrees(v7, v4):
     # Fewer layers than the file holds.
     expect_file_error(v7.i32(N_LAYER, 1).write("layers1.bin"), "n_layer")

@@ -17,6 +17,7 @@ import math
 import os
 import select
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -605,39 +606,85 @@ def test_state_cache_bounds():
 # ---- the command line --------------------------------------------------------------------------
 
 
-def test_serve_command(model_path):
+def start_serve(model_path, *args):
+    """``rwkvcpp serve MODEL ARGS`` on a free port, once /health answers 200: (process, url)."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     sock.close()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "rwkvcpp", "serve", str(model_path), "--port", str(port), "--api-key", "k",
-         "--max-tokens", "64", "--log-level", "warning"],
+        [sys.executable, "-m", "rwkvcpp", "serve", str(model_path), "--port", str(port), "--log-level", "warning",
+         *map(str, args)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"rwkvcpp serve did not start: {proc.communicate()[0]}")
+        time.sleep(0.1)
+
+
+def stop_serve(proc, signal_number=None) -> str:
+    """Its output, after ``signal_number`` (default SIGTERM) and its exit."""
+    proc.send_signal(signal_number or signal.SIGTERM)
     try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, "rwkvcpp serve did not start"
-            time.sleep(0.1)
-        assert httpx.get(url + "/v1/models").status_code == 401
+        return proc.communicate(timeout=10)[0]
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out = proc.communicate()[0]
+        raise AssertionError(f"rwkvcpp serve did not stop within 10 s of the signal: {out}")
+
+
+def test_serve_command(model_path):
+    proc, url = start_serve(model_path, "--api-key", "k", "--max-tokens", "64", "--access-log", "json")
+    try:
+        assert httpx.get(url + "/v1/models", headers={"User-Agent": "probe/1"}).status_code == 401
         r = httpx.post(url + "/v1/completions", headers={"Authorization": "Bearer k"},
                        json={"prompt": "hi", "max_tokens": 65})
         assert r.status_code == 400 and "64" in r.json()["error"]["message"]
     finally:
-        proc.terminate()
-        try:
-            out, _ = proc.communicate(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, _ = proc.communicate()
-    assert f"127.0.0.1:{port}" in out
+        out = stop_serve(proc)
+    assert url.split("//")[1] in out
+    records = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    refused = [r for r in records if r["path"] == "/v1/models"]
+    assert len(refused) == 1 and refused[0]["status"] == 401 and refused[0]["user_agent"] == "probe/1", records
+    assert {"time", "client", "method", "duration_ms", "bytes"} <= set(refused[0])
+    assert [r["status"] for r in records if r["path"] == "/v1/completions"] == [400]
+    assert "GET /v1/models" not in out  # uvicorn's text lines are off
+
+
+def test_sigterm_during_a_stream_ends_it_cleanly(model_path):
+    """SIGTERM while a long answer streams: the stream ends at once, well formed (an error event
+    saying the server is stopping, then [DONE]), and the process ends well before uvicorn's
+    graceful-shutdown timeout would cut the connection."""
+    proc, url = start_serve(model_path, "--max-tokens", "1000000")
+    lines = []
+    try:
+        body = {"prompt": "hi", "max_tokens": 1000000, "stream": True, "logit_bias": {"0": -100}}
+        with httpx.stream("POST", url + "/v1/completions", json=body, timeout=30) as response:
+            assert response.status_code == 200
+            for line in response.iter_lines():
+                if line:
+                    lines.append(line)
+                if len(lines) == 5:
+                    stopped_at = time.monotonic()
+                    proc.send_signal(signal.SIGTERM)
+        ended_after = time.monotonic() - stopped_at
+    finally:
+        if proc.poll() is None:
+            stop_serve(proc)
+    # uvicorn re-raises the signal once it has shut down, so the exit status says "terminated"
+    assert proc.wait(10) == -signal.SIGTERM
+    assert lines[-1] == "data: [DONE]" and ended_after < 2.5, (lines[-3:], ended_after)
+    error = json.loads(lines[-2][len("data: "):])
+    assert error["error"]["code"] == "shutting_down", error
 
 
 # ---- the web page ------------------------------------------------------------------------------
@@ -767,3 +814,46 @@ def test_web_page_streams_a_reply(server, tmp_path):
     assert state["user"] == ["Hello there"] and state["streaming"] == 0
     assert state["bot"] == [expected]
     assert server.stats()["requests"] == before + 1
+
+
+def test_docs_page_lists_the_operations_in_chromium(server, tmp_path):
+    """/docs rendered by a real browser with no internet needed: Swagger UI's scripts come from
+    this server, and the page lists the API's operations. The screenshot is kept in tmp_path."""
+    pytest.importorskip("fastapi_offline")
+    chromium = _chromium()
+    if chromium is None:
+        pytest.skip("Chromium is not installed (apt-get install chromium)")
+    if os.name != "posix":
+        pytest.skip("the DevTools pipe is driven with POSIX file descriptors")
+    browser = DevTools(chromium, str(tmp_path / "profile"))
+    try:
+        target = browser.call("Target.createTarget", {"url": "about:blank"})["targetId"]
+        session = browser.call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+        browser.call("Page.enable", session=session)
+        browser.call("Emulation.setDeviceMetricsOverride", {"width": 1200, "height": 2400, "deviceScaleFactor": 1,
+                                                            "mobile": False}, session=session)
+        browser.call("Page.navigate", {"url": server.url + "/docs"}, session=session)
+
+        def js(expression):
+            result = browser.call("Runtime.evaluate", {"expression": expression, "returnByValue": True},
+                                  session=session)
+            return result["result"].get("value")
+
+        deadline = time.monotonic() + 30
+        while not js("document.querySelectorAll('.opblock').length"):
+            assert time.monotonic() < deadline, "Swagger UI did not render the operations"
+            time.sleep(0.1)
+        listed = js("[...document.querySelectorAll('.opblock-summary-path')].map(e => e.textContent.trim())")
+        methods = js("[...document.querySelectorAll('.opblock-summary-method')].map(e => e.textContent.trim())")
+        shot = browser.call("Page.captureScreenshot", {"format": "png"}, session=session)["data"]
+    finally:
+        browser.close()
+    import base64
+
+    png = base64.b64decode(shot)
+    (tmp_path / "docs.png").write_bytes(png)
+    assert png.startswith(b"\x89PNG") and len(png) > 20_000  # a rendered page, not a blank one
+    for path in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models", "/health",
+                 "/tokenize", "/detokenize", "/v1/states"):
+        assert path in listed, (path, listed)
+    assert "POST" in methods and "GET" in methods

@@ -319,3 +319,55 @@ def test_saved_sessions_are_bounded_and_checked(session_client, tmp_path):
 def test_sessions_off_by_default(client):
     off = client.post("/v1/states", json={"prompt": "x"})
     assert off.status_code == 404 and off.json()["error"]["code"] == "sessions_off"
+
+
+def test_health_says_loading_until_the_model_is_ready(model):
+    import threading
+
+    release = threading.Event()
+
+    def load():
+        release.wait(30)
+        return model
+
+    config = ServerConfig(allowed_hosts=["testserver"])
+    with TestClient(create_app(load=load, config=config)) as c:
+        loading = c.get("/health")
+        assert loading.status_code == 503 and loading.json() == {"status": "loading"}
+        assert loading.headers["retry-after"]
+        early = c.post("/v1/completions", json={"prompt": "x", "max_tokens": 1})
+        assert early.status_code == 503 and early.json()["error"]["code"] == "model_loading"
+        assert c.get("/metrics").status_code == 200  # the request figures exist already
+        release.set()
+        for _ in range(200):
+            if c.get("/health").status_code == 200:
+                break
+            threading.Event().wait(0.05)
+        assert c.get("/health").json()["status"] == "ok"
+        done = c.post("/v1/completions", json={"prompt": "x", "max_tokens": 2})
+        assert done.status_code == 200 and done.json()["usage"]["completion_tokens"] >= 1
+
+
+def test_health_reports_a_failed_load():
+    import threading
+
+    failures = []
+
+    def load():
+        raise FileNotFoundError("model.bin: no such file")
+
+    with TestClient(create_app(load=load, config=ServerConfig(allowed_hosts=["testserver"]),
+                               on_load_error=failures.append)) as c:
+        for _ in range(200):
+            if failures:
+                break
+            threading.Event().wait(0.01)
+        health = c.get("/health")
+        assert health.status_code == 503
+        assert health.json() == {"status": "error", "error": "model.bin: no such file"}
+        refused = c.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "x"}]})
+        assert refused.status_code == 503 and "failed to load: model.bin: no such file" in \
+            refused.json()["error"]["message"]
+    assert len(failures) == 1 and isinstance(failures[0], FileNotFoundError)
+    with pytest.raises(TypeError, match="a model or a load function"):
+        create_app()

@@ -7,6 +7,21 @@ parts (writer, tokenizers, converters) work and import quickly on their own.
 # The one place the version is written: pyproject.toml reads it from here.
 __version__ = "0.1.0"
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # what the lazy imports below give, for type checkers and editors
+    from .batch import BatchGenerator as BatchGenerator
+    from .conversion.pipeline import convert as convert
+    from .generate import Generation as Generation
+    from .generate import Generator as Generator
+    from .model import Model as Model
+    from .model import RWKVError as RWKVError
+    from .model import system_info as system_info
+    from .quantization import quantize as quantize
+    from .sampling import SamplingParams as SamplingParams
+    from .state import StateFileError as StateFileError
+    from .tokenizer import Tokenizer as Tokenizer
+
 _LAZY = {
     "Model": ("rwkvcpp.model", "Model"),
     "RWKVError": ("rwkvcpp.model", "RWKVError"),
@@ -19,10 +34,11 @@ _LAZY = {
     "BatchGenerator": ("rwkvcpp.batch", "BatchGenerator"),
     "Tokenizer": ("rwkvcpp.tokenizer", "Tokenizer"),
     "SamplingParams": ("rwkvcpp.sampling", "SamplingParams"),
+    "librwkv_path": ("rwkvcpp.c_api", "librwkv_path"),
 }
 
 
-def __getattr__(name):
+def __getattr__(name: str) -> object:
     if name in _LAZY:
         import importlib
 

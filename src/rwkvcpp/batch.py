@@ -70,6 +70,7 @@ class _Sequence:
         self.checkpoint = checkpoint
         self.settling: Optional[Generation] = None
         self.settled: Optional[Callable[[Generation], None]] = None
+        self.read_at = 0  # the pass that last read some of its tokens
 
 
 class BatchGenerator:
@@ -95,6 +96,7 @@ class BatchGenerator:
         self.prompt_chunk = prompt_chunk
         self._sequences: list[_Sequence] = []
         self._ids = itertools.count()
+        self._passes = 0
 
     def __len__(self) -> int:
         """Sequences in the batch (a prompt with several choices counts once until it is read)."""
@@ -193,25 +195,31 @@ class BatchGenerator:
 
     def _plan(self) -> tuple[list[_Sequence], list[int]]:
         """The sequences of the next pass and how many tokens each reads: decoding ones first
-        (one token each), then prompts, oldest first, within ``prompt_chunk`` tokens."""
+        (one token each), then prompts within ``prompt_chunk`` tokens, the one that read longest
+        ago first (so a short prompt never waits for a long one to be read). A prompt reads its
+        next piece whole or not at all: ``prompt_chunk`` tokens, fewer at the checkpoint or the
+        end. Its pieces, and so its state to the bit, do not depend on what else is in the batch."""
         limit = self.max_batch if self.max_batch is not None else len(self._sequences)
         budget = self.prompt_chunk
         batch, counts = [], []
-        waiting = [s for s in self._sequences if s.todo]
-        for seq in sorted(waiting, key=lambda s: len(s.todo) > 1):  # stable: age order within each kind
+        decoding = [s for s in self._sequences if len(s.todo) == 1]
+        prompts = sorted((s for s in self._sequences if len(s.todo) > 1), key=lambda s: s.read_at)  # stable
+        for seq in decoding + prompts:
             if len(batch) == limit:
                 break
             count = len(seq.todo)
-            if count > 1 and budget is not None:
-                if budget == 0:
-                    continue
-                count = min(count, budget)
             if seq.checkpoint_in > 0:
                 count = min(count, seq.checkpoint_in)
             if count > 1 and budget is not None:
+                count = min(count, self.prompt_chunk)
+                if count > budget:
+                    continue
                 budget -= count
             batch.append(seq)
             counts.append(count)
+        self._passes += 1
+        for seq in batch:
+            seq.read_at = self._passes
         return batch, counts
 
     def _read(self, batch: list[_Sequence], counts: list[int]) -> None:

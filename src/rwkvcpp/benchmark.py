@@ -7,12 +7,13 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
 from . import _core
 from . import format as fmt
+from ._typing import StrPath
 from .model import Model
 
 
@@ -34,7 +35,7 @@ class BatchResult:
         """What each sequence waits for its next token."""
         return self.ms_per_step
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return dict(asdict(self), tokens_per_second=self.tokens_per_second, ms_per_token=self.ms_per_token)
 
 
@@ -57,7 +58,7 @@ class BenchResult:
     decode_ms_per_token: float
     prompt_tokens: int
     prompt_tokens_per_second: float
-    batches: list = field(default_factory=list)  # BatchResult per batch size asked for
+    batches: list[BatchResult] = field(default_factory=list)  # BatchResult per batch size asked for
 
     @property
     def decode_tokens_per_second(self) -> float:
@@ -72,7 +73,7 @@ class BenchResult:
     def percent_of_limit(self) -> float:
         return 100.0 * self.bandwidth_limit_ms / self.decode_ms_per_token
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d.update(decode_tokens_per_second=self.decode_tokens_per_second, bandwidth_limit_ms=self.bandwidth_limit_ms,
                  percent_of_limit=self.percent_of_limit, batches=[b.as_dict() for b in self.batches])
@@ -86,7 +87,7 @@ class BenchResult:
                 f"RSS {self.rss_bytes / 2**20:.0f} MiB for a {self.file_bytes / 2**20:.0f} MiB file")
 
 
-def bytes_per_token(path) -> int:
+def bytes_per_token(path: StrPath) -> int:
     """Bytes a decoded token reads: every weight once, but only one row of the embedding."""
     header = fmt.read_header(path)
     total = 0
@@ -111,7 +112,7 @@ def resident_bytes() -> int:
 
 
 def run_batch_benchmark(model: Model, batch_sizes: Sequence[int], steps: int = 16,
-                        progress: Optional[Callable[[str, int, int], None]] = None, seed: int = 0) -> list:
+                        progress: Optional[Callable[[str, int, int], None]] = None, seed: int = 0) -> list[BatchResult]:
     """Decodes ``batch`` sequences together for ``steps`` steps (after one warm-up step), for each
     batch size: what a server with that many users gets. Returns a BatchResult per size."""
     if steps < 1 or any(b < 1 for b in batch_sizes):
@@ -132,7 +133,7 @@ def run_batch_benchmark(model: Model, batch_sizes: Sequence[int], steps: int = 1
     return results
 
 
-def run_benchmark(path, threads: Optional[int] = None, decode_tokens: int = 64, prompt_tokens: int = 512,
+def run_benchmark(path: StrPath, threads: Optional[int] = None, decode_tokens: int = 64, prompt_tokens: int = 512,
                   progress: Optional[Callable[[str, int, int], None]] = None, seed: int = 0,
                   batch_sizes: Sequence[int] = ()) -> BenchResult:
     """Benchmarks one model file. ``progress(stage, done, total)`` is called during the runs.

@@ -29,13 +29,19 @@ import os
 import re
 import sys
 from dataclasses import dataclass
-from typing import Optional, TextIO, Union
+from typing import TYPE_CHECKING, Any, Optional, TextIO, Union
 
 import numpy as np
 
+from ._typing import FloatArray, StrPath
 from .completion import end_tokens
 from .generate import Generator
 from .sampling import SamplingParams
+
+if TYPE_CHECKING:
+    from .generate import Generation
+    from .model import Model
+    from .tokenizer import Tokenizer
 
 __all__ = ["ChatSession", "Preset", "preset_names", "HELP"]
 
@@ -69,7 +75,7 @@ class Preset:
     separator: str = ":"
     name: str = ""
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         for field in ("user", "bot"):
             value = getattr(self, field)
             if not isinstance(value, str) or not value.strip() or "\n" in value:
@@ -78,7 +84,7 @@ class Preset:
             raise ValueError("prompt preset: intro and separator must be strings")
 
     @classmethod
-    def from_dict(cls, data: dict, name: str = "") -> Preset:
+    def from_dict(cls, data: dict[str, Any], name: str = "") -> Preset:
         if not isinstance(data, dict):
             raise ValueError(f"prompt preset {name or ''}: expected a JSON object, got {type(data).__name__}")
         known = {"user", "bot", "assistant", "separator", "intro", "prompt", "name"}
@@ -93,7 +99,7 @@ class Preset:
                    name=data.get("name", name))
 
     @classmethod
-    def load(cls, spec: Union[str, os.PathLike, dict, None] = None) -> Preset:
+    def load(cls, spec: Union[StrPath, dict[str, Any], None] = None) -> Preset:
         """A preset by name (``English-QA``; any case), from a JSON file, or from JSON text."""
         if spec is None:
             spec = DEFAULT_PRESET
@@ -146,14 +152,14 @@ class _Reply:
     """What is needed to continue (+++) or redo (++) the last reply."""
 
     kind: str  # "chat" (part of the conversation), "qa", "free"
-    state_before: Optional[np.ndarray]  # None: a fresh state
-    logits_before: Optional[np.ndarray]  # with an empty prompt: the logits that go with state_before
+    state_before: Optional[FloatArray]  # None: a fresh state
+    logits_before: Optional[FloatArray]  # with an empty prompt: the logits that go with state_before
     tail_before: str  # the end of the conversation text at state_before (for "chat")
     prompt: list[int]  # tokens evaluated before the reply
     reply: list[int]  # the reply's tokens as shown (without a stop string)
     stop: tuple[str, ...]
     label: bool  # print "Bot:" before it
-    result: Optional[object]  # the Generation, None when stopped with Ctrl-C
+    result: Optional[Generation]  # the Generation, None when stopped with Ctrl-C
 
 
 class ChatSession:
@@ -169,14 +175,14 @@ class ChatSession:
 
     def __init__(
         self,
-        model,
-        preset: Union[Preset, str, os.PathLike, dict, None] = None,
+        model: Model,
+        preset: Union[Preset, StrPath, dict[str, Any], None] = None,
         params: Optional[SamplingParams] = None,
         *,
-        tokenizer=None,
+        tokenizer: Union[Tokenizer, StrPath, None] = None,
         out: Optional[TextIO] = None,
         err: Optional[TextIO] = None,
-        initial_state=None,
+        initial_state: Optional[FloatArray] = None,
     ):
         self.model = model
         self.preset = preset if isinstance(preset, Preset) else Preset.load(preset)
@@ -197,7 +203,7 @@ class ChatSession:
             intro = intro.rstrip("\n") + "\n\n"
             tokens = self.tokenizer.encode(intro)
             self._note(f"reading the {len(tokens)}-token intro of the prompt preset {self.preset.name or ''}".rstrip())
-            self.intro_state = model.ingest(tokens, initial_state)
+            self.intro_state: Optional[FloatArray] = model.ingest(tokens, initial_state)
             self.intro_tail = intro[-_TAIL_CHARS:]
         else:
             self.intro_state = initial_state
@@ -316,8 +322,8 @@ class ChatSession:
         stop_tokens = tuple(dict.fromkeys(tuple(self.params.stop_tokens) + self._end_tokens))
         return dataclasses.replace(self.params, stop=stops, stop_tokens=stop_tokens, seed=seed)
 
-    def _reply(self, kind: str, state_before, tail_before: str, prompt: list[int], stop: tuple[str, ...],
-               label: bool, logits=None) -> str:
+    def _reply(self, kind: str, state_before: Optional[FloatArray], tail_before: str, prompt: list[int],
+               stop: tuple[str, ...], label: bool, logits: Optional[FloatArray] = None) -> str:
         """Generates, prints and records one reply; returns its text.
 
         ``prompt`` is read from ``state_before`` (``logits`` go with it when the prompt is
@@ -339,7 +345,7 @@ class ChatSession:
                 if chunk.result is not None:
                     result = chunk.result
                     tokens = list(result.tokens)  # (the last chunk's token may be a stop token)
-                else:
+                elif chunk.token is not None:
                     tokens.append(chunk.token)
         except KeyboardInterrupt:
             chunks.close()
@@ -381,7 +387,7 @@ def _join(tail: str, turn: str) -> str:
     return want
 
 
-def _isatty(stream) -> bool:
+def _isatty(stream: TextIO) -> bool:
     try:
         return stream.isatty()
     except (AttributeError, ValueError):

@@ -82,20 +82,20 @@ def _fold(text: str) -> str:
     return _BLANK_LINES.sub("\n", text)
 
 
-def _get(obj: Any, name: str, default=None):
+def _get(obj: object, name: str, default: Any = None) -> Any:
     """A field of a message given as a dict or as an object (a pydantic model)."""
     if isinstance(obj, dict):
         return obj.get(name, default)
     return getattr(obj, name, default)
 
 
-def message_text(content) -> str:
+def message_text(content: Any) -> str:
     """The text of a message's ``content``: a string, or a list of text parts."""
     if content is None:
         return ""
     if isinstance(content, str):
         return content
-    pieces = []
+    pieces: list[str] = []
     for part in content:
         kind = _get(part, "type")
         if kind not in ("text", "input_text"):
@@ -104,7 +104,7 @@ def message_text(content) -> str:
     return "\n".join(pieces)
 
 
-def _tool_line(tool) -> str:
+def _tool_line(tool: Any) -> str:
     fn = _get(tool, "function")
     entry = {"name": _get(fn, "name")}
     if _get(fn, "description"):
@@ -113,7 +113,7 @@ def _tool_line(tool) -> str:
     return json.dumps(entry, ensure_ascii=False, separators=(", ", ": "))
 
 
-def _tools_turn(tools: Sequence, choice: str | None) -> str:
+def _tools_turn(tools: Sequence[Any], choice: str | None) -> str:
     lines = ["You can call these tools:"]
     lines += [_tool_line(t) for t in tools]
     lines.append(
@@ -130,7 +130,7 @@ def _tools_turn(tools: Sequence, choice: str | None) -> str:
     return "\n".join(lines)
 
 
-def _arguments_json(arguments) -> str:
+def _arguments_json(arguments: Any) -> str:
     """A tool call's arguments for the prompt: compact JSON of the object when it parses."""
     if isinstance(arguments, str):
         try:
@@ -140,7 +140,7 @@ def _arguments_json(arguments) -> str:
     return json.dumps(arguments, ensure_ascii=False, separators=(", ", ": "))
 
 
-def render_tool_call(name: str, arguments) -> str:
+def render_tool_call(name: str, arguments: Any) -> str:
     return f'{TOOL_CALL_OPEN}{{"name": {json.dumps(name, ensure_ascii=False)}, "arguments": ' \
            f'{_arguments_json(arguments)}}}{TOOL_CALL_CLOSE}'
 
@@ -149,7 +149,7 @@ def _xml_attr(value: str) -> str:
     return value.replace("&", "&amp;").replace('"', "&quot;").replace("<", "&lt;").replace("\n", " ")
 
 
-def render_chat(messages: Sequence, tools: Optional[Sequence] = None, tool_choice=None) -> ChatPrompt:
+def render_chat(messages: Sequence[Any], tools: Optional[Sequence[Any]] = None, tool_choice: Any = None) -> ChatPrompt:
     """The prompt for ``messages`` (dicts or objects with role, content, tool_calls,
     tool_call_id, name), with ``tools`` (OpenAI function tools) offered unless ``tool_choice``
     is "none". ``tool_choice``: None/"auto", "none", "required", or a function name (or an
@@ -215,10 +215,10 @@ def render_chat(messages: Sequence, tools: Optional[Sequence] = None, tool_choic
     schemas = {name: _get(_get(t, "function"), "parameters") or {"type": "object"} for name, t in zip(names, tools)}
     if choice == "required":
         prefill = TOOL_CALL_OPEN
-        calls = [{"type": "object", "properties": {"name": {"const": name}, "arguments": schema},
-                  "required": ["name", "arguments"], "additionalProperties": False}
-                 for name, schema in schemas.items()]
-        grammar = _lark_json_then({"anyOf": calls}, TOOL_CALL_CLOSE)
+        call_schemas = [{"type": "object", "properties": {"name": {"const": name}, "arguments": schema},
+                         "required": ["name", "arguments"], "additionalProperties": False}
+                        for name, schema in schemas.items()]
+        grammar = _lark_json_then({"anyOf": call_schemas}, TOOL_CALL_CLOSE)
     elif choice not in (None, "auto", "none"):
         prefill = f'{TOOL_CALL_OPEN}{{"name": {json.dumps(choice, ensure_ascii=False)}, "arguments": '
         grammar = _lark_json_then(schemas[choice], "}" + TOOL_CALL_CLOSE)
@@ -228,7 +228,7 @@ def render_chat(messages: Sequence, tools: Optional[Sequence] = None, tool_choic
     return ChatPrompt(text, prefill, TURN_STOPS, names, grammar)
 
 
-def _lark_json_then(schema: dict, tail: str) -> str:
+def _lark_json_then(schema: dict[str, Any], tail: str) -> str:
     """A Lark grammar (llguidance's dialect): compact JSON valid under ``schema``, then ``tail``."""
     compact = {**schema, "x-guidance": {"whitespace_flexible": False}}
     return f"start: call {json.dumps(tail)}\ncall: %json {json.dumps(compact, ensure_ascii=False)}\n"
@@ -238,7 +238,8 @@ def _lark_json_then(schema: dict, tail: str) -> str:
 CONTINUATION = "\n\n"
 
 
-def conversation_text(messages: Sequence, tools: Optional[Sequence] = None, tool_choice: Any = None) -> str:
+def conversation_text(messages: Sequence[Any], tools: Optional[Sequence[Any]] = None,
+                      tool_choice: Any = None) -> str:
     """The conversation as :func:`render_chat` writes it, without the assistant's cue at the end:
     the text whose state a saved session keeps."""
     text = render_chat(messages, tools, tool_choice).text
@@ -250,7 +251,7 @@ def new_call_id() -> str:
     return "call_" + secrets.token_hex(12)
 
 
-def parse_tool_calls(text: str, tools: Sequence[str]) -> Optional[tuple[str, list[dict]]]:
+def parse_tool_calls(text: str, tools: Sequence[str]) -> Optional[tuple[str, list[dict[str, Any]]]]:
     """``(content, tool_calls)`` when ``text`` is optional plain text followed by one or more
     tool calls in the agreed format (the last closing tag may be missing: generation can stop
     there), each naming one of ``tools`` with a JSON object of arguments; otherwise None.
@@ -348,7 +349,7 @@ class ReplyStream:
         self.content += out
         return out
 
-    def finish(self) -> tuple[str, Optional[list[dict]]]:
+    def finish(self) -> tuple[str, Optional[list[dict[str, Any]]]]:
         """``(last content, tool_calls or None)`` at the end of the reply."""
         pending, self._pending = self._pending, ""
         if self._holding:

@@ -14,8 +14,7 @@ A request runs in three steps, whoever sends the answer:
 
 :func:`respond` drives the three synchronously (the Python API); the server drives the same
 objects from its scheduler's items, over server-sent events or as one JSON body
-(``rwkvcpp.server.routes.choices``). How prompts are read is a :class:`PromptReader`: this one
-reads each prompt whole; the server's engine reads through its state cache and keeps counts.
+(``rwkvcpp.server.routes.choices``); its scheduler reads prompts through its state cache.
 """
 
 from __future__ import annotations
@@ -33,7 +32,7 @@ from .chat_format import ReplyStream
 from .sampling import SamplingParams, TokenLogprob, log_softmax, token_logprob
 
 __all__ = [
-    "PromptRead", "Piece", "Item", "PromptReader", "generate_items", "end_tokens", "model_id", "choice_params",
+    "PromptRead", "Piece", "Item", "generate_items", "end_tokens", "model_id", "choice_params",
     "Choices", "ChatChoices", "TextChoices", "Reply", "respond", "embedding_response", "prompt_logprobs",
     "response_grammar",
 ]
@@ -64,73 +63,36 @@ class Piece(NamedTuple):
 Item = Union[PromptRead, Piece]
 
 
-class PromptReader:
-    """How :func:`generate_items` reads prompts and learns of finished choices. This one reads
-    each prompt whole and keeps nothing."""
-
-    def read_prompt(self, ids: list[int], count_prompt: bool,
-                    start: Optional[np.ndarray] = None) -> tuple[int, Optional[np.ndarray], list[int]]:
-        """``(cached, state, todo)``: generation starts from ``state`` (None: a fresh one) by
-        reading ``todo``; ``cached`` tokens of ``ids`` needed no evaluation. ``start``: the state
-        ``ids`` continue (None: the reader's initial state)."""
-        return 0, start, list(ids)
-
-    def choice_started(self, todo: Sequence[int]) -> None:
-        """A choice starts by evaluating ``todo``."""
-
-    def choice_finished(self, ids: Sequence[int], result: Any, start: Optional[np.ndarray] = None) -> None:
-        """A choice of prompt ``ids`` (continuing ``start``) ended with ``result`` (a
-        :class:`~rwkvcpp.generate.Generation`)."""
-
-
 def generate_items(generator, prompts: Sequence[Sequence[int]], params: Sequence[SamplingParams],
-                   reader: Optional[PromptReader] = None, start: Optional[np.ndarray] = None) -> Iterator[Item]:
+                   start: Optional[np.ndarray] = None) -> Iterator[Item]:
     """The items of ``len(params)`` choices for each prompt (checked token lists); choice ``i``
     of prompt ``p`` is number ``p * len(params) + i``; every prompt continues ``start`` (None:
-    the reader's initial state). One choice runs on ``generator`` alone;
-    several run together in a :class:`~rwkvcpp.batch.BatchGenerator` (each prompt read once for
-    its choices), their pieces interleaved. Closing the iterator early stops the generation."""
-    reader = reader if reader is not None else PromptReader()
+    a fresh state) and is read whole. One choice runs on ``generator`` alone; several run
+    together in a :class:`~rwkvcpp.batch.BatchGenerator` (each prompt read once for its
+    choices), their pieces interleaved. Closing the iterator early stops the generation. (The
+    server runs the same choices in its scheduler's batch, through its state cache.)"""
     n = len(params)
     if len(prompts) * n == 1:
-        yield from _one_choice(generator, list(prompts[0]), params[0], reader, start)
+        yield PromptRead(0, 0)
+        stream = generator.stream(list(prompts[0]), params[0], start)
+        try:
+            for chunk in stream:
+                tokens = chunk.result.completion_tokens if chunk.result is not None else 0
+                yield Piece(0, chunk.text, chunk.finish_reason, tokens, chunk.logprob)
+        finally:
+            stream.close()
         return
     from .batch import BatchGenerator
 
     batch = BatchGenerator(generator.model, generator.tokenizer)
-    number: dict[int, tuple[int, list[int]]] = {}  # choice id -> (its number, its prompt)
+    number: dict[int, int] = {}  # choice id -> its number
     for p, ids in enumerate(prompts):
-        ids = list(ids)
-        cached, state, todo = reader.read_prompt(ids, params[0].count_prompt, start)
-        yield PromptRead(p, cached)
-        reader.choice_started(todo)  # read once for all n choices
-        number.update((c, (p * n + i, ids)) for i, c in enumerate(batch.add(todo, params, state)))
+        yield PromptRead(p, 0)
+        number.update((c, p * n + i) for i, c in enumerate(batch.add(list(ids), params, start)))
     for event in batch.run():
-        chunk, result = event.chunk, event.chunk.result
-        at, ids = number[event.choice]
-        tokens = 0
-        if result is not None:
-            tokens = result.completion_tokens
-            reader.choice_finished(ids, result, start)
-        yield Piece(at, chunk.text, chunk.finish_reason, tokens, chunk.logprob)
-
-
-def _one_choice(generator, ids: list[int], params: SamplingParams, reader: PromptReader,
-                start: Optional[np.ndarray]) -> Iterator[Item]:
-    cached, state, todo = reader.read_prompt(ids, params.count_prompt, start)
-    yield PromptRead(0, cached)
-    stream = generator.stream(todo, params, state)
-    reader.choice_started(todo)
-    try:
-        for chunk in stream:
-            result = chunk.result
-            tokens = 0
-            if result is not None:
-                tokens = getattr(result, "completion_tokens", 0) or 0
-                reader.choice_finished(ids, result, start)
-            yield Piece(0, chunk.text, chunk.finish_reason, tokens, chunk.logprob)
-    finally:
-        stream.close()
+        chunk = event.chunk
+        tokens = chunk.result.completion_tokens if chunk.result is not None else 0
+        yield Piece(number[event.choice], chunk.text, chunk.finish_reason, tokens, chunk.logprob)
 
 
 # Prompt tokens read per call when scoring a prompt: all-token logits are n_vocab floats a token.

@@ -20,9 +20,16 @@ from __future__ import annotations
 import json
 import threading
 import weakref
-from typing import Any, Union
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
+from numpy.typing import NDArray
+
+if TYPE_CHECKING:
+    from llguidance import LLMatcher, LLTokenizer
+
+    from .tokenizer import Tokenizer
 
 __all__ = ["Grammar", "Constraint", "GrammarError"]
 
@@ -33,7 +40,7 @@ class GrammarError(ValueError):
     """A grammar or schema that cannot be used, with llguidance's reason."""
 
 
-def _llguidance():
+def _llguidance() -> ModuleType:
     try:
         import llguidance
     except ImportError:
@@ -67,7 +74,7 @@ class Grammar:
         return hash(self._spec)
 
     @classmethod
-    def json_schema(cls, schema: Union[dict, str]) -> Grammar:
+    def json_schema(cls, schema: Union[dict[str, Any], str]) -> Grammar:
         """JSON that validates against ``schema`` (a dict or its JSON text), written compactly
         (no whitespace between tokens of JSON)."""
         if isinstance(schema, str):
@@ -114,7 +121,7 @@ class Grammar:
 
 # llguidance's view of a vocabulary (every token's bytes): built once per tokenizer (0.2 s for
 # World's 65536 tokens) and shared by every constraint on it.
-_tables: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_tables: weakref.WeakKeyDictionary[Tokenizer, LLTokenizer] = weakref.WeakKeyDictionary()
 _tables_lock = threading.Lock()
 
 
@@ -124,7 +131,7 @@ class _Vocabulary:
     eos_token_id = END_TOKEN
     bos_token_id = None
 
-    def __init__(self, tokenizer: Any, n_vocab: int):
+    def __init__(self, tokenizer: Tokenizer, n_vocab: int):
         self._tokenizer = tokenizer
         self.tokens = [tokenizer.decode_bytes([i]) for i in range(n_vocab)]
         self.special_token_ids = [END_TOKEN] if tokenizer.name != "bytes" else []
@@ -135,7 +142,7 @@ class _Vocabulary:
         return list(self._tokenizer.encode(text))
 
 
-def _table(tokenizer: Any, n_vocab: int) -> Any:
+def _table(tokenizer: Tokenizer, n_vocab: int) -> LLTokenizer:
     with _tables_lock:
         table = _tables.get(tokenizer)
         if table is None or table.vocab_size != n_vocab:
@@ -148,10 +155,10 @@ def _table(tokenizer: Any, n_vocab: int) -> Any:
 class Constraint:
     """One generation's place in a grammar: the tokens allowed next, and the tokens taken."""
 
-    def __init__(self, grammar: Grammar, tokenizer: Any, n_vocab: int):
+    def __init__(self, grammar: Grammar, tokenizer: Tokenizer, n_vocab: int):
         llg = _llguidance()
         self.n_vocab = n_vocab
-        self._matcher = llg.LLMatcher(_table(tokenizer, n_vocab), grammar._spec)
+        self._matcher: LLMatcher = llg.LLMatcher(_table(tokenizer, n_vocab), grammar._spec)
         self._check()
         self._bitmask = np.zeros((n_vocab + 31) // 32, dtype=np.int32)
 
@@ -164,7 +171,7 @@ class Constraint:
         """Nothing more can follow: the grammar is complete."""
         return self._matcher.is_stopped()
 
-    def allowed(self) -> np.ndarray:
+    def allowed(self) -> NDArray[np.bool_]:
         """A boolean mask of the tokens that may come next (the end token where the grammar may
         end here)."""
         self._matcher.unsafe_compute_mask_ptr(self._bitmask.ctypes.data, self._bitmask.nbytes)

@@ -15,9 +15,14 @@ from __future__ import annotations
 import mmap
 import os
 import struct
-from typing import Iterator, NamedTuple, Sequence, Union
+from typing import IO, Any, Iterator, NamedTuple, Sequence, Union
 
 import numpy as np
+
+from ._typing import Array, StrPath
+
+#: What the readers map tensors from: a file name, or bytes in memory (an ``mmap.mmap``, bytes...).
+PathOrBuffer = Union[StrPath, bytes, bytearray, memoryview, mmap.mmap]
 
 MAGIC = 0x67676D66
 VERSION = 101
@@ -158,14 +163,14 @@ class Record(NamedTuple):
         return TYPES[self.type_id].name
 
 
-def _read_exact(f, n: int, path, what: str) -> bytes:
+def _read_exact(f: IO[bytes], n: int, path: StrPath, what: str) -> bytes:
     data = f.read(n)
     if len(data) != n:
         raise ValueError(f"{path}: file is truncated in {what} (wanted {n} bytes, got {len(data)})")
     return data
 
 
-def _parse_header(raw: bytes, path) -> Header:
+def _parse_header(raw: bytes, path: StrPath) -> Header:
     magic, version, n_vocab, n_embed, n_layer, data_type = struct.unpack(HEADER_FORMAT, raw)
     if magic != MAGIC:
         raise ValueError(
@@ -192,13 +197,13 @@ def _describe_bad_type(tid: int) -> str:
     return f"{tid} is not a known tensor type (valid: {_describe_types()})"
 
 
-def read_header(path) -> Header:
+def read_header(path: StrPath) -> Header:
     """Reads and validates the 24-byte header."""
     with open(path, "rb") as f:
         return _parse_header(_read_exact(f, HEADER_SIZE, path, "the header"), path)
 
 
-def iter_records(path) -> Iterator[Record]:
+def iter_records(path: StrPath) -> Iterator[Record]:
     """Yields every tensor record of a file, validating each; data is skipped, not read."""
     file_size = os.path.getsize(path)
     with open(path, "rb") as f:
@@ -247,15 +252,15 @@ def iter_records(path) -> Iterator[Record]:
             index += 1
 
 
-def load_records(path) -> list[Record]:
+def load_records(path: StrPath) -> list[Record]:
     """All records of a file, in file order."""
     return list(iter_records(path))
 
 
-_NUMPY_DTYPES = {FP32: np.dtype("<f4"), FP16: np.dtype("<f2")}
+_NUMPY_DTYPES: dict[int, np.dtype[Any]] = {FP32: np.dtype("<f4"), FP16: np.dtype("<f2")}
 
 
-def read_tensor(path_or_buffer, record: Record) -> np.ndarray:
+def read_tensor(path_or_buffer: PathOrBuffer, record: Record) -> Array:
     """The stored data of a record as a read-only numpy view, without conversion.
 
     FP32 and FP16 records come back as float32 / float16 arrays of the record's shape; quantized
@@ -278,7 +283,7 @@ def read_tensor(path_or_buffer, record: Record) -> np.ndarray:
     return array
 
 
-def read_tensor_f32(path_or_buffer, record: Record) -> np.ndarray:
+def read_tensor_f32(path_or_buffer: PathOrBuffer, record: Record) -> Array:
     """An FP32 or FP16 record as float32 in PyTorch shape.
 
     FP32 data is a zero-copy view of the mapped file; FP16 data is widened (a copy).
@@ -295,7 +300,7 @@ def read_tensor_f32(path_or_buffer, record: Record) -> np.ndarray:
     return array.astype(np.float32)
 
 
-def open_mmap(path) -> mmap.mmap:
+def open_mmap(path: StrPath) -> mmap.mmap:
     """A read-only mmap of a whole file, for repeated read_tensor calls without reopening."""
     with open(path, "rb") as f:
         return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)

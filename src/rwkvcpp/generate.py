@@ -28,11 +28,13 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Generator as PyGenerator
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Optional, Union
 
 import numpy as np
 
+from ._typing import FloatArray, StrPath
 from .constrain import END_TOKEN, Constraint
 from .sampling import Sampler, SamplingParams, TokenLogprob
 from .tokenizer import StreamDecoder, Tokenizer
@@ -79,8 +81,8 @@ class Generation:
 
     def __init__(self, *, model: Model, text: str, tokens: list[int], finish_reason: str,
                  stop: str | int | None, prompt_tokens: int, completion_tokens: int,
-                 prompt_seconds: float, completion_seconds: float, state: np.ndarray,
-                 logits: np.ndarray, unevaluated: list[int], logprobs: Optional[list[TokenLogprob]] = None):
+                 prompt_seconds: float, completion_seconds: float, state: FloatArray,
+                 logits: FloatArray, unevaluated: list[int], logprobs: Optional[list[TokenLogprob]] = None):
         self.text = text
         self.logprobs = logprobs
         self.tokens = tokens
@@ -109,7 +111,7 @@ class Generation:
                                           logits_out=self._logits)
                 self._unevaluated = []
 
-    def _settle(self, state: np.ndarray, logits: np.ndarray) -> None:
+    def _settle(self, state: FloatArray, logits: FloatArray) -> None:
         """Takes the state and logits after ``tokens`` computed elsewhere (a batch's pass), unless
         they were computed here already."""
         with self._lock:
@@ -117,13 +119,13 @@ class Generation:
                 self._state, self._logits, self._unevaluated = state, logits, []
 
     @property
-    def state(self) -> np.ndarray:
+    def state(self) -> FloatArray:
         """Model state after the prompt and all of ``tokens``."""
         self._catch_up()
         return self._state
 
     @property
-    def logits(self) -> np.ndarray:
+    def logits(self) -> FloatArray:
         """Logits for the token after ``tokens`` (they go with ``state``)."""
         self._catch_up()
         return self._logits
@@ -133,7 +135,7 @@ class Generation:
         return self.prompt_tokens + self.completion_tokens
 
     @property
-    def usage(self) -> dict:
+    def usage(self) -> dict[str, int]:
         """OpenAI-style usage counts."""
         return {
             "prompt_tokens": self.prompt_tokens,
@@ -175,7 +177,7 @@ class Chunk:
         return f"Chunk(text={self.text!r}, token={self.token}{end})"
 
     @property
-    def state(self) -> np.ndarray | None:
+    def state(self) -> FloatArray | None:
         return self.result.state if self.result is not None else None
 
     @property
@@ -187,7 +189,7 @@ class Chunk:
         return self.result.completion_tokens if self.result is not None else None
 
     @property
-    def usage(self) -> dict | None:
+    def usage(self) -> dict[str, int] | None:
         return self.result.usage if self.result is not None else None
 
 
@@ -239,7 +241,7 @@ class Generator:
     """Generates text with one model and tokenizer. Holds no per-generation state, so one
     Generator can serve many generations, from several threads at once."""
 
-    def __init__(self, model: Model, tokenizer: Optional[Tokenizer] = None):
+    def __init__(self, model: Model, tokenizer: Union[Tokenizer, StrPath, None] = None):
         self.model = model
         if tokenizer is None:
             tokenizer = model.tokenizer
@@ -261,8 +263,8 @@ class Generator:
         check_token_range(ids, self.model.n_vocab)
         return ids
 
-    def stream(self, prompt: Prompt, params: Optional[SamplingParams] = None, state: Optional[np.ndarray] = None,
-               *, logits: Optional[np.ndarray] = None) -> Iterator[Chunk]:
+    def stream(self, prompt: Prompt, params: Optional[SamplingParams] = None, state: Optional[FloatArray] = None,
+               *, logits: Optional[FloatArray] = None) -> PyGenerator[Chunk, None, None]:
         """Generates from ``prompt`` (text or token ids), continuing ``state`` if given.
 
         Yields one :class:`Chunk` per sampled token; the last one carries the result. An empty
@@ -283,8 +285,8 @@ class Generator:
             self.model._check_state(state, "state")
         return self._run(ids, params, sampler, state, logits)
 
-    def complete(self, prompt: Prompt, params: Optional[SamplingParams] = None, state: Optional[np.ndarray] = None,
-                 *, logits: Optional[np.ndarray] = None) -> Generation:
+    def complete(self, prompt: Prompt, params: Optional[SamplingParams] = None, state: Optional[FloatArray] = None,
+                 *, logits: Optional[FloatArray] = None) -> Generation:
         """Like :meth:`stream`, but runs to the end and returns the :class:`Generation` (also
         known as :data:`Completion`: text, tokens, finish_reason, usage, state)."""
         result = None
@@ -296,7 +298,7 @@ class Generator:
     generate = complete  # the same method, named after its result type
 
     def _run(self, ids: list[int], params: SamplingParams, sampler: Sampler,
-             state: Optional[np.ndarray], logits: Optional[np.ndarray]) -> Iterator[Chunk]:
+             state: Optional[FloatArray], logits: Optional[FloatArray]) -> PyGenerator[Chunk, None, None]:
         model = self.model
         started = time.perf_counter()
         if ids:
@@ -313,6 +315,7 @@ class Generator:
                 return
             # The token goes through the model only now that its logits are needed. The state
             # and logits arrays are ours (fresh above), so update them in place.
+            assert chunk.token is not None  # only a max_tokens=0 chunk has none, and it is the last
             model.eval(chunk.token, state, state_out=state, logits_out=logits)
 
 
@@ -340,7 +343,7 @@ class Decoding:
         self.sampled = 0
         self.constraint = Constraint(params.grammar, tokenizer, model.n_vocab) if params.grammar is not None else None
 
-    def step(self, state: np.ndarray, logits: np.ndarray) -> Chunk:
+    def step(self, state: FloatArray, logits: FloatArray) -> Chunk:
         """Samples the next token from ``logits`` (they go with ``state``, the state after the
         prompt and every token so far) and returns its chunk. A finished chunk's result holds
         ``state`` and ``logits`` themselves, so they must not change after that."""
@@ -387,7 +390,7 @@ class Decoding:
             return Chunk(text, token, FINISH_STOP, self._finish(FINISH_STOP, stop, state, logits, [token]), scored)
         return Chunk(text, token, logprob=scored)
 
-    def _finish(self, reason: str, stop: str | int | None, state: np.ndarray, logits: np.ndarray,
+    def _finish(self, reason: str, stop: str | int | None, state: FloatArray, logits: FloatArray,
                 unevaluated: list[int]) -> Generation:
         prompt_done = self.prompt_done if self.prompt_done is not None else self.started
         return Generation(

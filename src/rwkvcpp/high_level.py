@@ -30,14 +30,16 @@ none of them is equivalent to it.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Literal, Optional, Union, cast, overload
 
 import numpy as np
 
+from ._typing import FloatArray, JSONObject
 from .sampling import CHAT_DEFAULTS, SamplingParams
 
 if TYPE_CHECKING:
     from .generate import Generation, Generator
+    from .model import Model, States, Tokens, TokensPerSequence
     from .tokenizer import Tokenizer
 
 __all__ = ["HighLevelAPI"]
@@ -96,10 +98,11 @@ class HighLevelAPI:
 
     if TYPE_CHECKING:
         def _require_open(self) -> None: ...
-        def eval_embedding(self, tokens: Any, state: Optional[np.ndarray] = None,
-                           normalize: bool = True) -> tuple[np.ndarray, np.ndarray]: ...
-        def eval_embedding_batch(self, tokens_per_sequence: Any, states: Any = None, *, normalize: bool = True,
-                                 states_out: Any = None) -> tuple[np.ndarray, np.ndarray]: ...
+        def eval_embedding(self, tokens: Tokens, state: Optional[FloatArray] = None,
+                           normalize: bool = True) -> tuple[FloatArray, FloatArray]: ...
+        def eval_embedding_batch(self, tokens_per_sequence: TokensPerSequence,
+                                 states: Optional[States] = None, *, normalize: bool = True,
+                                 states_out: Optional[States] = None) -> tuple[FloatArray, States]: ...
 
     @classmethod
     def from_pretrained(cls, repo_id: str, filename: Optional[str] = None, *, revision: Optional[str] = None,
@@ -112,6 +115,11 @@ class HighLevelAPI:
         from .hub import resolve
 
         return cls(resolve(repo_id, filename, revision=revision), **kwargs)  # type: ignore[call-arg]
+
+    @property
+    def _model(self) -> Model:
+        """This object as the Model it is part of (only Model inherits these methods)."""
+        return cast("Model", self)
 
     # ---- tokens --------------------------------------------------------------------------------
 
@@ -167,7 +175,7 @@ class HighLevelAPI:
         vectors = self._embed_ids([self._ids(item, "input") for item in items], normalize)
         return vectors if batched else vectors[0]
 
-    def create_embedding(self, input: Any, *, encoding_format: str = "float", model: Optional[str] = None) -> dict:
+    def create_embedding(self, input: Any, *, encoding_format: str = "float", model: Optional[str] = None) -> JSONObject:
         """OpenAI's embeddings response for ``input`` (a text, token ids, or a list of either),
         the same as the server's ``/v1/embeddings``: normalised vectors, as lists of floats or
         base64 of little-endian float32."""
@@ -201,9 +209,9 @@ class HighLevelAPI:
         self._require_open()
         from .generate import Generator
 
-        return Generator(self, self.tokenizer)  # type: ignore[arg-type]
+        return Generator(self._model, self.tokenizer)
 
-    def _params(self, max_tokens: Optional[int], sampling: dict) -> SamplingParams:
+    def _params(self, max_tokens: Optional[int], sampling: dict[str, Any]) -> SamplingParams:
         if "params" in sampling:
             raise TypeError("pass sampling settings as keyword arguments (temperature=..., top_p=...), not params=")
         _refuse_repeat_penalty(sampling.pop("repeat_penalty", None))
@@ -213,8 +221,27 @@ class HighLevelAPI:
             sampling["stop_tokens"] = end_tokens(self.tokenizer)
         return SamplingParams(max_tokens=max_tokens, **sampling)
 
+    # The overloads give each use its own return type: one prompt -> str, a list -> list[str],
+    # stream=True -> Iterator[str]. Text is also a sequence of texts to a type checker; the first
+    # overload that matches wins, as the code decides at run time.
+    @overload
+    def generate(self, prompt: Prompt, max_tokens: Optional[int] = ..., state: Optional[FloatArray] = ...,
+                 stream: Literal[False] = ..., **sampling: Any) -> str: ...
+
+    @overload
+    def generate(self, prompt: Sequence[Prompt], max_tokens: Optional[int] = ..., state: Optional[FloatArray] = ...,
+                 stream: Literal[False] = ..., **sampling: Any) -> list[str]: ...
+
+    @overload
+    def generate(self, prompt: Prompt, max_tokens: Optional[int] = ..., state: Optional[FloatArray] = ..., *,
+                 stream: Literal[True], **sampling: Any) -> Iterator[str]: ...
+
+    @overload
+    def generate(self, prompt: Prompts, max_tokens: Optional[int] = ..., state: Optional[FloatArray] = ...,
+                 stream: bool = ..., **sampling: Any) -> Union[str, list[str], Iterator[str]]: ...
+
     def generate(self, prompt: Prompts, max_tokens: Optional[int] = DEFAULT_MAX_TOKENS,
-                 state: Optional[np.ndarray] = None, stream: bool = False,
+                 state: Optional[FloatArray] = None, stream: bool = False,
                  **sampling: Any) -> Union[str, list[str], Iterator[str]]:
         """Continues ``prompt`` (text or token ids) and returns the generated text; for a list
         of prompts, a list of texts (each prompt starts from ``state``). With ``stream=True``
@@ -236,10 +263,18 @@ class HighLevelAPI:
             return generator.complete(prompts[0], params, state).text
         from .batch import generate_batch
 
-        return [g.text for g in generate_batch(self, prompts, params, state, tokenizer=generator.tokenizer)]
+        return [g.text for g in generate_batch(self._model, prompts, params, state, tokenizer=generator.tokenizer)]
+
+    @overload
+    def complete(self, prompt: Prompt, max_tokens: Optional[int] = ..., state: Optional[FloatArray] = ...,
+                 logits: Optional[FloatArray] = ..., **sampling: Any) -> Generation: ...
+
+    @overload
+    def complete(self, prompt: Sequence[Prompt], max_tokens: Optional[int] = ..., state: Optional[FloatArray] = ...,
+                 logits: Optional[FloatArray] = ..., **sampling: Any) -> list[Generation]: ...
 
     def complete(self, prompt: Prompts, max_tokens: Optional[int] = DEFAULT_MAX_TOKENS,
-                 state: Optional[np.ndarray] = None, logits: Optional[np.ndarray] = None,
+                 state: Optional[FloatArray] = None, logits: Optional[FloatArray] = None,
                  **sampling: Any) -> Union[Generation, list[Generation]]:
         """Like :meth:`generate`, but returns the :class:`~rwkvcpp.generate.Generation` (a list
         of them for a list of prompts): ``text``, ``tokens``, ``finish_reason``, ``usage``, and
@@ -253,12 +288,12 @@ class HighLevelAPI:
             return generator.complete(prompts[0], params, state, logits=logits)
         from .batch import generate_batch
 
-        return generate_batch(self, prompts, params, state, tokenizer=generator.tokenizer, logits=logits)
+        return generate_batch(self._model, prompts, params, state, tokenizer=generator.tokenizer, logits=logits)
 
     # ---- OpenAI-shaped -------------------------------------------------------------------------
 
     def _openai_params(self, max_tokens: Optional[int], n: int, extra_stop: Sequence[str],
-                       settings: dict) -> list[SamplingParams]:
+                       settings: dict[str, Any]) -> list[SamplingParams]:
         from .completion import choice_params, end_tokens
 
         _refuse_repeat_penalty(settings.pop("repeat_penalty"))
@@ -282,10 +317,10 @@ class HighLevelAPI:
         frequency_penalty: Optional[float] = None, penalty_decay: Optional[float] = None,
         repeat_penalty: Optional[float] = None, count_prompt: bool = False,
         stop: Union[str, Sequence[str], None] = None, stop_tokens: Optional[Sequence[int]] = None,
-        seed: Optional[int] = None, logit_bias: Optional[dict] = None, n: int = 1, echo: bool = False,
-        logprobs: Optional[int] = None, response_format: Optional[dict] = None, grammar: Any = None,
-        stream: bool = False, stream_options: Optional[dict] = None, model: Optional[str] = None,
-    ) -> Union[dict, Iterator[dict]]:
+        seed: Optional[int] = None, logit_bias: Optional[JSONObject] = None, n: int = 1, echo: bool = False,
+        logprobs: Optional[int] = None, response_format: Optional[JSONObject] = None, grammar: Any = None,
+        stream: bool = False, stream_options: Optional[JSONObject] = None, model: Optional[str] = None,
+    ) -> Union[JSONObject, Iterator[JSONObject]]:
         """OpenAI's text completion (``/v1/completions``), the same code as the server's.
 
         ``prompt``: text or token ids, or a list of them (one choice per prompt, ``n`` each).
@@ -340,10 +375,10 @@ class HighLevelAPI:
         frequency_penalty: Optional[float] = None, penalty_decay: Optional[float] = None,
         repeat_penalty: Optional[float] = None, count_prompt: bool = False,
         stop: Union[str, Sequence[str], None] = None, stop_tokens: Optional[Sequence[int]] = None,
-        seed: Optional[int] = None, logit_bias: Optional[dict] = None, n: int = 1, logprobs: bool = False,
-        top_logprobs: Optional[int] = None, response_format: Optional[dict] = None, grammar: Any = None,
-        stream: bool = False, stream_options: Optional[dict] = None, model: Optional[str] = None,
-    ) -> Union[dict, Iterator[dict]]:
+        seed: Optional[int] = None, logit_bias: Optional[JSONObject] = None, n: int = 1, logprobs: bool = False,
+        top_logprobs: Optional[int] = None, response_format: Optional[JSONObject] = None, grammar: Any = None,
+        stream: bool = False, stream_options: Optional[JSONObject] = None, model: Optional[str] = None,
+    ) -> Union[JSONObject, Iterator[JSONObject]]:
         """OpenAI's chat completion (``/v1/chat/completions``), the same code as the server's.
 
         ``messages``: dicts with ``role`` (system, developer, user, assistant, tool) and
@@ -381,7 +416,15 @@ class HighLevelAPI:
         return respond(generated, choices, model_id=model_id(self, model), prompt_tokens=len(ids), stream=stream,
                        include_usage=bool(stream_options and stream_options.get("include_usage")))
 
-    def chat(self, messages: Union[str, Sequence[Any]], *, stream: bool = False,
+    @overload
+    def chat(self, messages: Union[str, Sequence[JSONObject]], *, stream: Literal[False] = ...,
+             **settings: Any) -> str: ...
+
+    @overload
+    def chat(self, messages: Union[str, Sequence[JSONObject]], *, stream: Literal[True],
+             **settings: Any) -> Iterator[str]: ...
+
+    def chat(self, messages: Union[str, Sequence[JSONObject]], *, stream: bool = False,
              **settings: Any) -> Union[str, Iterator[str]]:
         """The assistant's reply to ``messages`` (a list of OpenAI messages, or one user message
         as a string) as text; with ``stream=True``, an iterator of its pieces. Takes the
@@ -401,7 +444,7 @@ def _chat_logprobs(logprobs: bool, top_logprobs: Optional[int]) -> Optional[int]
     return (top_logprobs or 0) if logprobs else None
 
 
-def _contents(chunks: Iterator[dict]) -> Iterator[str]:
+def _contents(chunks: Iterator[JSONObject]) -> Iterator[str]:
     """The content pieces of a streamed chat completion."""
     for chunk in chunks:
         for choice in chunk["choices"]:

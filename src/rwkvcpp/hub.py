@@ -14,7 +14,8 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from typing import Optional
+from types import ModuleType
+from typing import Callable, Optional
 
 from .format import MAGIC
 
@@ -33,7 +34,7 @@ def split_spec(spec: str) -> tuple[str, Optional[str]]:
     return repo, filename or None
 
 
-def _hub():
+def _hub() -> ModuleType:
     try:
         import huggingface_hub
     except ImportError:
@@ -41,13 +42,13 @@ def _hub():
     return huggingface_hub
 
 
-def _repo_files(hub, repo_id: str, revision: Optional[str]) -> tuple[list[str], Optional[str]]:
+def _repo_files(hub: ModuleType, repo_id: str, revision: Optional[str]) -> tuple[list[str], Optional[str]]:
     """The repository's files and, when only the cache answers, its cached snapshot folder."""
     try:
-        return hub.HfApi().list_repo_files(repo_id, revision=revision), None
+        return list(hub.HfApi().list_repo_files(repo_id, revision=revision)), None
     except Exception as online_error:  # offline, no network, or unknown: what does the cache hold?
         try:
-            folder = hub.snapshot_download(repo_id, revision=revision, local_files_only=True)
+            folder = str(hub.snapshot_download(repo_id, revision=revision, local_files_only=True))
         except Exception:
             raise FileNotFoundError(f"{repo_id}: not found on the Hub ({online_error.__class__.__name__}: "
                                     f"{online_error}) nor in the local cache") from None
@@ -88,18 +89,18 @@ def download(repo_id: str, filename: Optional[str] = None, *, revision: Optional
     return _download(_hub(), repo_id, filename, revision)[0]
 
 
-def _download(hub, repo_id: str, filename: Optional[str], revision: Optional[str]) -> tuple[str, Optional[str]]:
-    folder = None
+def _download(hub: ModuleType, repo_id: str, filename: Optional[str], revision: Optional[str]) -> tuple[str, Optional[str]]:
+    folder: Optional[str] = None
     if filename is None:
         files, folder = _repo_files(hub, repo_id, revision)
         filename = _choose(repo_id, files)
     if filename is not None:
-        return hub.hf_hub_download(repo_id, filename, revision=revision), filename
-    return folder or hub.snapshot_download(repo_id, revision=revision, allow_patterns=FOLDER_PATTERNS), None
+        return str(hub.hf_hub_download(repo_id, filename, revision=revision)), filename
+    return folder or str(hub.snapshot_download(repo_id, revision=revision, allow_patterns=FOLDER_PATTERNS)), None
 
 
 def resolve(repo_id: str, filename: Optional[str] = None, *, revision: Optional[str] = None,
-            log=None) -> str:
+            log: Optional[Callable[[str], None]] = None) -> str:
     """The path of a ready ``.bin`` for ``repo_id`` (and ``filename`` in it; None: the
     repository's one model file, or its Transformers folder), downloading and converting once."""
     source, filename = _download(_hub(), repo_id, filename, revision)

@@ -4,14 +4,18 @@ the high-level methods it inherits (:mod:`rwkvcpp.high_level`)."""
 from __future__ import annotations
 
 import os
-from typing import Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
 import numpy as np
 
 from . import _core
 from ._core import ArgumentError, ModelFileError, ModelIOError, NonFiniteError, RWKVError
+from ._typing import FloatArray, StrPath, TokenArray
 from .format import TYPES
 from .high_level import HighLevelAPI
+
+if TYPE_CHECKING:
+    from .tokenizer import Tokenizer
 
 __all__ = [
     "Model", "RWKVError", "ModelFileError", "ModelIOError", "ArgumentError", "NonFiniteError", "check_token_range",
@@ -20,7 +24,12 @@ __all__ = [
 
 TYPE_NAMES = {t.id: t.name for t in TYPES.values()}
 
-Tokens = Union[Sequence[int], np.ndarray]
+#: Token ids: a sequence of ints or an integer numpy array.
+Tokens = Union[Sequence[int], "np.ndarray[Any, np.dtype[np.integer[Any]]]"]
+#: One entry per sequence (its token ids, or one id), as a list or a 2-D integer array.
+TokensPerSequence = Union[Sequence[Union[int, Tokens]], "np.ndarray[Any, np.dtype[np.integer[Any]]]"]
+#: Several states: a (B, state_len) float32 array, or a list of B states (None: the initial state).
+States = Union[FloatArray, Sequence[Optional[FloatArray]]]
 
 
 def check_token_range(tokens: Tokens, n_vocab: int) -> None:
@@ -71,9 +80,9 @@ class Model(HighLevelAPI):
     releases the GIL.
     """
 
-    def __init__(self, path: Union[str, os.PathLike, None] = None, threads: Optional[int] = None, *,
-                 model_path: Union[str, os.PathLike, None] = None, n_threads: Optional[int] = None,
-                 tokenizer=None, mmap: bool = True):
+    def __init__(self, path: Optional[StrPath] = None, threads: Optional[int] = None, *,
+                 model_path: Optional[StrPath] = None, n_threads: Optional[int] = None,
+                 tokenizer: Union[Tokenizer, StrPath, None] = None, mmap: bool = True):
         if model_path is not None:
             if path is not None:
                 raise TypeError("give the model file as path or as model_path, not both")
@@ -132,7 +141,7 @@ class Model(HighLevelAPI):
         self._require_open()
         return self
 
-    def __exit__(self, *exc_info) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
     @property
@@ -161,13 +170,13 @@ class Model(HighLevelAPI):
 
     # ---- state ---------------------------------------------------------------------------------
 
-    def init_state(self) -> np.ndarray:
+    def init_state(self) -> FloatArray:
         """A fresh initial state: float32, 1-D, ``state_len`` long."""
         state = np.empty(self.state_len, dtype=np.float32)
         self._engine.init_state(state)
         return state
 
-    def save_state(self, path: Union[str, os.PathLike], state: np.ndarray) -> None:
+    def save_state(self, path: StrPath, state: FloatArray) -> None:
         """Saves the whole ``state`` to ``path`` (a ``.safetensors`` file), exactly, with this
         model's identity (architecture, sizes, a hash of the file's header and tensor table).
         The file is written under a temporary name and renamed at the end. See
@@ -177,7 +186,7 @@ class Model(HighLevelAPI):
 
         save_state(path, state, self)
 
-    def load_state(self, path: Union[str, os.PathLike], *, strict: bool = True) -> np.ndarray:
+    def load_state(self, path: StrPath, *, strict: bool = True) -> FloatArray:
         """The state saved by :meth:`save_state` in ``path``, bit for bit (a new array).
 
         Raises :class:`rwkvcpp.state.StateFileError` for a damaged or truncated file, one that
@@ -189,7 +198,7 @@ class Model(HighLevelAPI):
 
         return load_state(path, self, strict=strict)
 
-    def load_tuned_state(self, path: Union[str, os.PathLike]) -> np.ndarray:
+    def load_tuned_state(self, path: StrPath) -> FloatArray:
         """The initial state of a state-tuning file (``.pth``/``.safetensors`` with
         ``blocks.N.att.time_state``, as RWKV-PEFT writes): its wkv matrices, and a fresh
         state's values everywhere else (these files hold nothing else). Not for v4 models.
@@ -199,7 +208,7 @@ class Model(HighLevelAPI):
 
         return load_state_file(path, self)
 
-    def save_tuned_state(self, path: Union[str, os.PathLike], state: np.ndarray) -> None:
+    def save_tuned_state(self, path: StrPath, state: FloatArray) -> None:
         """Writes only the wkv matrices of ``state`` as a state-tuning file (``.pth``, or
         ``.safetensors`` by suffix). The token-shift parts of the state are not in that format
         and are lost: to keep a whole state use :meth:`save_state`."""
@@ -208,7 +217,7 @@ class Model(HighLevelAPI):
 
         save_state_file(path, self._check_state(state, "state"), self)
 
-    def _state_out(self, state, state_out) -> np.ndarray:
+    def _state_out(self, state: Optional[FloatArray], state_out: Optional[FloatArray]) -> FloatArray:
         """The array the new state is written into: state_out if given, else a copy of state."""
         if state_out is not None:
             self._check_state(state_out, "state_out", writable=True)
@@ -221,7 +230,7 @@ class Model(HighLevelAPI):
             return self.init_state()
         return np.array(self._check_state(state, "state"), dtype=np.float32, copy=True)
 
-    def _check_state(self, state, name: str, writable: bool = False) -> np.ndarray:
+    def _check_state(self, state: object, name: str, writable: bool = False) -> FloatArray:
         if not isinstance(state, np.ndarray):
             raise TypeError(f"{name} must be a numpy array, not {type(state).__name__}")
         if state.dtype != np.float32:
@@ -236,7 +245,7 @@ class Model(HighLevelAPI):
 
     # ---- evaluation ----------------------------------------------------------------------------
 
-    def _tokens(self, tokens: Tokens) -> np.ndarray:
+    def _tokens(self, tokens: Union[int, Tokens]) -> TokenArray:
         try:
             arr = np.asarray(tokens)
         except (TypeError, ValueError) as e:
@@ -257,16 +266,17 @@ class Model(HighLevelAPI):
         check_token_range(arr, self.n_vocab)
         return np.ascontiguousarray(arr, dtype=np.int32)
 
-    def eval(self, token: int, state: Optional[np.ndarray] = None, *, state_out: Optional[np.ndarray] = None,
-             logits_out: Optional[np.ndarray] = None):
+    def eval(self, token: int, state: Optional[FloatArray] = None, *, state_out: Optional[FloatArray] = None,
+             logits_out: Optional[FloatArray] = None) -> tuple[FloatArray, FloatArray]:
         """Evaluates one token. Returns ``(logits, new_state)``; ``state`` itself is not modified
         unless it is passed as ``state_out`` too."""
         if isinstance(token, (bool, np.bool_)) or not isinstance(token, (int, np.integer)):
             raise TypeError(f"token must be an int, not {type(token).__name__}")
         return self.eval_sequence([int(token)], state, state_out=state_out, logits_out=logits_out)
 
-    def eval_sequence(self, tokens: Tokens, state: Optional[np.ndarray] = None, all_logits: bool = False, *,
-                      state_out: Optional[np.ndarray] = None, logits_out: Optional[np.ndarray] = None):
+    def eval_sequence(self, tokens: Tokens, state: Optional[FloatArray] = None, all_logits: bool = False, *,
+                      state_out: Optional[FloatArray] = None,
+                      logits_out: Optional[FloatArray] = None) -> tuple[FloatArray, FloatArray]:
         """Evaluates a sequence layer by layer over all tokens at once.
 
         Returns ``(logits, new_state)``: logits of the last token, shape (n_vocab,), or of every
@@ -284,14 +294,15 @@ class Model(HighLevelAPI):
         self._engine.eval(toks, new_state, logits.reshape(-1), bool(all_logits))
         return logits, new_state
 
-    def ingest(self, tokens: Tokens, state: Optional[np.ndarray] = None) -> np.ndarray:
+    def ingest(self, tokens: Tokens, state: Optional[FloatArray] = None) -> FloatArray:
         """Runs tokens through the model for their effect on the state only (no head)."""
         toks = self._tokens(tokens)
         new_state = self._state_out(state, None)
         self._engine.eval(toks, new_state, None, False)
         return new_state
 
-    def eval_embedding(self, tokens: Tokens, state: Optional[np.ndarray] = None, normalize: bool = True):
+    def eval_embedding(self, tokens: Tokens, state: Optional[FloatArray] = None,
+                       normalize: bool = True) -> tuple[FloatArray, FloatArray]:
         """RWKV's free sentence embedding: the last token's final hidden state (after ln_out).
         Returns ``(vector, new_state)``; the vector has unit length when ``normalize``. For text
         in and vectors out, see :meth:`embed`."""
@@ -308,7 +319,9 @@ class Model(HighLevelAPI):
 
     # ---- several sequences at once ------------------------------------------------------------
 
-    def eval_batch(self, tokens_per_sequence, states=None, *, all_logits: bool = False, states_out=None):
+    def eval_batch(self, tokens_per_sequence: TokensPerSequence, states: Optional[States] = None, *,
+                   all_logits: bool = False, states_out: Optional[States] = None,
+                   ) -> tuple[Union[FloatArray, list[FloatArray]], States]:
         """Evaluates several sequences in one pass over the weights: B conversations decoding a
         token each, prompts being ingested, or both at once. Reading the weights is most of what a
         decoded token costs, so B sequences together cost far less than B calls of :meth:`eval`.
@@ -340,15 +353,18 @@ class Model(HighLevelAPI):
         states_in = self._batch_states(states, len(toks))
         new_states, outs = self._batch_states_out(states_out, len(toks))
         if all_logits:
-            logits = [np.empty((len(t), self.n_vocab), np.float32) for t in toks]
-            buffers = [row.reshape(-1) for row in logits]
+            rows = [np.empty((len(t), self.n_vocab), np.float32) for t in toks]
+            buffers: list[Optional[FloatArray]] = [row.reshape(-1) for row in rows]
+            logits: Union[FloatArray, list[FloatArray]] = rows
         else:
             logits = np.empty((len(toks), self.n_vocab), np.float32)
             buffers = list(logits)
         self._engine.eval_batch(toks, states_in, outs, buffers, [None] * len(toks), bool(all_logits))
         return logits, new_states
 
-    def eval_embedding_batch(self, tokens_per_sequence, states=None, *, normalize: bool = True, states_out=None):
+    def eval_embedding_batch(self, tokens_per_sequence: TokensPerSequence, states: Optional[States] = None,
+                             *, normalize: bool = True,
+                             states_out: Optional[States] = None) -> tuple[FloatArray, States]:
         """:meth:`eval_embedding` for several sequences in one pass over the weights (see
         :meth:`eval_batch` for the arguments). Returns ``(vectors, new_states)``: vectors is a
         ``(B, n_embed)`` array, each row of unit length when ``normalize``."""
@@ -364,14 +380,14 @@ class Model(HighLevelAPI):
                     vector /= norm
         return vectors, new_states
 
-    def _eval_rows(self, tokens: list, states: list, logits: list) -> None:
+    def _eval_rows(self, tokens: list[TokenArray], states: list[FloatArray], logits: list[Optional[FloatArray]]) -> None:
         """The batch loop's pass (:mod:`rwkvcpp.batch`), without eval_batch's checks: ``tokens``
         checked int32 arrays, ``states`` distinct owned float32 states updated in place,
         ``logits[i]`` a float32 buffer of n_vocab for the last token's logits, or None (the
         head is skipped: a prompt read only in part)."""
         self._engine.eval_batch(tokens, states, states, logits, [None] * len(tokens), False)
 
-    def _batch_tokens(self, tokens_per_sequence) -> list:
+    def _batch_tokens(self, tokens_per_sequence: TokensPerSequence) -> list[TokenArray]:
         if isinstance(tokens_per_sequence, (str, bytes)) or not hasattr(tokens_per_sequence, "__len__"):
             raise TypeError("tokens_per_sequence must be a list with one entry (token ids, or one id) per sequence, "
                             f"not {type(tokens_per_sequence).__name__}")
@@ -385,7 +401,7 @@ class Model(HighLevelAPI):
                 raise ArgumentError(f"sequence {i}: {e}") from None
         return toks
 
-    def _batch_states(self, states, n: int) -> list:
+    def _batch_states(self, states: Optional[States], n: int) -> list[Optional[FloatArray]]:
         """The input states as a list of n contiguous float32 arrays, None for the initial state."""
         if states is None:
             return [None] * n
@@ -398,7 +414,7 @@ class Model(HighLevelAPI):
         return [None if s is None else np.ascontiguousarray(self._check_state(s, f"states[{i}]"))
                 for i, s in enumerate(entries)]
 
-    def _batch_states_out(self, states_out, n: int):
+    def _batch_states_out(self, states_out: Optional[States], n: int) -> tuple[States, list[FloatArray]]:
         """(what eval_batch returns as the new states, the list of n arrays written)."""
         if states_out is None:
             states_out = np.empty((n, self.state_len), np.float32)
@@ -412,7 +428,7 @@ class Model(HighLevelAPI):
         return states_out, [self._check_state(s, f"states_out[{i}]", writable=True) for i, s in enumerate(entries)]
 
     @staticmethod
-    def _batch_list(entries, name: str, n: int) -> list:
+    def _batch_list(entries: object, name: str, n: int) -> list[Any]:
         if not isinstance(entries, (list, tuple)):
             raise TypeError(f"{name} must be a (B, state_len) array or a list of B states, not {type(entries).__name__}")
         if len(entries) != n:
@@ -420,13 +436,13 @@ class Model(HighLevelAPI):
         return list(entries)
 
 
-def _file_key(path: str) -> tuple:
+def _file_key(path: str) -> tuple[int, int, int, int]:
     """What tells that a file was replaced or rewritten: device, inode, size, modification time."""
     st = os.stat(path)
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-def verify_file(path: Union[str, os.PathLike]) -> list[dict]:
+def verify_file(path: StrPath) -> list[dict[str, Any]]:
     """Decodes every tensor of an rwkv.cpp model file and returns one entry per tensor that holds
     NaN or infinite values (bad floats, or quantized blocks with non-finite scales): ``name``,
     ``n_bad`` and ``first_bad`` (flat index). Empty when every value is finite."""
@@ -434,7 +450,7 @@ def verify_file(path: Union[str, os.PathLike]) -> list[dict]:
             for name, n_bad, first in _core.verify_file(os.fspath(path))]
 
 
-def system_info() -> dict:
+def system_info() -> dict[str, object]:
     """What the engine runs with on this machine: kernel level and CPU features."""
     return {
         "kernels": _core.kernel_level(),

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional, Union
 
 from . import format as fmt
+from ._typing import StrPath
 
 __all__ = ["QUANTIZED_TYPES", "QuantizeSummary", "quantize", "quantized_type_id"]
 
@@ -87,8 +88,8 @@ def _check_paths(src: str, dst: str) -> None:
 
 
 def quantize(
-    src: Union[str, os.PathLike],
-    dst: Union[str, os.PathLike],
+    src: StrPath,
+    dst: StrPath,
     type: Union[str, int] = "Q5_1",
     quantize_head: bool = False,
     progress: Optional[ProgressFn] = None,

@@ -29,11 +29,20 @@ import numbers
 import operator
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, Optional
 
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
 
 from .constrain import Grammar
+
+if TYPE_CHECKING:
+    from typing_extensions import TypeIs
+
+#: Log probabilities, adjusted logits, distributions: float64 vectors of n_vocab.
+F64Array = NDArray[np.float64]
+#: A grammar's mask of the tokens allowed next.
+Mask = NDArray[np.bool_]
 
 __all__ = ["CHAT_DEFAULTS", "Sampler", "SamplingParams", "TokenLogprob", "log_softmax", "token_logprob"]
 
@@ -59,21 +68,22 @@ CHAT_DEFAULTS = {
 _TOP_P_PREFIX = 1024
 
 
-def _is_real(x) -> bool:
+# numpy's scalars pass too: to the type checker they stand for the float / int they act as.
+def _is_real(x: object) -> TypeIs[float]:
     return isinstance(x, numbers.Real) and not isinstance(x, bool)
 
 
-def _is_int(x) -> bool:
+def _is_int(x: object) -> TypeIs[int]:
     return isinstance(x, numbers.Integral) and not isinstance(x, bool)
 
 
-def _check_real(name: str, value, lo: float, hi: float, allowed: str) -> float:
+def _check_real(name: str, value: object, lo: float, hi: float, allowed: str) -> float:
     if not _is_real(value) or math.isnan(value) or not lo <= value <= hi:
         raise ValueError(f"{name} must be {allowed}, got {value!r}")
     return float(value)
 
 
-def _check_token_ids(name: str, ids) -> tuple[int, ...]:
+def _check_token_ids(name: str, ids: int | Iterable[int]) -> tuple[int, ...]:
     if _is_int(ids):
         ids = (ids,)
     try:
@@ -130,7 +140,7 @@ class SamplingParams:
     logprobs: int | None = None
     grammar: Grammar | None = None
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         inf = math.inf
         self.temperature = _check_real("temperature", self.temperature, 0.0, inf, "a number >= 0 (0 = greedy)")
         if math.isinf(self.temperature):
@@ -265,7 +275,7 @@ class Sampler:
 
     # -- sampling -------------------------------------------------------------
 
-    def adjusted_logits(self, logits, allowed: np.ndarray | None = None) -> np.ndarray:
+    def adjusted_logits(self, logits: ArrayLike, allowed: Optional[Mask] = None) -> F64Array:
         """A new float64 array: ``logits`` after bias, bans and penalties; with ``allowed`` (a
         boolean mask, a grammar's), the other tokens at -inf."""
         x = np.array(logits, dtype=np.float64)  # always a copy
@@ -286,11 +296,11 @@ class Sampler:
             raise ValueError("every token is banned or has a -inf logit: nothing can be sampled")
         return x
 
-    def probabilities(self, logits) -> np.ndarray:
+    def probabilities(self, logits: ArrayLike) -> F64Array:
         """The distribution :meth:`sample` draws from (all filters applied)."""
         return self._filtered(self.adjusted_logits(logits))
 
-    def _filtered(self, x: np.ndarray) -> np.ndarray:
+    def _filtered(self, x: F64Array) -> F64Array:
         p = self.params
         if p.greedy:
             probs = np.zeros_like(x)
@@ -312,19 +322,21 @@ class Sampler:
             probs = _top_p(probs, p.top_p)
         if p.min_p > 0.0:
             probs[probs < p.min_p * probs.max()] = 0.0
-        return probs / probs.sum()
+        normalised: F64Array = probs / probs.sum()
+        return normalised
 
-    def sample(self, logits, allowed: np.ndarray | None = None) -> int:
+    def sample(self, logits: ArrayLike, allowed: Optional[Mask] = None) -> int:
         """Choose a token from ``logits`` (which are never modified), among the ``allowed`` ones
         if a mask is given."""
         return self._pick(self.adjusted_logits(logits, allowed))
 
-    def _pick(self, x: np.ndarray) -> int:
+    def _pick(self, x: F64Array) -> int:
         if self.params.greedy:
             return int(np.argmax(x))
         return _draw(self._filtered(x), self.rng.random())
 
-    def sample_scored(self, logits, top: int = 0, allowed: np.ndarray | None = None) -> tuple[int, TokenLogprob]:
+    def sample_scored(self, logits: ArrayLike, top: int = 0,
+                      allowed: Optional[Mask] = None) -> tuple[int, TokenLogprob]:
         """:meth:`sample`, and the token's :class:`TokenLogprob` with the ``top`` most likely
         tokens. Draws exactly as :meth:`sample` does, so the same seed picks the same tokens."""
         x = self.adjusted_logits(logits, allowed)
@@ -342,13 +354,13 @@ class TokenLogprob(NamedTuple):
     top: tuple[tuple[int, float], ...] = ()
 
 
-def log_softmax(logits, temperature: float = 1.0) -> np.ndarray:
+def log_softmax(logits: ArrayLike, temperature: float = 1.0) -> F64Array:
     """Log probabilities (float64) of ``logits`` divided by ``temperature``."""
-    z = (np.asarray(logits, dtype=np.float64) - np.max(logits)) / temperature
+    z: F64Array = (np.asarray(logits, dtype=np.float64) - np.max(logits)) / temperature
     return z - math.log(float(np.exp(z).sum()))
 
 
-def token_logprob(logp: np.ndarray, token: int, top: int = 0) -> TokenLogprob:
+def token_logprob(logp: F64Array, token: int, top: int = 0) -> TokenLogprob:
     """``token``'s entry of the log distribution ``logp``, with the ``top`` most likely tokens."""
     best: tuple[tuple[int, float], ...] = ()
     if top:
@@ -361,7 +373,7 @@ def token_logprob(logp: np.ndarray, token: int, top: int = 0) -> TokenLogprob:
 _DRAW_BLOCK = 256
 
 
-def _draw(probs: np.ndarray, u: float) -> int:
+def _draw(probs: F64Array, u: float) -> int:
     """Inverse-CDF draw of one index, with u uniform in [0, 1).
 
     Two levels: the running sum over blocks of 256 picks a block, then the running sum inside it
@@ -383,7 +395,7 @@ def _draw(probs: np.ndarray, u: float) -> int:
     return index
 
 
-def _top_p(probs: np.ndarray, top_p: float) -> np.ndarray:
+def _top_p(probs: F64Array, top_p: float) -> F64Array:
     """Zero all but the smallest most-likely set with mass >= top_p.
 
     Works on sorted values rather than an argsort (several times faster on a

@@ -154,7 +154,7 @@ def _read_header(path: str) -> tuple[dict[str, str], int, int]:
     return {str(k): str(v) for k, v in metadata.items()}, offset, nbytes
 
 
-def _describe(header: dict) -> str:
+def _describe(header: dict[str, object]) -> str:
     parts = [f"{name} {info.get('dtype')} {info.get('shape')}" if isinstance(info, dict) else repr(name)
              for name, info in header.items() if name != "__metadata__"]
     return ", ".join(parts) or "no tensors"

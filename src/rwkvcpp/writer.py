@@ -12,12 +12,13 @@ from __future__ import annotations
 import os
 import re
 import struct
-from typing import Mapping, Sequence
+from typing import BinaryIO, Optional, Sequence, Union
 
 import numpy as np
 
 from . import format as fmt
 from .conversion.transform import detect_checked, embedding_shape, transform_checkpoint
+from ._typing import Array, Checkpoint, StrPath
 from .atomic_file import AtomicFile
 from .format import FP16, FP32
 
@@ -37,7 +38,7 @@ class BinWriter:
     through. All numbers are written little-endian whatever the host.
     """
 
-    def __init__(self, path, n_vocab: int, n_embed: int, n_layer: int, data_type=FP16):
+    def __init__(self, path: StrPath, n_vocab: int, n_embed: int, n_layer: int, data_type: Union[str, int] = FP16):
         self.path = os.fspath(path)
         for field, value in (("n_vocab", n_vocab), ("n_embed", n_embed), ("n_layer", n_layer)):
             if not isinstance(value, (int, np.integer)) or not 0 < value < 2**31:
@@ -45,7 +46,7 @@ class BinWriter:
         self.data_type = fmt.type_id(data_type)
         self._names: set[str] = set()
         self._output = AtomicFile(self.path)
-        self._file = self._output.file
+        self._file: Optional[BinaryIO] = self._output.file
         try:
             header = (fmt.MAGIC, fmt.VERSION, int(n_vocab), int(n_embed), int(n_layer), self.data_type)
             self._file.write(struct.pack(fmt.HEADER_FORMAT, *header))
@@ -60,15 +61,16 @@ class BinWriter:
     def __enter__(self) -> "BinWriter":
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> None:
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         if exc_type is None:
             self.close()
         else:
             self.abort()
 
-    def _check_open(self) -> None:
+    def _check_open(self) -> BinaryIO:
         if self._file is None:
             raise ValueError(f"{self.path}: writer is already closed")
+        return self._file
 
     def _write_record_header(self, name: str, type_id_: int, shape: tuple[int, ...]) -> None:
         if not isinstance(name, str):
@@ -83,11 +85,12 @@ class BinWriter:
         if any(not 0 < s < 2**31 for s in shape):
             raise ValueError(f"{self.path}: tensor {name!r} has invalid shape {shape}")
         sizes = tuple(reversed(shape))  # the file lists sizes innermost first
-        self._file.write(struct.pack(f"<3i{len(sizes)}i", len(sizes), len(raw_name), type_id_, *sizes))
-        self._file.write(raw_name)
+        file = self._check_open()
+        file.write(struct.pack(f"<3i{len(sizes)}i", len(sizes), len(raw_name), type_id_, *sizes))
+        file.write(raw_name)
         self._names.add(name)
 
-    def write_tensor(self, name: str, array, type_id=None) -> None:
+    def write_tensor(self, name: str, array: Array, type_id: Union[str, int, None] = None) -> None:
         """Writes a float array (PyTorch shape) as FP32 or FP16.
 
         ``type_id`` defaults to FP16 for float16 input and FP32 otherwise. Quantized types need
@@ -118,9 +121,10 @@ class BinWriter:
                 )
         shape = tuple(int(s) for s in array.shape)
         self._write_record_header(name, tid, shape)
-        self._file.write(data.reshape(-1).view(np.uint8))
+        self._check_open().write(data.reshape(-1).view(np.uint8).data)
 
-    def write_raw(self, name: str, type_id, shape: Sequence[int], data) -> None:
+    def write_raw(self, name: str, type_id: Union[str, int], shape: Sequence[int],
+                  data: Union[Array, bytes, bytearray, memoryview]) -> None:
         """Writes already-encoded data (e.g. quantized blocks) for a tensor of PyTorch shape ``shape``."""
         self._check_open()
         tid = fmt.type_id(type_id)
@@ -129,14 +133,15 @@ class BinWriter:
             expected = fmt.tensor_nbytes(tid, shape)
         except ValueError as e:
             raise ValueError(f"{self.path}: tensor {name!r}: {e}") from None
-        view = memoryview(data).cast("B")
+        # an array's .data is its memoryview (numpy's stubs declare the buffer protocol for Python 3.12+ only)
+        view = (data.data if isinstance(data, np.ndarray) else memoryview(data)).cast("B")
         if view.nbytes != expected:
             raise ValueError(
                 f"{self.path}: tensor {name!r}: {fmt.type_name(tid)} {shape} needs {expected} bytes, "
                 f"got {view.nbytes}"
             )
         self._write_record_header(name, tid, shape)
-        self._file.write(view)
+        self._check_open().write(view)
 
     def close(self) -> None:
         """Finishes the file and moves it over the destination."""
@@ -152,11 +157,11 @@ class BinWriter:
         self._output.abort()
 
 
-def _count_layers(checkpoint: Mapping) -> int:
+def _count_layers(checkpoint: Checkpoint) -> int:
     return sum(1 for name in checkpoint if _LN1_NAME.match(name))
 
 
-def write_model(path, checkpoint: Mapping, dtype="FP16") -> None:
+def write_model(path: StrPath, checkpoint: Checkpoint, dtype: Union[str, int] = "FP16") -> None:
     """Converts a checkpoint (names and shapes of BlinkDL's ``.pth``) into an rwkv.cpp file.
 
     ``dtype`` is "FP16" (2-D matrices as FP16 per docs/FORMAT.md's rule, the rest FP32) or

@@ -8,9 +8,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
+
+from .._typing import Array
+
+if TYPE_CHECKING:
+    from ..conversion.schema import _Checker as Checker
 
 #: The head size of every released v5, v6 and v7 model, and of any file whose head tensor does not
 #: give the head count (a flat (n_embed,) vector, as some converters write v6's time_decay).
@@ -26,11 +31,11 @@ class Architecture:
     #: Layer-0 attention tensors (named after ``blocks.0.att.``) that identify the version; all
     #: must be there. Versions are tried newest first (see rwkvcpp.arch.ARCHITECTURES), so a
     #: version's markers only need to tell it from the older ones.
-    markers: tuple = ()
+    markers: tuple[str, ...] = ()
     #: A layer's attention and FFN tensors, named after ``blocks.N.att.`` / ``blocks.N.ffn.``, in
     #: the order of BlinkDL's released checkpoints (which rwkv.cpp's files keep).
-    attention: tuple = ()
-    ffn: tuple = ()
+    attention: tuple[str, ...] = ()
+    ffn: tuple[str, ...] = ()
     #: The attention tensor whose outermost dimension is the head count (the head size is
     #: n_embed / n_head), in checkpoints and in model files; "" for a version without heads.
     #: The file's may differ: v6 checkpoints carry the count in time_faaaa (H, S) only, files (as
@@ -38,10 +43,10 @@ class Architecture:
     head_tensor: str = ""
     file_head_tensor: str = ""
     #: Name fragments of 2-D tensors that an FP16 file keeps as FP32 (docs/FORMAT.md).
-    fp32_fragments: tuple = (".time_",)
+    fp32_fragments: tuple[str, ...] = (".time_",)
     #: Attention tensors the file stores as one record: {record name: the checkpoint tensors
     #: concatenated into it, in order}. The record stands where the first of them stood.
-    merged: dict = {}
+    merged: dict[str, tuple[str, ...]] = {}
     #: Whether the state holds each head's wkv matrix as [value][key] (the orientation of state
     #: files) rather than [key][value].
     state_value_major: bool = False
@@ -49,7 +54,7 @@ class Architecture:
     def __repr__(self) -> str:
         return f"<RWKV {self.name}>"
 
-    def heads(self, name: str, shape: Sequence[int], n_embed: int) -> tuple:
+    def heads(self, name: str, shape: Sequence[int], n_embed: int) -> tuple[int, int]:
         """(n_head, head_size) from the shape (PyTorch order) of the head tensor ``name``
         (:attr:`head_tensor` in a checkpoint, :attr:`file_head_tensor` in a file; see
         :func:`head_count`), with heads of :data:`RELEASED_HEAD_SIZE` when it does not say.
@@ -70,7 +75,7 @@ class Architecture:
                              f"n_embed {n_embed}")
         return n_head, n_embed // n_head
 
-    def file_heads(self, shapes: Mapping[str, Sequence[int]], n_embed: int) -> tuple:
+    def file_heads(self, shapes: Mapping[str, Sequence[int]], n_embed: int) -> tuple[int, int]:
         """(n_head, head_size) of a model file from its tensors' shapes ({name: PyTorch shape}),
         as the engine reads them; (0, 0) for a version without heads."""
         if not self.head_tensor:
@@ -82,12 +87,12 @@ class Architecture:
 
     # ---- checkpoint shapes --------------------------------------------------------------
 
-    def check_attention(self, c, prefix: str, layer: int, n_embed: int, n_head: int) -> None:
+    def check_attention(self, c: Checker, prefix: str, layer: int, n_embed: int, n_head: int) -> None:
         """Checks one layer's attention tensors (``prefix`` = "blocks.N.att.") in the shapes the
         checkpoint has them, through the checker ``c`` (rwkvcpp.conversion.schema)."""
         raise NotImplementedError
 
-    def check_ffn(self, c, prefix: str, n_embed: int) -> int:
+    def check_ffn(self, c: Checker, prefix: str, n_embed: int) -> int:
         """Checks one layer's FFN tensors (``prefix`` = "blocks.N.ffn."); returns its width."""
         n_ffn, _ = c.matrix(prefix + "key.weight", None, n_embed)
         c.matrix(prefix + "value.weight", n_embed, n_ffn)
@@ -100,12 +105,12 @@ class Architecture:
 
     # ---- checkpoint -> file ---------------------------------------------------------------
 
-    def transform(self, leaf: str, array: np.ndarray, n_head: int, name: str) -> np.ndarray:
+    def transform(self, leaf: str, array: Array, n_head: int, name: str) -> Array:
         """An attention tensor (``leaf`` named after "blocks.N.att.", already squeezed if it is
         a ``time_`` tensor) as the file stores it."""
         return array
 
-    def merge(self, record: str, parts: list, n_embed: int, names: list) -> np.ndarray:
+    def merge(self, record: str, parts: list[Array], n_embed: int, names: Sequence[str]) -> Array:
         """The record ``record`` of :attr:`merged` from its parts (float32, as in the checkpoint)."""
         raise NotImplementedError
 
@@ -120,7 +125,7 @@ class Architecture:
         the attention's token-shift vectors, then the layer's wkv matrices."""
         return 2 * n_embed + n_head * head_size * head_size
 
-    def wkv_views(self, state: np.ndarray, n_embed: int, n_layer: int, n_head: int, head_size: int) -> list:
+    def wkv_views(self, state: Array, n_embed: int, n_layer: int, n_head: int, head_size: int) -> list[Array]:
         """Views of each layer's (n_head, head_size, head_size) wkv matrices inside a flat state,
         as [head][value][key] (state files' orientation); writing a view writes the state."""
         per_layer = self.layer_state_len(n_embed, n_head, head_size)
@@ -142,13 +147,14 @@ def head_count(shape: Sequence[int], n_embed: int) -> int:
     return count if count < n_embed else 0
 
 
-def check_projections(c, prefix: str, n_embed: int, names=("receptance", "key", "value", "output")) -> None:
+def check_projections(c: Checker, prefix: str, n_embed: int,
+                      names: Sequence[str] = ("receptance", "key", "value", "output")) -> None:
     """The attention's square (n_embed, n_embed) projection matrices."""
     for name in names:
         c.matrix(prefix + name + ".weight", n_embed, n_embed)
 
 
-def per_head(name: str, array: np.ndarray, n_head: int) -> np.ndarray:
+def per_head(name: str, array: Array, n_head: int) -> Array:
     """A per-head (H values) or per-channel (H * head size values) vector as (H, 1, 1) or
     (H, head size, 1), the shapes the file stores them in, which give the head count."""
     if array.size == n_head:

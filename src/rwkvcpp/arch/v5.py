@@ -6,14 +6,20 @@ time_first. "v5.2" adds the gate and names the bonus time_faaaa.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
+from .._typing import Array
 from .base import Architecture, check_projections, per_head
+
+if TYPE_CHECKING:
+    from ..conversion.schema import _Checker as Checker
 
 
 class RWKV5_1(Architecture):
     name = "v5.1"
-    markers = ("ln_x.weight",)
+    markers: tuple[str, ...] = ("ln_x.weight",)
     attention = ("time_mix_k", "time_mix_v", "time_mix_r", "time_mix_g", "time_decay", "time_first", "time_faaaa",
                  "receptance.weight", "key.weight", "value.weight", "output.weight", "gate.weight",
                  "ln_x.weight", "ln_x.bias")
@@ -21,7 +27,7 @@ class RWKV5_1(Architecture):
     gated = False
     head_tensor = file_head_tensor = "time_decay"
 
-    def check_attention(self, c, prefix, layer, n_embed, n_head):
+    def check_attention(self, c: Checker, prefix: str, layer: int, n_embed: int, n_head: int) -> None:
         check_projections(c, prefix, n_embed)
         for name in ("time_mix_k", "time_mix_v", "time_mix_r"):
             c.vector(prefix + name, n_embed)
@@ -35,7 +41,7 @@ class RWKV5_1(Architecture):
             c.matrix(prefix + "gate.weight", n_embed, n_embed)
         c.norm(prefix + "ln_x", n_embed)
 
-    def transform(self, leaf, array, n_head, name):
+    def transform(self, leaf: str, array: Array, n_head: int, name: str) -> Array:
         if leaf == "time_decay":
             return per_head(name, np.exp(-np.exp(array)), n_head)
         if leaf == "time_first":  # v5.1 only; v5.2 has time_faaaa, used as it is

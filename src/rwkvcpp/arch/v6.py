@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
+from .._typing import Array
 from .base import Architecture, check_projections, per_head
+
+if TYPE_CHECKING:
+    from ..conversion.schema import _Checker as Checker
 
 
 class RWKV6(Architecture):
@@ -19,7 +25,7 @@ class RWKV6(Architecture):
     head_tensor = "time_faaaa"
     file_head_tensor = "time_decay"
 
-    def check_attention(self, c, prefix, layer, n_embed, n_head):
+    def check_attention(self, c: Checker, prefix: str, layer: int, n_embed: int, n_head: int) -> None:
         check_projections(c, prefix, n_embed)
         for name in ("time_maa_x", "time_maa_w", "time_maa_k", "time_maa_v", "time_maa_r", "time_maa_g",
                      "time_decay", "time_faaaa"):
@@ -36,7 +42,7 @@ class RWKV6(Architecture):
         c.matrix(prefix + "gate.weight", n_embed, n_embed)
         c.norm(prefix + "ln_x", n_embed)
 
-    def transform(self, leaf, array, n_head, name):
+    def transform(self, leaf: str, array: Array, n_head: int, name: str) -> Array:
         if leaf in ("time_faaaa", "time_decay"):
             return per_head(name, array, n_head)
         # As docs/FORMAT.md says, rwkv.cpp transposes every ".time_decay_w*" (w2 too);

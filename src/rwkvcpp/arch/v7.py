@@ -3,8 +3,11 @@ value residual from layer 0, and a state kept as [value][key]."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Sequence
+
 import numpy as np
 
+from .._typing import Array
 from .base import Architecture, check_projections
 
 #: The six token-shift mixes, in the order they are concatenated into att.x_rwkvag.
@@ -12,6 +15,8 @@ MIXES = ("x_r", "x_w", "x_k", "x_v", "x_a", "x_g")
 #: Low-rank pairs, (C, width) down and (width, C) up, stored transposed; v1/v2 (the value
 #: residual) only from layer 1 on.
 LORA_NAMES = ("w1", "w2", "a1", "a2", "v1", "v2", "g1", "g2")
+if TYPE_CHECKING:
+    from ..conversion.schema import _Checker as Checker
 
 
 class RWKV7(Architecture):
@@ -27,7 +32,7 @@ class RWKV7(Architecture):
     # Its kernel computes S = S*w + S@ab + v k^T on [value][key] matrices.
     state_value_major = True
 
-    def check_attention(self, c, prefix, layer, n_embed, n_head):
+    def check_attention(self, c: Checker, prefix: str, layer: int, n_embed: int, n_head: int) -> None:
         check_projections(c, prefix, n_embed)
         for name in MIXES + ("w0", "a0", "k_k", "k_a", "r_k"):
             c.vector(prefix + name, n_embed)
@@ -39,12 +44,12 @@ class RWKV7(Architecture):
             c.vector(prefix + "v0", n_embed)
         c.norm(prefix + "ln_x", n_embed)
 
-    def transform(self, leaf, array, n_head, name):
+    def transform(self, leaf: str, array: Array, n_head: int, name: str) -> Array:
         if leaf in LORA_NAMES:
             return np.ascontiguousarray(array.T)
         return array
 
-    def merge(self, record, parts, n_embed, names):
+    def merge(self, record: str, parts: list[Array], n_embed: int, names: Sequence[str]) -> Array:
         # x_rwkvag: the six (1, 1, C) mixes as one (6, 1, C) tensor.
         for name, part in zip(names, parts):
             if part.size != n_embed:

@@ -37,10 +37,18 @@ def add_arguments(parser) -> None:
     _common.add_state_argument(parser)
     parser.add_argument("--model-name", metavar="NAME", help="model id shown to clients (default: the file name)")
     limits = parser.add_argument_group("limits")
+    limits.add_argument("--parallel", type=int, metavar="N",
+                        help="sequences stepped together, each step one pass over the weights for all of them (a "
+                             "request's n choices are n sequences); default: 4 per core, between 4 and 32, fewer "
+                             f"if their states would not fit in an eighth of the free memory ({d.parallel} here)")
+    limits.add_argument("--prompt-chunk", type=int, metavar="N", default=d.prompt_chunk,
+                        help="prompt tokens read per step, over all prompts being read, between the other "
+                             f"sequences' tokens (default {d.prompt_chunk})")
+    limits.add_argument("--max-concurrent", type=int, metavar="N",
+                        help="requests running at once (default: --parallel); a waiting request joins at the "
+                             "next step once one ends, first come first served")
     limits.add_argument("--max-queue", type=int, metavar="N", default=d.max_queue,
-                        help=f"requests that may wait for a worker before new ones get 503 (default {d.max_queue})")
-    limits.add_argument("--max-concurrent", type=int, metavar="N", default=d.max_concurrent,
-                        help=f"requests evaluated at once (default {d.max_concurrent})")
+                        help=f"requests that may wait beyond those before new ones get 503 (default {d.max_queue})")
     limits.add_argument("--max-tokens", type=int, metavar="N", default=d.max_tokens_cap,
                         help=f"the most tokens a request may generate (default {d.max_tokens_cap})")
     limits.add_argument("--default-max-tokens", type=int, metavar="N",
@@ -68,6 +76,9 @@ def add_arguments(parser) -> None:
                      help="replicas, each with its own model (default 1; threads: this machine's cores / N)")
     ray.add_argument("--max-replicas", type=int, metavar="N",
                      help="scale between --replicas and N replicas with the load (default: a fixed count)")
+    parser.add_argument("--access-log", choices=("text", "json", "off"), default=d.access_log,
+                        help="a line per request: uvicorn's text (default), a JSON object (time, client, method, "
+                             "path, status, duration_ms, bytes, user_agent) or none")
     parser.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"),
                         help="uvicorn's log level (default info)")
 
@@ -90,9 +101,11 @@ def run(args) -> int:
             public_docs=args.public_docs, allowed_hosts=args.allowed_host, cors_origins=args.cors_origin,
             max_connections=args.max_connections, header_timeout=args.header_timeout,
             body_timeout=args.body_timeout, states_dir=args.states_dir, max_states=args.max_states,
-            max_queue=args.max_queue, max_concurrent=args.max_concurrent, max_tokens_cap=args.max_tokens,
+            max_queue=args.max_queue, max_concurrent=args.max_concurrent, parallel=args.parallel,
+            prompt_chunk=args.prompt_chunk, max_tokens_cap=args.max_tokens,
             default_max_tokens=default_max, max_prompt_tokens=args.max_prompt_tokens,
-            cache_bytes=args.cache_mb << 20, cache_entries=ServerConfig.cache_entries if args.cache_mb else 0,
+            access_log=args.access_log, cache_bytes=args.cache_mb << 20,
+            cache_entries=ServerConfig.cache_entries if args.cache_mb else 0,
         )
     except ValueError as e:
         raise CommandError(_as_flags(str(e))) from None
@@ -102,24 +115,18 @@ def run(args) -> int:
         model.close()  # checked here; each replica loads its own
         return _serve_on_ray(args, config, model.path)
 
-    import uvicorn
-
     from ..server import create_app
-    from ..server.connections import uvicorn_settings
+    from ..server.connections import run_server
 
-    app = create_app(model, config)
-    app.state.engine.initial_state = start  # for every request
+    app = create_app(model, config, initial_state=start)
     shown = f"[{config.host}]" if ":" in config.host else config.host
     print(f"serving {app.state.engine.model_id} ({model.arch}, {model.n_layer} layers, n_vocab {model.n_vocab}) "
           f"at http://{shown}:{config.port}/  (API: /v1, docs: /docs){'; API key required' if api_keys else ''}",
           file=sys.stderr, flush=True)
     if not config.loopback and not api_keys:
         print("warning: listening beyond this machine without --api-key", file=sys.stderr, flush=True)
-    try:
-        uvicorn.run(app, host=config.host, port=config.port, log_level=args.log_level, **uvicorn_settings(config))
-    except SystemExit as e:  # uvicorn exits when it cannot bind
-        if e.code:
-            raise CommandError(f"could not serve on {config.host}:{config.port} (see the message above)") from None
+    if not run_server(app, config, args.log_level):
+        raise CommandError(f"could not serve on {config.host}:{config.port} (see the message above)")
     return 0
 
 
@@ -177,6 +184,7 @@ FLAGS = {
     "port": "--port", "api_key": "--api-key", "allowed_hosts": "--allowed-host", "cors_origins": "--cors-origin",
     "max_connections": "--max-connections", "header_timeout": "--header-timeout", "body_timeout": "--body-timeout",
     "max_states": "--max-states", "max_queue": "--max-queue", "max_concurrent": "--max-concurrent",
+    "parallel": "--parallel", "prompt_chunk": "--prompt-chunk",
     "max_tokens_cap": "--max-tokens", "default_max_tokens": "--default-max-tokens",
     "max_prompt_tokens": "--max-prompt-tokens", "cache_bytes": "--cache-mb (in bytes)",
 }

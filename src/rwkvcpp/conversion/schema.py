@@ -8,10 +8,11 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Optional
+from typing import NoReturn, Optional
 
+from .._typing import Checkpoint
 from ..arch import ARCHITECTURES, Architecture, detect
 from ..arch.base import head_count
 from .hf import hf_to_native_name
@@ -25,13 +26,13 @@ _NUMBER = re.compile(r"(\d+)")
 _LAYER = re.compile(r"^blocks\.\d+\.")
 
 
-def shape_of(checkpoint: Mapping, name: str) -> tuple:
+def shape_of(checkpoint: Checkpoint, name: str) -> tuple[int, ...]:
     """A tensor's shape, without reading its data when the mapping can tell (LazyCheckpoint)."""
     shape_of_ = getattr(checkpoint, "shape_of", None)
     return tuple(int(n) for n in (shape_of_(name) if shape_of_ else checkpoint[name].shape))
 
 
-def natural_key(text: str) -> tuple:
+def natural_key(text: str) -> tuple[tuple[int, int, str], ...]:
     """'blocks.10' sorts after 'blocks.9'. Pairs keep ints and strings from being compared."""
     return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in _NUMBER.split(text) if part)
 
@@ -53,8 +54,8 @@ class ModelShape:
     head_size: int  # n_embed / n_head; 0 for v4
     n_ffn: int
     n_params: int
-    dtypes: tuple  # ((dtype name, tensor count), ...) of the data in the file, most common first
-    unused: tuple  # names of tensors the engine does not read (copied to the .bin as they are)
+    dtypes: tuple[tuple[str, int], ...]  # ((dtype name, tensor count), ...) of the data in the file, most common first
+    unused: tuple[str, ...]  # names of tensors the engine does not read (copied to the .bin as they are)
 
     @property
     def dtype(self) -> str:
@@ -76,17 +77,18 @@ def format_count(n: int) -> str:
     return str(n)
 
 
-def _dtype_of(checkpoint: Mapping, name: str) -> str:
+def _dtype_of(checkpoint: Checkpoint, name: str) -> str:
     dtype_of = getattr(checkpoint, "dtype_of", None)
     if dtype_of is not None:
-        return dtype_of(name)
+        return str(dtype_of(name))
     return str(getattr(checkpoint[name], "dtype", "?")).replace("torch.", "")
 
 
-def _compact_ranges(numbers) -> str:
+def _compact_ranges(numbers: Iterable[int]) -> str:
     """[0, 1, 2, 5, 7, 8] -> "0-2, 5, 7-8"."""
     numbers = sorted(numbers)
-    parts, start = [], None
+    parts: list[str] = []
+    start: Optional[int] = None
     for i, n in enumerate(numbers):
         if start is None:
             start = n
@@ -101,16 +103,16 @@ class _Checker:
     the file. Remembers every name it looked at, so the rest can be reported as unused. The
     version modules' ``check_attention``/``check_ffn`` are written against these methods."""
 
-    def __init__(self, checkpoint: Mapping, where: str, arch: str):
+    def __init__(self, checkpoint: Checkpoint, where: str, arch: str):
         self.checkpoint = checkpoint
         self.where = where
         self.arch = arch
         self.used: set[str] = set()
 
-    def fail(self, problem: str):
+    def fail(self, problem: str) -> NoReturn:
         raise ValueError(f"{self.where}: {problem}")
 
-    def shape(self, name: str) -> tuple:
+    def shape(self, name: str) -> tuple[int, ...]:
         if name not in self.checkpoint:
             self.fail(f"tensor {name!r} is missing (every {self.arch} checkpoint has it)")
         self.used.add(name)
@@ -120,21 +122,21 @@ class _Checker:
         """A vector stored in any shape ((C,), (1, 1, C), (H, 64), ...) with one of ``sizes``
         elements; returns the element count."""
         shape = self.shape(name)
-        count = math.prod(shape)
+        count: int = math.prod(shape)
         if count not in sizes:
             wanted = " or ".join(str(s) for s in sizes)
             self.fail(f"tensor {name!r} has shape {shape} ({count} values); expected {wanted} values")
         return count
 
-    def matrix(self, name: str, rows: Optional[int], cols: Optional[int]) -> tuple:
+    def matrix(self, name: str, rows: Optional[int], cols: Optional[int]) -> tuple[int, int]:
         """A 2-D (rows, cols) tensor; None accepts any size there. Returns the shape."""
         shape = self.shape(name)
         if len(shape) != 2 or (rows is not None and shape[0] != rows) or (cols is not None and shape[1] != cols):
             self.fail(f"tensor {name!r} has shape {shape}; expected "
                       f"({'any' if rows is None else rows}, {'any' if cols is None else cols})")
-        return shape
+        return shape[0], shape[1]
 
-    def heads(self, arch: Architecture, n_embed: int) -> tuple:
+    def heads(self, arch: Architecture, n_embed: int) -> tuple[int, int]:
         """(n_head, head_size) from layer 0's head tensor; (0, 0) for a version without heads."""
         if not arch.head_tensor:
             return 0, 0
@@ -156,18 +158,18 @@ class _Checker:
         self.vector(prefix + ".bias", n)
 
 
-def inspect_checkpoint(checkpoint: Mapping, where: str) -> ModelShape:
+def inspect_checkpoint(checkpoint: Checkpoint, where: str) -> ModelShape:
     """Checks that a checkpoint (native names) is a complete RWKV model of a known architecture,
     from names, shapes and dtypes only, and returns its sizes. Raises ValueError, as one line
     starting with ``where`` (the file name), for the first problem found."""
     names = list(checkpoint)
 
-    def fail(problem: str):
+    def fail(problem: str) -> NoReturn:
         raise ValueError(f"{where}: {problem}")
 
     # Integer or bool tensors never belong to a model's weights; refusing them here gives a
     # clear message instead of an error deep in the writer.
-    dtypes = Counter()
+    dtypes: Counter[str] = Counter()
     for name in names:
         dtype = _dtype_of(checkpoint, name)
         if dtype not in FLOAT_DTYPES:
@@ -191,7 +193,7 @@ def inspect_checkpoint(checkpoint: Mapping, where: str) -> ModelShape:
         fail(f"unknown architecture: layer 0's attention tensors ({found}) match none of RWKV "
              f"{', '.join(known[:-1])} or {known[-1]}")
     # Every layer from 0 to the highest one must be there.
-    layers = set()
+    layers: set[int] = set()
     for name in names:
         match = _BLOCK_NAME.match(name)
         if match:
@@ -209,7 +211,7 @@ def inspect_checkpoint(checkpoint: Mapping, where: str) -> ModelShape:
     c.matrix("head.weight", n_vocab, C)
     c.norm("ln_out", C)
     c.norm("blocks.0.ln0", C)
-    n_ffn = None
+    n_ffn: Optional[int] = None
     for i in range(n_layer):
         p = f"blocks.{i}."
         c.norm(p + "ln1", C)
@@ -223,6 +225,7 @@ def inspect_checkpoint(checkpoint: Mapping, where: str) -> ModelShape:
         elif layer_ffn != n_ffn:  # the engine sizes its buffers once, from layer 0
             fail(f"layer {i} has an FFN of width {layer_ffn} but layer 0 has {n_ffn}; all layers must agree")
 
+    assert n_ffn is not None  # n_layer >= 1: the loop ran
     n_params = sum(math.prod(shape_of(checkpoint, n)) for n in names)
     return ModelShape(
         arch=arch.name, n_vocab=n_vocab, n_embed=C, n_layer=n_layer, n_head=H, head_size=S, n_ffn=n_ffn,
@@ -244,7 +247,7 @@ _NORM_ORDER = ("ln1.weight", "ln1.bias", "ln2.weight", "ln2.bias", "ln0.weight",
 _TOP_ORDER = {"emb.weight": 0, "ln_out.weight": 2, "ln_out.bias": 3, "head.weight": 4}
 
 
-def model_order(names, arch: Optional[Architecture] = None) -> list:
+def model_order(names: Iterable[str], arch: Optional[Architecture] = None) -> list[str]:
     """``names`` sorted into the order of BlinkDL's released checkpoints of ``arch`` (by default
     the version the names show). Hugging Face names go where their native names would; names
     the order does not know go after the known ones of their block (or at the end)."""
@@ -255,7 +258,7 @@ def model_order(names, arch: Optional[Architecture] = None) -> list:
     ffn = {n: i for i, n in enumerate(arch.ffn)} if arch else {}
     norms = {n: i for i, n in enumerate(_NORM_ORDER)}
 
-    def key(name: str):
+    def key(name: str) -> tuple[int, int, int, int, tuple[tuple[int, int, str], ...]]:
         name = native[name]
         match = _BLOCK_NAME.match(name)
         if match is None:

@@ -14,12 +14,18 @@ Three ways in (docs/SCALING.md has the details):
 * Ray's own ``serve run`` / ``serve deploy`` (and KubeRay's RayService) with the builder
   ``rwkvcpp.scale.serve:app_builder`` and ``model=...`` style arguments.
 
+Saved sessions (``states_dir``, a folder every node mounts) continue on any replica; each
+replica holds the states it saved or used last warm in memory, and a request that names its
+state in the ``serve_multiplexed_model_id`` header goes to a replica holding it
+(:mod:`.sessions`).
+
 Needs ``pip install "rwkvcpp[ray,server]"`` (Ray 2.60 or later: the app is built inside each
-replica, after its model is loaded). Saved sessions that move between replicas are not here yet.
+replica, after its model is loaded).
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from typing import Any, Optional
 
@@ -27,9 +33,11 @@ from ray import serve
 
 from ..server.config import ServerConfig
 
-__all__ = ["RWKVReplica", "build_app", "app_builder", "builder_arguments", "REPLICA_HEADER"]
+__all__ = ["RWKVReplica", "build_app", "app_builder", "builder_arguments", "REPLICA_HEADER", "SESSION_HEADER"]
 
 REPLICA_HEADER = "x-rwkvcpp-replica"
+# The header Serve's proxy routes on (model multiplexing): a client sets it to the rwkv_state id it sends.
+SESSION_HEADER = "serve_multiplexed_model_id"
 
 
 class _ReplicaHeader:
@@ -57,18 +65,23 @@ class RWKVReplica:
     after ``__init__``, through ``__serve_build_asgi_app__``)."""
 
     def __init__(self, model: str, threads: Optional[int], config: dict, tokenizer: Optional[str] = None,
-                 state: Optional[str] = None):
+                 state: Optional[str] = None, warm_sessions: int = 16):
         from ..model import Model
 
         self.model = Model(model, threads=threads, tokenizer=tokenizer)
         self.config = ServerConfig(**config)
         self.initial_state = _load_state(self.model, state)
+        self.warm_sessions = warm_sessions
 
     def __serve_build_asgi_app__(self):
         from ..server import create_app
+        from .sessions import WarmSessions
 
-        app = create_app(self.model, self.config)
-        app.state.engine.initial_state = self.initial_state
+        app = create_app(self.model, self.config, initial_state=self.initial_state)
+        if app.state.sessions is not None:
+            # Serve calls this on the loop that runs the app, where its multiplexing must run too.
+            app.state.sessions = WarmSessions(app.state.sessions, self.model, self.warm_sessions,
+                                              asyncio.get_running_loop())
         app.add_middleware(_ReplicaHeader, replica=serve.get_replica_context().replica_id.unique_id)
         return app
 
@@ -87,15 +100,16 @@ def _load_state(model, path: Optional[str]):
 
 def build_app(model: str, *, replicas: int = 1, max_replicas: Optional[int] = None, threads: int = 1,
               config: Optional[ServerConfig] = None, tokenizer: Optional[str] = None, state: Optional[str] = None,
-              target_ongoing: Optional[int] = None) -> serve.Application:
+              target_ongoing: Optional[int] = None, warm_sessions: int = 16) -> serve.Application:
     """The Serve application: ``replicas`` replicas of the server over ``model`` (a .bin path
     every node can read), each reserving ``threads`` CPUs for a model of that many threads.
     With ``max_replicas`` above ``replicas``, Serve scales between the two, aiming at
     ``target_ongoing`` requests per replica (default: ``config.max_concurrent``, what one
     replica evaluates at once). ``state``: a saved or state-tuning file every request starts
-    from."""
+    from. ``warm_sessions``: saved sessions each replica holds in memory (with
+    ``config.states_dir``), one state each (``rwkvcpp info``'s ``state_len`` floats)."""
     config = config if config is not None else ServerConfig()
-    for name, value in (("replicas", replicas), ("threads", threads)):
+    for name, value in (("replicas", replicas), ("threads", threads), ("warm_sessions", warm_sessions)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive integer, not {value!r}")
     if max_replicas is not None and max_replicas < replicas:
@@ -112,18 +126,18 @@ def build_app(model: str, *, replicas: int = 1, max_replicas: Optional[int] = No
         max_ongoing_requests=config.max_concurrent + config.max_queue,
         **scaling,
     )
-    return deployment.bind(model, threads, dataclasses.asdict(config), tokenizer, state)
+    return deployment.bind(model, threads, dataclasses.asdict(config), tokenizer, state, warm_sessions)
 
 
 # Arguments of app_builder, as `serve run rwkvcpp.scale.serve:app_builder model=m.bin replicas=2`
 # gives them (strings), with their types.
 _BUILDER_ARGS = {"model": str, "replicas": int, "max_replicas": int, "threads": int, "tokenizer": str,
-                 "state": str, "target_ongoing": int}
+                 "state": str, "target_ongoing": int, "warm_sessions": int}
 
 
 def app_builder(args: dict) -> serve.Application:
     """Ray Serve's application builder: ``model`` (required), ``replicas``, ``max_replicas``,
-    ``threads``, ``tokenizer``, ``state``, ``target_ongoing``, and any
+    ``threads``, ``tokenizer``, ``state``, ``target_ongoing``, ``warm_sessions``, and any
     :class:`~rwkvcpp.server.config.ServerConfig` field (``api_key``, ``max_concurrent``,
     ``states_dir``, ...). Values may be typed (a config file's ``args:``) or strings (``serve
     run ... key=value``; a list as comma-separated names)."""
@@ -138,7 +152,7 @@ def builder_arguments(args: dict) -> tuple[str, dict, ServerConfig]:
     own, config = {}, {}
     for key, value in args.items():
         if key in _BUILDER_ARGS:
-            own[key] = _BUILDER_ARGS[key](value)
+            own[key] = _builder_value(key, value)
         elif key in config_fields:
             config[key] = _typed(value, config_fields[key], key)
         else:
@@ -149,10 +163,20 @@ def builder_arguments(args: dict) -> tuple[str, dict, ServerConfig]:
     return own.pop("model"), own, ServerConfig(**config)
 
 
+def _builder_value(key: str, value: Any) -> Any:
+    kind = _BUILDER_ARGS[key]
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{key} must be {'an integer' if kind is int else 'a string'}, not {value!r}") from None
+
+
 def _typed(value: Any, kind: str, key: str) -> Any:
     """A ServerConfig value from ``serve run``'s strings (typed values pass as they are)."""
     if not isinstance(value, str):
         return value
+    if kind.startswith("Optional[") and kind.endswith("]"):  # e.g. max_concurrent: Optional[int]
+        kind = kind[len("Optional["):-1]
     try:
         if kind == "int":
             return int(value)

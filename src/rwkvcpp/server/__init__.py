@@ -33,21 +33,20 @@ def require_server_dependencies(uvicorn: bool = False) -> None:
         )
 
 
-def create_app(model, config: ServerConfig | None = None):
-    """The FastAPI app serving ``model`` (see :mod:`rwkvcpp.server.app`)."""
+def create_app(model=None, config: ServerConfig | None = None, **settings):
+    """The FastAPI app serving ``model``, or the model a ``load`` function returns, loaded in the
+    background (see :func:`rwkvcpp.server.app.create_app`)."""
     require_server_dependencies()
     from .app import create_app as _create_app
 
-    return _create_app(model, config)
+    return _create_app(model, config, **settings)
 
 
 def serve(model, config: ServerConfig | None = None, log_level: str = "info") -> None:
-    """Runs the server with uvicorn until interrupted."""
+    """Runs the server with uvicorn until SIGINT or SIGTERM (running requests are stopped cleanly)."""
     require_server_dependencies(uvicorn=True)
-    import uvicorn
-
-    from .connections import uvicorn_settings
+    from .connections import run_server
 
     config = config if config is not None else ServerConfig()
-    app = create_app(model, config)
-    uvicorn.run(app, host=config.host, port=config.port, log_level=log_level, **uvicorn_settings(config))
+    if not run_server(create_app(model, config), config, log_level):
+        raise OSError(f"could not serve on {config.host}:{config.port} (see uvicorn's message)")

@@ -22,36 +22,66 @@ The model, its tokenizer, the state cache and the counters live in :mod:`.engine
 from __future__ import annotations
 
 import contextlib
-from typing import Optional
+import threading
+from typing import Any, Callable, Optional
 
 from fastapi import FastAPI
 
+from .access_log import AccessLog
 from .config import ServerConfig
 from .engine import Engine
 from .errors import install_error_handlers
 from .metrics import Metrics, MetricsMiddleware
-from .middleware import Guard
+from .middleware import Guard, LoadingGate
 from .sessions import SessionStore
 from .routes import ROUTERS
-from .scheduler import ThreadScheduler
+from .scheduler import BatchScheduler, fit_in_memory
 
 __all__ = ["create_app"]
 
 
-def create_app(model, config: Optional[ServerConfig] = None) -> FastAPI:
+def create_app(model=None, config: Optional[ServerConfig] = None, *, load: Optional[Callable[[], Any]] = None,
+               initial_state: Any = None,
+               on_load_error: Optional[Callable[[BaseException], None]] = None) -> FastAPI:
     """A FastAPI app serving ``model`` (a :class:`rwkvcpp.Model`) under ``config``.
 
+    Or, with ``load`` (a function returning the Model) instead of ``model``, an app that starts
+    at once and loads the model in a thread: until it is loaded ``GET /health`` answers 503
+    ``{"status": "loading"}`` (``"error"`` with the message if the load failed) and the model's
+    endpoints 503. ``initial_state``: where every prompt starts (None: a fresh state), an array
+    or a function of the loaded model giving one. ``on_load_error(error)`` is called (in the
+    loading thread) when ``load`` fails, e.g. to stop the server.
+
     ``app.state.engine`` is the :class:`~.engine.Engine` (model, generator, cache, counters) and
-    ``app.state.scheduler`` the scheduler running the jobs.
+    ``app.state.scheduler`` the scheduler running the jobs (both None while loading);
+    ``app.state.load_error`` the exception a failed ``load`` raised.
     """
+    if (model is None) == (load is None):
+        raise TypeError("create_app takes a model or a load function, one of the two")
     config = config if config is not None else ServerConfig()
-    engine = Engine(model, config)
-    scheduler = ThreadScheduler(engine, config.max_concurrent, config.max_queue)
+
+    def start(loaded) -> None:
+        engine = Engine(loaded, config)
+        engine.initial_state = initial_state(loaded) if callable(initial_state) else initial_state
+        app.state.scheduler = BatchScheduler(engine, config.max_concurrent, config.max_queue,
+                                             fit_in_memory(loaded, config.parallel), config.prompt_chunk)
+        app.state.engine = engine  # the last step: the gate opens once the engine is set
+
+    def load_in_background() -> None:
+        try:
+            start(load())
+        except BaseException as error:  # reported by /health and the gate; the app lives on
+            app.state.load_error = error
+            if on_load_error is not None:
+                on_load_error(error)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
+        if load is not None:
+            threading.Thread(target=load_in_background, name="rwkvcpp-load", daemon=True).start()
         yield
-        scheduler.shutdown()
+        if app.state.scheduler is not None:
+            app.state.scheduler.shutdown()
 
     app = _fastapi(
         lifespan=lifespan,
@@ -60,17 +90,21 @@ def create_app(model, config: Optional[ServerConfig] = None) -> FastAPI:
                     "RWKV's extra sampling fields: top_k, min_p, penalty_decay, global_penalty.",
         version=_version(),
     )
-    app.state.engine = engine
-    app.state.scheduler = scheduler
+    app.state.engine = app.state.scheduler = app.state.load_error = None
+    if model is not None:
+        start(model)
     app.state.metrics = Metrics(app.state)
     app.state.sessions = SessionStore(config.states_dir, config.max_states) if config.states_dir else None
+    app.add_middleware(LoadingGate, app_state=app.state)
     app.add_middleware(Guard, config=config)
     if config.cors_origins:  # outside the guard: a browser's preflight carries no API key
         from fastapi.middleware.cors import CORSMiddleware
 
         app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins), allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type"], max_age=600)
-    app.add_middleware(MetricsMiddleware, app_state=app.state)  # outermost: it times everything
+    app.add_middleware(MetricsMiddleware, app_state=app.state)  # it times everything
+    if config.access_log == "json":
+        app.add_middleware(AccessLog)  # outermost: every answer is logged, refusals included
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)

@@ -7,16 +7,19 @@ each setting as ``ServerConfig.<field>``, which ``rwkvcpp serve`` turns into its
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from typing import Optional, Union
 
 from ..sampling import CHAT_DEFAULTS
 
-__all__ = ["ServerConfig", "DEFAULT_SAMPLING", "LOOPBACK_HOSTS"]
+__all__ = ["ServerConfig", "DEFAULT_SAMPLING", "LOOPBACK_HOSTS", "default_parallel"]
 
 # Names of this machine that a Host header may carry when the server listens on loopback.
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
+
+ACCESS_LOGS = ("text", "json", "off")
 
 # Used for any sampling field a request leaves out: the settings of `rwkvcpp chat`.
 DEFAULT_SAMPLING = CHAT_DEFAULTS
@@ -52,12 +55,22 @@ class ServerConfig:
     max_n:               the most choices (``n``) per request
     max_batch:           the most prompts (completions) or inputs (embeddings) per request
     max_stop:            the most stop strings per request
-    max_concurrent:      requests evaluated at once (worker threads); the model interleaves
-                         their tokens
-    max_queue:           requests waiting for a worker beyond those; more get a 503
+    parallel:            the most sequences (a request's choices, each prompt of a batch of prompts)
+                         stepped together: each step evaluates them all in one pass over the
+                         weights (continuous batching). Default (None): 4 per core, between 4 and
+                         32 (:func:`default_parallel`), fewer if their states would not fit in an
+                         eighth of the free memory
+    prompt_chunk:        the most prompt tokens read per step, over all prompts being read: a
+                         long prompt is read in pieces between the other sequences' tokens
+    max_concurrent:      requests running at once (default: ``parallel``); the oldest waiting
+                         request joins at the next step once one ends and a sequence is free
+    max_queue:           requests waiting beyond those; more get a 503
     cache_entries, cache_bytes: bounds of the state cache (states keyed by token prefix, so a
                          multi-turn chat evaluates only its new turn); 0 entries turns it off
     sampling:            defaults of the sampling fields a request leaves out
+    access_log:          "text" (uvicorn's access lines), "json" (one JSON object per request:
+                         time, client, method, path, status, duration, bytes; for log shippers)
+                         or "off"
     """
 
     host: str = "127.0.0.1"
@@ -79,15 +92,22 @@ class ServerConfig:
     max_n: int = 8
     max_batch: int = 64
     max_stop: int = 16
-    max_concurrent: int = 4
+    parallel: Optional[int] = None
+    prompt_chunk: int = 64
+    max_concurrent: Optional[int] = None
     max_queue: int = 32
     cache_entries: int = 64
     cache_bytes: int = 512 << 20
     sampling: dict = field(default_factory=lambda: dict(DEFAULT_SAMPLING))
+    access_log: str = "text"
 
     def __post_init__(self):
-        positive = ("max_body_bytes", "max_prompt_tokens", "max_tokens_cap", "max_n", "max_batch",
-                    "max_concurrent", "max_connections", "max_states")
+        if self.parallel is None:
+            self.parallel = default_parallel()
+        if self.max_concurrent is None:
+            self.max_concurrent = self.parallel
+        positive = ("max_body_bytes", "max_prompt_tokens", "max_tokens_cap", "max_n", "max_batch", "parallel",
+                    "prompt_chunk", "max_concurrent", "max_connections", "max_states")
         non_negative = ("default_max_tokens", "max_stop", "max_queue", "cache_entries", "cache_bytes")
         for f in fields(self):
             value = getattr(self, f.name)
@@ -121,6 +141,8 @@ class ServerConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1e6:
                 raise ValueError(f"ServerConfig.{name} must be a positive number of seconds, not {value!r}")
+        if self.access_log not in ACCESS_LOGS:
+            raise ValueError(f"ServerConfig.access_log must be one of {', '.join(ACCESS_LOGS)}, not {self.access_log!r}")
         if not isinstance(self.public_docs, bool):
             raise ValueError("ServerConfig.public_docs must be True or False")
         unknown = set(self.sampling) - set(DEFAULT_SAMPLING)
@@ -137,3 +159,16 @@ class ServerConfig:
     @property
     def loopback(self) -> bool:
         return self.host in LOOPBACK_HOSTS or self.host.startswith("127.")
+
+
+def default_parallel() -> int:
+    """Sequences stepped together when ``parallel`` is not given: 4 per core this process may
+    use, between 4 and 32. A batch of B costs much less than B single passes until the cores
+    run out of arithmetic (the weights are read once per pass); beyond that a bigger batch only
+    slows every sequence down. The server lowers it further when the states would not fit in
+    memory (:func:`rwkvcpp.server.scheduler.fit_in_memory`)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(4, min(32, 4 * cores))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["protocol", "uvicorn_settings"]
+__all__ = ["protocol", "uvicorn_settings", "run_server"]
 
 
 def protocol(header_timeout: float) -> type:
@@ -66,3 +66,35 @@ def uvicorn_settings(config) -> dict:
     """The keyword arguments of ``uvicorn.run`` / ``uvicorn.Config`` for a ServerConfig's limits."""
     return {"http": protocol(config.header_timeout), "limit_concurrency": config.max_connections,
             "timeout_keep_alive": 5, "timeout_graceful_shutdown": 3}
+
+
+def run_server(app, config, log_level: str = "info", sockets=None) -> bool:
+    """Serves ``app`` with uvicorn under ``config``'s limits until SIGINT or SIGTERM; False if it
+    could not start (the address is taken, say: uvicorn has said why).
+
+    On the signal the running generations are stopped before uvicorn waits for the open
+    requests: each ends at its next token (a stream with an error event saying the server is
+    shutting down, then ``[DONE]``), so the process exits promptly and every client sees its
+    answer end cleanly rather than a connection cut after the graceful-shutdown timeout."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        async def shutdown(self, sockets=None) -> None:
+            scheduler = getattr(app.state, "scheduler", None)
+            if scheduler is not None:
+                scheduler.shutdown()
+            await super().shutdown(sockets)
+
+    if config.access_log == "json":
+        from .access_log import log_to_stderr
+
+        log_to_stderr()
+    server = Server(uvicorn.Config(app, host=config.host, port=config.port, log_level=log_level,
+                                   access_log=config.access_log == "text", **uvicorn_settings(config)))
+    try:
+        server.run(sockets=sockets)
+    except SystemExit as e:  # uvicorn exits when it cannot bind
+        if e.code:
+            return False
+        raise
+    return server.started

@@ -15,7 +15,7 @@ from typing import Optional
 
 import numpy as np
 
-from ..completion import PromptReader, end_tokens, model_id
+from ..completion import end_tokens, model_id
 from ..generate import Generator
 from .config import ServerConfig
 from .state_cache import StateCache
@@ -23,11 +23,9 @@ from .state_cache import StateCache
 __all__ = ["Engine"]
 
 
-class Engine(PromptReader):
+class Engine:
     """What every request reads and the scheduler runs. ``generator`` may be replaced (tests
-    put in a scripted one); a job keeps the one it started with. As the
-    :class:`~rwkvcpp.completion.PromptReader` of generations, it reads prompts through the
-    state cache and counts."""
+    put in a scripted one); a job keeps the one it started with."""
 
     def __init__(self, model, config: ServerConfig):
         self.model = model
@@ -63,53 +61,40 @@ class Engine(PromptReader):
 
     # -- the state cache around a generation -------------------------------------------------
 
-    def read_prompt(self, ids: list[int], count_prompt: bool,
-                    start: Optional[np.ndarray] = None) -> tuple[int, Optional[np.ndarray], list[int]]:
-        """``(cached, state, todo)``: a prompt read up to its last token through the state cache;
-        generation goes on from ``state`` by reading ``todo``. ``cached`` tokens came from the cache.
+    def prompt_start(self, ids: list[int], count_prompt: bool,
+                     start: Optional[np.ndarray] = None) -> tuple[int, Optional[np.ndarray], list[int], bool]:
+        """``(cached, state, todo, cacheable)``: generation of prompt ``ids`` goes on from ``state``
+        (None: a fresh one) by reading ``todo``; ``cached`` tokens came from the state cache.
+        ``cacheable``: states grown from this prompt belong in the cache (:meth:`prompt_read`,
+        :meth:`reply_finished`). Counts the prompt; evaluates nothing.
 
-        With ``count_prompt`` (global_penalty) the sampler must see the whole prompt, so nothing
-        is read here and the cache is left alone; so too for a prompt that continues a ``start``
-        state (a saved session), which the cache's states did not grow from.
+        With ``count_prompt`` (global_penalty) the sampler must see the whole prompt, so the
+        cache is not looked up; a prompt that continues a ``start`` state (a saved session)
+        bypasses the cache, whose states all grew from the initial one.
         """
-        if start is not None:
-            self.count(prompt_tokens=len(ids))
-            return 0, start, list(ids)
-        cache = self.cache
-        use_cache = cache.max_entries > 0 and not count_prompt
-        cached, state = cache.lookup(ids) if use_cache else (0, None)
+        cacheable = start is None and self.cache.max_entries > 0
+        cached, state = self.cache.lookup(ids) if cacheable and not count_prompt else (0, None)
         if cached == 0:
-            state = self.initial_state
-        todo = ids[cached:]
-        if use_cache and len(todo) > 1:
-            # The prompt minus its last token: computed once for all n choices, and cached so that
-            # a retry (or a prompt that goes on differently) starts here.
-            state = self._ingest(todo[:-1], state)
-            cache.put(ids[:-1], state)
-            self.count(prompt_tokens_evaluated=len(todo) - 1)
-            todo = todo[-1:]
-        elif not use_cache:
-            todo, state = ids, self.initial_state
-        self.count(prompt_tokens=len(ids))
-        return cached, state, todo
+            state = start if start is not None else self.initial_state
+        todo = list(ids[cached:])
+        self.count(prompt_tokens=len(ids), prompt_tokens_evaluated=len(todo))
+        return cached, state, todo, cacheable
 
-    def choice_started(self, todo) -> None:
-        self.count(prompt_tokens_evaluated=len(todo))
+    def prompt_read(self, ids: list[int], state: np.ndarray) -> None:
+        """``state`` is the state after all of ``ids`` but the last token: a retry, or a prompt
+        that goes on differently, starts there."""
+        self.cache.put(ids[:-1], state)
 
-    def choice_finished(self, ids, result, start=None) -> None:
-        """Counts the reply's tokens and caches the state after the prompt and the reply
-        (``result`` of the generator's last chunk): the next turn of a chat starts there. Not
-        after a ``start`` state (a saved session): the cache holds states grown from the
-        initial one."""
-        self.count(completion_tokens=getattr(result, "completion_tokens", 0) or 0)
-        if self.cache.max_entries > 0 and start is None:
-            final = getattr(result, "state", None)
-            if isinstance(final, np.ndarray):
-                self.cache.put(list(ids) + list(result.tokens), final)
+    def reply_finished(self, ids, result) -> None:
+        """Caches the state after prompt ``ids`` and its reply (``result``, a Generation): the
+        next turn of a chat starts there."""
+        final = getattr(result, "state", None)
+        if isinstance(final, np.ndarray):
+            self.cache.put(list(ids) + list(result.tokens), final)
 
     def read_whole(self, ids: list[int], start: Optional[np.ndarray] = None) -> np.ndarray:
         """The state after all of ``ids`` (from ``start``, else the initial state through the
-        cache), for a saved session. Called in a worker thread, beside the engine's own work."""
+        cache), for a saved session. Called in a worker thread, beside the scheduler's steps."""
         state, todo = start, ids
         if start is None:
             cached, state = self.cache.lookup(ids) if self.cache.max_entries > 0 else (0, None)

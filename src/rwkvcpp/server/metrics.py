@@ -75,6 +75,8 @@ class _LiveFigures:
     def collect(self):
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+        if self.state.engine is None:  # still loading: only the request figures exist
+            return
         engine_stats = self.state.engine.stats()
         cache = engine_stats.pop("cache", {})
         for name, value in engine_stats.items():

@@ -20,7 +20,7 @@ from fastapi import HTTPException
 from .config import LOOPBACK_HOSTS, ServerConfig
 from .errors import OpenAIError
 
-__all__ = ["Guard"]
+__all__ = ["Guard", "LoadingGate"]
 
 # Paths that need the API key when one is set (/health and the chat page never do).
 PROTECTED = ("/v1", "/tokenize", "/detokenize", "/extras", "/metrics")  # /v1 holds /v1/states
@@ -88,6 +88,28 @@ class Guard:
             return message
 
         await self.app(scope, limited_receive, send)
+
+
+class LoadingGate:
+    """503 for the model's endpoints until the model is loaded (``app_state.engine`` set), with
+    the load's error once it has failed; /health, /metrics, the docs and the chat page answer
+    meanwhile, so that a load balancer or an orchestrator can tell "starting" from "down"."""
+
+    GATED = ("/v1", "/tokenize", "/detokenize", "/extras")
+
+    def __init__(self, app, app_state):
+        self.app = app
+        self.app_state = app_state
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and self.app_state.engine is None and scope["path"].startswith(self.GATED):
+            error = self.app_state.load_error
+            message = (f"the model failed to load: {error}" if error is not None
+                       else "the model is loading; retry shortly")
+            return await _send(send, OpenAIError(503, message, type="unavailable_error",
+                                                 code="model_load_failed" if error is not None else "model_loading",
+                                                 headers={"Retry-After": "5"}))
+        await self.app(scope, receive, send)
 
 
 def _host_name(host: bytes) -> str:

@@ -19,6 +19,7 @@ import codecs
 import os
 import threading
 from collections.abc import Iterable
+from typing import Protocol
 
 __all__ = ["StreamDecoder", "Tokenizer"]
 
@@ -44,13 +45,23 @@ _cache: dict[tuple[str, int | None], Tokenizer] = {}
 _cache_lock = threading.Lock()
 
 
+class _Backend(Protocol):
+    """What a vocabulary's implementation (:mod:`.world`, :mod:`.neox`, :mod:`.byte`) provides."""
+
+    n_vocab: int
+
+    def encode(self, text: str | bytes | bytearray | memoryview) -> list[int]: ...
+
+    def decode_bytes(self, ids: Iterable[int]) -> bytes: ...
+
+
 class Tokenizer:
     """Text <-> token ids for one vocabulary.
 
     Use :meth:`for_vocab` or :meth:`from_name` rather than the constructor.
     """
 
-    def __init__(self, backend, name: str):
+    def __init__(self, backend: _Backend, name: str):
         self._backend = backend
         self.name = name
         self.n_vocab: int = backend.n_vocab
@@ -120,7 +131,7 @@ class Tokenizer:
         if path.lower().endswith(".json"):
             from .neox import NeoXTokenizer
 
-            backend = NeoXTokenizer(path, n_vocab=n_vocab)
+            backend: _Backend = NeoXTokenizer(path, n_vocab=n_vocab)
         else:
             from .world import WorldTokenizer
 
@@ -130,7 +141,7 @@ class Tokenizer:
 
     # -- use ----------------------------------------------------------------
 
-    def encode(self, text: str | bytes) -> list[int]:
+    def encode(self, text: str | bytes | bytearray | memoryview) -> list[int]:
         """Token ids of ``text`` (str, or bytes for the byte-based tokenizers)."""
         return self._backend.encode(text)
 

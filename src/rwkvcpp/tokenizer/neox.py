@@ -12,7 +12,12 @@ from __future__ import annotations
 import json
 import operator
 import os
+from types import ModuleType
+from typing import TYPE_CHECKING
 from collections.abc import Iterable, Sequence
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
 
 TOKENIZER_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "20B_tokenizer.json")
 
@@ -21,7 +26,7 @@ TOKENIZER_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "20B_t
 NEOX_N_VOCAB = 50277
 
 
-def _import_tokenizers():
+def _import_tokenizers() -> ModuleType:
     try:
         import tokenizers
     except ImportError as exc:
@@ -40,7 +45,7 @@ def _byte_level_alphabet() -> dict[str, int]:
     code points 256, 257, ...
     """
     visible = set(range(ord("!"), ord("~") + 1)) | set(range(0xA1, 0xAC + 1)) | set(range(0xAE, 0xFF + 1))
-    alphabet = {}
+    alphabet: dict[str, int] = {}
     shifted = 0
     for b in range(256):
         if b in visible:
@@ -60,7 +65,7 @@ class NeoXTokenizer:
         tokenizers = _import_tokenizers()
         if not os.path.isfile(tokenizer_file):
             raise FileNotFoundError(f"tokenizer file not found: {tokenizer_file}")
-        self._tk = tokenizers.Tokenizer.from_file(tokenizer_file)
+        self._tk: Tokenizer = tokenizers.Tokenizer.from_file(tokenizer_file)
 
         with open(tokenizer_file, "r", encoding="utf-8") as f:
             spec = json.load(f)
@@ -93,7 +98,7 @@ class NeoXTokenizer:
                 table[token_id] = token.encode("utf-8")
         self._decode_table = table
 
-    def encode(self, text: str | bytes) -> list[int]:
+    def encode(self, text: str | bytes | bytearray | memoryview) -> list[int]:
         if isinstance(text, (bytes, bytearray, memoryview)):
             # tokenizers only takes str; invalid bytes become U+FFFD here.
             text = bytes(text).decode("utf-8", errors="replace")

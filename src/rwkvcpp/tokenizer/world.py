@@ -89,10 +89,10 @@ class WorldTokenizer:
         # If a byte string appeared twice the later id would win, which is
         # also what the reference implementation does.
         self._token_to_id: dict[bytes, int] = {tok: i for i, tok in sorted(id_to_token.items())}
-        self._byte_ids = [self._token_to_id.get(bytes([b])) for b in range(256)]
-        if None in self._byte_ids:
-            missing = self._byte_ids.index(None)
-            raise ValueError(f"{vocab_file}: no token for byte {missing:#04x}; every byte must be encodable")
+        missing = [b for b in range(256) if bytes([b]) not in self._token_to_id]
+        if missing:
+            raise ValueError(f"{vocab_file}: no token for byte {missing[0]:#04x}; every byte must be encodable")
+        self._byte_ids = [self._token_to_id[bytes([b])] for b in range(256)]
 
         # Index for the greedy longest match.  Level k maps the first k bytes
         # of every token of k+ bytes to the lengths, longest first, of the
@@ -149,7 +149,7 @@ class WorldTokenizer:
                         if token_id is not None:
                             match = length
                             break
-            if match:
+            if match and token_id is not None:  # a match found an id; the test tells mypy so
                 append(token_id)
                 i += match
             else:
