@@ -110,8 +110,8 @@ class _Running:
         self.generator = None  # a Generate job's, as it was when the job started
         self.next_prompt = 0  # Generate: prompts before this one are in the batch; Embed: inputs done
         self.choices: dict[int, int] = {}  # the batch's choice id -> the response's choice number
-        self.held: dict[int, Piece] = {}  # choice id -> its last piece, until its reply is cached
-        self.settled: set[int] = set()  # choice ids whose reply is cached, their last piece not yet seen
+        self.held: dict[int, Piece] = {}  # id(result) -> a choice's last piece, until its reply is cached
+        self.settled: set[int] = set()  # id(result) of replies cached before their last piece was seen
         self.finished = 0  # choices whose last piece went out
         self.cacheable = False  # its replies' states go in the state cache
 
@@ -386,6 +386,7 @@ class BatchScheduler:
             running.settled.discard(id(result))
             return False
         return running.cacheable and result is not None
+
     def _settled(self, running: _Running, key: int) -> None:
         piece = running.held.pop(key, None)
         if piece is None:  # settled in the step that sampled it: the piece is not seen yet
