@@ -6,6 +6,9 @@
 #include <string.h>
 
 #include "dispatch.h"
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+#endif
 #include "matmul.h"
 #include "rwkv_testing.h"
 
@@ -44,8 +47,14 @@ void rwkv_install_kernels(const rwkv_kernel_table *level) {
 }
 
 #if defined(__x86_64__) || defined(__i386__)
+/* From CPUID itself: clang before 16 has no "f16c" for __builtin_cpu_supports (the fuzzer's build). */
+static int has_f16c(void) {
+    unsigned a, b, c, d;
+    return __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C);
+}
+
 static int has_avx2(void) {
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && has_f16c();
 }
 /* The quantized dots are built on VNNI, so it is required: AVX-512 CPUs without it (Skylake-X)
  * use the AVX2 level. */
@@ -122,7 +131,7 @@ const char *rwkv_cpu_features(void) {
     const char *names[] = {"sse3", "ssse3", "avx", "f16c", "fma", "avx2", "avx512f", "avx512bw", "avx512vl",
                            "avx512vnni"};
     int have[] = {__builtin_cpu_supports("sse3"),     __builtin_cpu_supports("ssse3"),
-                  __builtin_cpu_supports("avx"),      __builtin_cpu_supports("f16c"),
+                  __builtin_cpu_supports("avx"),      has_f16c(),
                   __builtin_cpu_supports("fma"),      __builtin_cpu_supports("avx2"),
                   __builtin_cpu_supports("avx512f"),  __builtin_cpu_supports("avx512bw"),
                   __builtin_cpu_supports("avx512vl"), __builtin_cpu_supports("avx512vnni")};

@@ -175,18 +175,6 @@ static rwkv_pass next_pass(batch *b, size_t n, size_t *k, size_t *done) {
 
 /* ---- checking the results ------------------------------------------------------------------ */
 
-/* The index of the first NaN or infinity among n floats, or -1. x * 0 is 0 for every finite x and
- * NaN otherwise, so one vectorised sum tells whether there is any; the search runs only then. */
-static int64_t first_nonfinite(const float *v, size_t n) {
-    float any = 0.0f;
-#pragma omp simd reduction(+ : any)
-    for (size_t i = 0; i < n; i++) any += v[i] * 0.0f;
-    if (any == 0.0f) return -1;
-    for (size_t i = 0; i < n; i++)
-        if (!isfinite(v[i])) return (int64_t)i;
-    return -1;
-}
-
 static int nonfinite(const char *name, const char *what, const float *v, int64_t at, size_t row, char *err,
                      size_t err_len) {
     return rwkv_fail(err, err_len, RWKV_ERR_NONFINITE,
@@ -203,11 +191,11 @@ static int check_results(const rwkv_model *m, const rwkv_sequence *seqs, size_t 
         if (n > 1) snprintf(name, sizeof name, "sequence %zu: ", i);
         if (seq->logits) {
             const size_t count = (seq->all_logits ? seq->n_tokens : 1) * V;
-            const int64_t at = first_nonfinite(seq->logits, count);
+            const int64_t at = rwkv_first_nonfinite(seq->logits, count);
             if (at >= 0) return nonfinite(name, "logits", seq->logits, at, V, err, err_len);
         }
         if (seq->embedding) {
-            const int64_t at = first_nonfinite(seq->embedding, C);
+            const int64_t at = rwkv_first_nonfinite(seq->embedding, C);
             if (at >= 0) return nonfinite(name, "embedding's values", seq->embedding, at, C, err, err_len);
         }
     }

@@ -217,7 +217,8 @@ static int map_file(rwkv_file *f, char *err, size_t err_len) {
 /* The whole file in memory: later changes to the file cannot reach the model. */
 static int copy_file(rwkv_file *f, char *err, size_t err_len) {
     uint8_t *copy = malloc(f->size);
-    if (!copy) return rwkv_fail(err, err_len, RWKV_ERR_ALLOC, "%s: out of memory for a copy of %zu bytes", f->path, f->size);
+    if (!copy)
+        return rwkv_fail(err, err_len, RWKV_ERR_ALLOC, "%s: out of memory for a copy of %zu bytes", f->path, f->size);
     f->map = copy;
     f->copied = 1;
     size_t done = 0;

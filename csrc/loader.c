@@ -2,6 +2,7 @@
  * non-FP32 type and matrices stored in an unexpected orientation. */
 #include "loader.h"
 
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -71,7 +72,9 @@ int rwkv_want_vector(rwkv_loader *ld, int layer, const char *suffix, int64_t n, 
                          "%s: tensor '%s' has shape %s (%lld elements); expected %lld elements", ld->model->path,
                          r->name, shape, (long long)r->n_elements, (long long)n);
     }
-    if (r->type == RWKV_TYPE_FP32) {
+    /* Used in place when it can be: the format does not align data, and a float read from an
+     * address that is not a multiple of 4 is undefined behaviour in C (memcpy'd instead). */
+    if (r->type == RWKV_TYPE_FP32 && (uintptr_t)r->data % _Alignof(float) == 0) {
         *out = r->data;
         return RWKV_OK;
     }

@@ -62,3 +62,15 @@ void rwkv_add(float *a, const float *b, int64_t n) {
 void rwkv_sub(float *a, const float *b, int64_t n) {
     for (int64_t i = 0; i < n; i++) a[i] -= b[i];
 }
+
+/* x * 0 is 0 for every finite x and NaN otherwise, so one vectorised sum tells whether there is
+ * any; the search runs only then. */
+int64_t rwkv_first_nonfinite(const float *v, size_t n) {
+    float any = 0.0f;
+#pragma omp simd reduction(+ : any)
+    for (size_t i = 0; i < n; i++) any += v[i] * 0.0f;
+    if (any == 0.0f) return -1;
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(v[i])) return (int64_t)i;
+    return -1;
+}

@@ -38,6 +38,8 @@ void rwkv_lerp(float *out, const float *xx, const float *prev, const float *mix,
 /* v6/v7 mixing with sx = prev - xx: out = xx + sx * mix (mix2 added to mix when not NULL; it has T rows) */
 void rwkv_maa(float *out, const float *xx, const float *sx, const float *mix, const float *mix2, int64_t T,
               int64_t C);
+/* The index of the first NaN or infinity among n floats, or -1. */
+int64_t rwkv_first_nonfinite(const float *v, size_t n);
 /* a[i] += b[i] and a[i] -= b[i] over n */
 void rwkv_add(float *a, const float *b, int64_t n);
 void rwkv_sub(float *a, const float *b, int64_t n);

@@ -89,7 +89,8 @@ static void temp_name(char *buf, size_t n, const char *target) {
     static atomic_uint counter;
     struct timespec now;
     clock_gettime(CLOCK_REALTIME, &now);
-    unsigned suffix = (unsigned)now.tv_nsec ^ ((unsigned)getpid() << 12) ^ (atomic_fetch_add(&counter, 1) * 2654435761u);
+    const unsigned suffix =
+        (unsigned)now.tv_nsec ^ ((unsigned)getpid() << 12) ^ (atomic_fetch_add(&counter, 1) * 2654435761u);
     snprintf(buf, n, "%s.tmp-%08x", target, suffix);
 }
 
@@ -235,7 +236,8 @@ int rwkv_output_commit(rwkv_output *out, char *err, size_t err_len) {
     if (status == RWKV_OK) status = check_target(out, err, err_len);
     if (status == RWKV_OK && !out->temp) {
         int error = name_file(out->fd, out->target, &out->temp);
-        if (error) status = rwkv_fail(err, err_len, RWKV_ERR_IO, "%s: cannot name the new file: %s", name, strerror(error));
+        if (error)
+            status = rwkv_fail(err, err_len, RWKV_ERR_IO, "%s: cannot name the new file: %s", name, strerror(error));
     }
     if (status == RWKV_OK && rename(out->temp, out->target) != 0)
         status = rwkv_fail(err, err_len, RWKV_ERR_IO, "%s: cannot move the new file into place: %s", name,

@@ -60,13 +60,18 @@ static void pack_q5(uint8_t qs[16], uint8_t qh[4], const int q[RWKV_QK]) {
 
 /* ---- quantize (reference rounding) -------------------------------------------------------- */
 
+/* (int8_t)v and (uint8_t)v where v is in the type's range, as the reference rounding does; beyond
+ * it (a scale whose inverse overflows) clamped, and NaN 0, since converting those is undefined. */
+static int to_int8(float v) { return isnan(v) ? 0 : (int8_t)(v > 127.0f ? 127.0f : v < -128.0f ? -128.0f : v); }
+static int to_uint8(float v) { return isnan(v) ? 0 : (uint8_t)(v > 255.0f ? 255.0f : v < 0.0f ? 0.0f : v); }
+
 /* "q*d" formats: the element of largest magnitude maps to -half (d keeps its sign), values are
  * offset by +half and clamped to 2*half - 1. Returns d. */
 static float round_symmetric(const float *x, int half, int q[RWKV_QK]) {
     const float d = signed_absmax(x) / (float)-half;
     const float id = d ? 1.0f / d : 0.0f;
     for (int i = 0; i < RWKV_QK; i++) {
-        const int v = (int8_t)(x[i] * id + ((float)half + 0.5f));
+        const int v = to_int8(x[i] * id + ((float)half + 0.5f));
         q[i] = v < 2 * half - 1 ? v : 2 * half - 1;
     }
     return d;
@@ -79,7 +84,7 @@ static float round_min_max(const float *x, int levels, int top, float *min, int 
     const float d = (max - *min) / (float)levels;
     const float id = d ? 1.0f / d : 0.0f;
     for (int i = 0; i < RWKV_QK; i++) {
-        const int v = (uint8_t)((x[i] - *min) * id + 0.5f);
+        const int v = to_uint8((x[i] - *min) * id + 0.5f);
         q[i] = v < top ? v : top;
     }
     return d;
@@ -91,7 +96,7 @@ static float round_q8(const float *x, int8_t q[RWKV_QK]) {
     for (int j = 0; j < RWKV_QK; j++) amax = fmaxf(amax, fabsf(x[j]));
     const float d = amax / 127.0f;
     const float id = d ? 1.0f / d : 0.0f;
-    for (int j = 0; j < RWKV_QK; j++) q[j] = (int8_t)roundf(x[j] * id);
+    for (int j = 0; j < RWKV_QK; j++) q[j] = (int8_t)to_int8(roundf(x[j] * id));
     return d;
 }
 

@@ -8,6 +8,7 @@
 #include "dispatch.h"
 #include "file.h"
 #include "loader.h"
+#include "ops.h"
 #include "output.h"
 #include "rwkv_testing.h"
 
@@ -40,17 +41,26 @@ typedef struct {
     uint8_t *block_row;
 } quant_buffers;
 
-static int quantize_tensor(const rwkv_record *r, int type_id, quant_buffers *b) {
+/* A failed write stops the loop and is reported by rwkv_output_commit; a value that is NaN or
+ * infinite cannot be given a scale, so the tensor is refused. */
+static int quantize_tensor(const rwkv_record *r, int type_id, quant_buffers *b, const char *path, char *err,
+                           size_t err_len) {
     const rwkv_to_float_fn to_float = rwkv_kernels.to_float[r->type];
     const rwkv_type_traits *dst = rwkv_traits(type_id);
     const int64_t n = r->ne[0], rows = r->ne[1] * r->ne[2];
     const size_t in_row = rwkv_row_bytes(r->type, n), out_row = rwkv_row_bytes(type_id, n);
     for (int64_t i = 0; i < rows; i++) {
         to_float((const uint8_t *)r->data + (size_t)i * in_row, b->row, n);
+        const int64_t bad = rwkv_first_nonfinite(b->row, (size_t)n);
+        if (bad >= 0)
+            return rwkv_fail(err, err_len, RWKV_ERR_FORMAT,
+                             "%s: tensor '%s' holds a NaN or infinite value (row %lld, column %lld), which cannot "
+                             "be quantized; `rwkvcpp info --verify` lists every such tensor",
+                             path, r->name, (long long)i, (long long)bad);
         dst->from_float(b->row, b->block_row, n);
-        if (!rwkv_output_write(b->out, b->block_row, out_row)) return 0;
+        if (!rwkv_output_write(b->out, b->block_row, out_row)) break;
     }
-    return 1;
+    return RWKV_OK;
 }
 
 static int write_record(const rwkv_record *r, int type, rwkv_output *out) {
@@ -94,13 +104,14 @@ static int quantize_records(const rwkv_file *in, rwkv_output *out, int type_id, 
     if (!b.row || !b.block_row) status = rwkv_fail(err, err_len, RWKV_ERR_ALLOC, "out of memory");
     const rwkv_header *h = &in->header;
     const int32_t header[6] = {RWKV_FILE_MAGIC, 101, h->n_vocab, h->n_embed, h->n_layer, type_id};
-    int written = status == RWKV_OK && write_i32s(out, header, 6);
-    for (int i = 0; i < in->n_records && written && status == RWKV_OK; i++) {
+    if (status == RWKV_OK) write_i32s(out, header, 6);
+    for (int i = 0; i < in->n_records && status == RWKV_OK && !out->write_errno; i++) {
         const rwkv_record *r = &in->records[i];
         const int q = should_quantize(r, arch, quantize_head);
-        written = write_record(r, q ? type_id : r->type, out) &&
-                  (q ? quantize_tensor(r, type_id, &b) : rwkv_output_write(out, r->data, r->nbytes));
-        if (progress && written && progress(user, i + 1, in->n_records, r->name) != 0)
+        if (!write_record(r, q ? type_id : r->type, out)) break;
+        if (q) status = quantize_tensor(r, type_id, &b, in->path, err, err_len);
+        else rwkv_output_write(out, r->data, r->nbytes);
+        if (progress && status == RWKV_OK && progress(user, i + 1, in->n_records, r->name) != 0)
             status = rwkv_fail(err, err_len, RWKV_ERR_CANCELLED, "quantization cancelled");
     }
     free(b.row);

@@ -5,7 +5,8 @@ hundred mutants: header fields and each record's n_dims / name_len / type / size
 edge values, tensors re-typed (with data of the new type's size) or reshaped, random byte flips
 in the header and record headers, truncation at random offsets, appended junk. Each mutant is
 loaded in-process; it must either load (and then evaluating a few tokens must return, finite or
-not) or raise an RWKVError subclass -- never another exception, never a crash, never a hang.
+not: non-finite logits raise NonFiniteError) or raise an RWKVError subclass -- never another
+exception, never a crash, never a hang.
 
 The loop runs in ONE child process (a small script written to the test's tmp directory that
 imports this file and calls _main), so a segfault or a hang is reported as a test failure naming
@@ -258,7 +259,7 @@ def mutants(base_blobs: dict):
 def child(out_dir: Path, only=None) -> int:
     import numpy as np
 
-    from rwkvcpp.model import Model, RWKVError
+    from rwkvcpp.model import Model, NonFiniteError, RWKVError
 
     bases = {key: (out_dir / f"{key}.bin").read_bytes() for key, _ in PLAN}
     path = out_dir / "mutant.bin"
@@ -294,8 +295,9 @@ def child(out_dir: Path, only=None) -> int:
                 assert logits.shape == (3, V) and state.shape == (model.state_len,)
                 logits1, state = model.eval(1 % V, state)
                 model.eval_embedding([V - 1], state)
-                if not (np.all(np.isfinite(logits)) and np.all(np.isfinite(logits1))):
-                    results["nonfinite"] += 1
+                assert np.all(np.isfinite(logits)) and np.all(np.isfinite(logits1)), "non-finite logits, no error"
+            except NonFiniteError:  # NaN weights: refused with the error that says so
+                results["nonfinite"] += 1
             except BaseException as e:  # noqa: BLE001
                 results["failures"].append(f"#{index} {key}: {desc}: evaluating: {type(e).__name__}: {e}")
             del model

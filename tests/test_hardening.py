@@ -329,6 +329,14 @@ def test_verify_finds_nan_floats_and_non_finite_block_scales(source, tmp_path):
     assert "NOT FINITE:   1 tensors" in r.stdout and "blocks.0.att.key.weight: " in r.stdout
 
 
+def test_quantizing_a_nan_weight_is_refused(source, tmp_path):
+    poison(source, "blocks.1.att.key.weight", index=200)
+    with pytest.raises(ModelFileError, match=r"tensor 'blocks.1.att.key.weight' holds a NaN or infinite value "
+                                             r"\(row 1, column 72\), which cannot be quantized"):
+        quantize(source, tmp_path / "q.bin")
+    assert sorted(os.listdir(tmp_path)) == ["model-fp16.bin"]
+
+
 # ---- 9. FIFOs and other non-regular inputs -------------------------------------------------------
 
 

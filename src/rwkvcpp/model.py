@@ -61,8 +61,9 @@ class Model(HighLevelAPI):
     crashing with SIGBUS or computing with other numbers). ``mmap=False`` reads the whole file
     into private memory instead (as llama.cpp's ``--no-mmap``): slower to load, but the model no
     longer depends on the file at all. ``threads`` is at most 4 per core. Logits that come out
-    NaN or infinite raise :class:`NonFiniteError`. ``close()`` (or leaving a ``with Model(...) as model:`` block) unmaps it and frees
-    the engine; every call after that raises :class:`RWKVError`.
+    NaN or infinite raise :class:`NonFiniteError`. ``close()`` (or leaving a
+    ``with Model(...) as model:`` block) unmaps it and frees the engine; every call after that
+    raises :class:`RWKVError`.
 
     Two levels of API:
 

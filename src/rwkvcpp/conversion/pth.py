@@ -383,7 +383,7 @@ def read_torch_zip(path: StrPath) -> LazyCheckpoint:
     filename = os.path.basename(path)
     try:
         zf = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+    except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError) as exc:  # "zip file version 23.6"
         raise CheckpointError(f"{filename}: truncated or corrupt zip archive ({exc})") from exc
     with zf:
         infos = {info.filename: info for info in zf.infolist()}
