@@ -1,6 +1,7 @@
 /* Evaluation: one or more sequences in passes of at most RWKV_CHUNK rows. Each pass embeds its
  * tokens, runs every layer over all its rows (segment after segment, one per sequence), then the
  * head. */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -172,6 +173,47 @@ static rwkv_pass next_pass(batch *b, size_t n, size_t *k, size_t *done) {
     return pass;
 }
 
+/* ---- checking the results ------------------------------------------------------------------ */
+
+/* The index of the first NaN or infinity among n floats, or -1. x * 0 is 0 for every finite x and
+ * NaN otherwise, so one vectorised sum tells whether there is any; the search runs only then. */
+static int64_t first_nonfinite(const float *v, size_t n) {
+    float any = 0.0f;
+#pragma omp simd reduction(+ : any)
+    for (size_t i = 0; i < n; i++) any += v[i] * 0.0f;
+    if (any == 0.0f) return -1;
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(v[i])) return (int64_t)i;
+    return -1;
+}
+
+static int nonfinite(const char *name, const char *what, const float *v, int64_t at, size_t row, char *err,
+                     size_t err_len) {
+    return rwkv_fail(err, err_len, RWKV_ERR_NONFINITE,
+                     "%sthe %s hold %s (token %zu of the call, index %zu): the model's weights or the state given "
+                     "hold NaN/Inf values or out-of-range scales; check the file with `rwkvcpp info --verify`",
+                     name, what, isnan(v[at]) ? "NaN" : "an infinity", (size_t)at / row, (size_t)at % row);
+}
+
+static int check_results(const rwkv_model *m, const rwkv_sequence *seqs, size_t n, char *err, size_t err_len) {
+    const size_t V = (size_t)m->info.n_vocab, C = (size_t)m->info.n_embed;
+    char name[48] = "";
+    for (size_t i = 0; i < n; i++) {
+        const rwkv_sequence *seq = &seqs[i];
+        if (n > 1) snprintf(name, sizeof name, "sequence %zu: ", i);
+        if (seq->logits) {
+            const size_t count = (seq->all_logits ? seq->n_tokens : 1) * V;
+            const int64_t at = first_nonfinite(seq->logits, count);
+            if (at >= 0) return nonfinite(name, "logits", seq->logits, at, V, err, err_len);
+        }
+        if (seq->embedding) {
+            const int64_t at = first_nonfinite(seq->embedding, C);
+            if (at >= 0) return nonfinite(name, "embedding's values", seq->embedding, at, C, err, err_len);
+        }
+    }
+    return RWKV_OK;
+}
+
 static rwkv_status run(rwkv_model *m, const rwkv_sequence *seqs, size_t n, char *err, size_t err_len) {
     int status = check_sequences(m, seqs, n, err, err_len);
     if (status != RWKV_OK) return status;
@@ -185,6 +227,12 @@ static rwkv_status run(rwkv_model *m, const rwkv_sequence *seqs, size_t n, char 
         pthread_mutex_unlock(&m->lock);
         free(memory);
         return rwkv_fail(err, err_len, RWKV_ERR_ALLOC, "out of memory for a pass of %lld tokens", (long long)chunk);
+    }
+    status = rwkv_file_check_unchanged(&m->file, err, err_len);
+    if (status != RWKV_OK) {
+        pthread_mutex_unlock(&m->lock);
+        free(memory);
+        return status;
     }
     for (size_t i = 0; i < n; i++) {
         if (!seqs[i].state_in) rwkv_init_state(m, seqs[i].state_out);
@@ -200,7 +248,7 @@ static rwkv_status run(rwkv_model *m, const rwkv_sequence *seqs, size_t n, char 
     }
     pthread_mutex_unlock(&m->lock);
     free(memory);
-    return RWKV_OK;
+    return check_results(m, seqs, n, err, err_len);
 }
 
 rwkv_status rwkv_eval_batch(rwkv_model *m, const rwkv_sequence *seqs, size_t n, char *err, size_t err_len) {

@@ -121,10 +121,11 @@ static int parse_records(rwkv_file *f, char *err, size_t err_len) {
                 return rwkv_fail(err, err_len, RWKV_ERR_FORMAT, "%s: tensor #%d has size %d in dimension %d",
                                  path, index, size, d);
             r.ne[d] = size;
-            r.n_elements *= size; /* at most (2^31)^3 < 2^93: checked below before it can overflow */
-            if (r.n_elements > ((int64_t)1 << 40))
-                return rwkv_fail(err, err_len, RWKV_ERR_FORMAT, "%s: tensor #%d is implausibly large", path,
-                                 index);
+            /* checked before multiplying, so that the product can never wrap */
+            if (r.n_elements > RWKV_MAX_ELEMENTS / size)
+                return rwkv_fail(err, err_len, RWKV_ERR_FORMAT,
+                                 "%s: tensor #%d is implausibly large (more than 2^40 elements)", path, index);
+            r.n_elements *= size;
         }
         pos += (size_t)n_dims * 4;
         const uint8_t *name = f->map + pos;
@@ -159,7 +160,11 @@ static int parse_records(rwkv_file *f, char *err, size_t err_len) {
                                  ? " (rwkv.cpp's quantizer writes such tensors with super-blocks running across "
                                    "rows, which no reader can use; quantize the FP16/FP32 model to a 32-value format)"
                                  : "");
-        r.nbytes = rwkv_row_bytes(type, r.ne[0]) * (size_t)r.ne[1] * (size_t)r.ne[2];
+        /* at most 2^40 elements of at most 4 bytes each: no overflow in 64 bits, checked for 32 */
+        if (__builtin_mul_overflow(rwkv_row_bytes(type, r.ne[0]), (size_t)r.ne[1], &r.nbytes) ||
+            __builtin_mul_overflow(r.nbytes, (size_t)r.ne[2], &r.nbytes))
+            return rwkv_fail(err, err_len, RWKV_ERR_FORMAT, "%s: tensor '%s' is too large for this machine", path,
+                             r.name);
         if (r.nbytes > f->size - pos)
             return rwkv_fail(err, err_len, RWKV_ERR_FORMAT,
                              "%s: tensor '%s' needs %zu bytes of data but only %zu remain (truncated file?)",
@@ -172,31 +177,64 @@ static int parse_records(rwkv_file *f, char *err, size_t err_len) {
     return check_unique_names(f, err, err_len);
 }
 
-int rwkv_file_open(rwkv_file *f, const char *path, char *err, size_t err_len) {
-    memset(f, 0, sizeof *f);
-    f->path = path;
-    f->fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (f->fd < 0) return rwkv_fail(err, err_len, RWKV_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+/* ---- opening -------------------------------------------------------------------------------- */
+
+const char *rwkv_file_kind(mode_t mode) {
+    if (S_ISREG(mode)) return "regular file";
+    if (S_ISDIR(mode)) return "directory";
+    if (S_ISFIFO(mode)) return "FIFO";
+    if (S_ISCHR(mode)) return "character device";
+    if (S_ISBLK(mode)) return "block device";
+    if (S_ISSOCK(mode)) return "socket";
+    return "special file";
+}
+
+/* O_NONBLOCK: opening a FIFO would otherwise wait for a writer; regular files ignore it. */
+static int open_regular(rwkv_file *f, char *err, size_t err_len) {
+    f->fd = open(f->path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    if (f->fd < 0) return rwkv_fail(err, err_len, RWKV_ERR_IO, "%s: cannot open: %s", f->path, strerror(errno));
     struct stat st;
-    if (fstat(f->fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-        int status = rwkv_fail(err, err_len, RWKV_ERR_IO, "%s: not a regular file", path);
-        rwkv_file_close(f);
-        return status;
-    }
+    if (fstat(f->fd, &st) != 0)
+        return rwkv_fail(err, err_len, RWKV_ERR_IO, "%s: cannot stat: %s", f->path, strerror(errno));
+    if (!S_ISREG(st.st_mode))
+        return rwkv_fail(err, err_len, RWKV_ERR_IO, "%s: a %s, not a regular file; give a model file", f->path,
+                         rwkv_file_kind(st.st_mode));
     f->size = (size_t)st.st_size;
-    if (f->size < 24) {
-        int status = rwkv_fail(err, err_len, RWKV_ERR_FORMAT,
-                               "%s: too short for a model file (%zu bytes; the header alone is 24)", path, f->size);
-        rwkv_file_close(f);
-        return status;
-    }
+    f->mtime = st.st_mtim;
+    if (f->size < 24)
+        return rwkv_fail(err, err_len, RWKV_ERR_FORMAT,
+                         "%s: too short for a model file (%zu bytes; the header alone is 24)", f->path, f->size);
+    return RWKV_OK;
+}
+
+static int map_file(rwkv_file *f, char *err, size_t err_len) {
     void *map = mmap(NULL, f->size, PROT_READ, MAP_PRIVATE, f->fd, 0);
-    if (map == MAP_FAILED) {
-        int status = rwkv_fail(err, err_len, RWKV_ERR_IO, "%s: cannot map: %s", path, strerror(errno));
-        rwkv_file_close(f);
-        return status;
-    }
+    if (map == MAP_FAILED) return rwkv_fail(err, err_len, RWKV_ERR_IO, "%s: cannot map: %s", f->path, strerror(errno));
     f->map = map;
+    return RWKV_OK;
+}
+
+/* The whole file in memory: later changes to the file cannot reach the model. */
+static int copy_file(rwkv_file *f, char *err, size_t err_len) {
+    uint8_t *copy = malloc(f->size);
+    if (!copy) return rwkv_fail(err, err_len, RWKV_ERR_ALLOC, "%s: out of memory for a copy of %zu bytes", f->path, f->size);
+    f->map = copy;
+    f->copied = 1;
+    size_t done = 0;
+    while (done < f->size) {
+        ssize_t n = pread(f->fd, copy + done, f->size - done, (off_t)done);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) return rwkv_fail(err, err_len, RWKV_ERR_IO, "%s: read failed: %s", f->path, strerror(errno));
+        if (n == 0)
+            return rwkv_fail(err, err_len, RWKV_ERR_IO, "%s: the file shrank to %zu bytes while it was read", f->path,
+                             done);
+        done += (size_t)n;
+    }
+    return RWKV_OK;
+}
+
+static int parse_header(rwkv_file *f, char *err, size_t err_len) {
+    const char *path = f->path;
     rwkv_header *h = &f->header;
     h->magic = read_i32(f->map);
     h->version = read_i32(f->map + 4);
@@ -204,35 +242,62 @@ int rwkv_file_open(rwkv_file *f, const char *path, char *err, size_t err_len) {
     h->n_embed = read_i32(f->map + 12);
     h->n_layer = read_i32(f->map + 16);
     h->data_type = read_i32(f->map + 20);
-    int status = RWKV_OK;
     if (h->magic != RWKV_FILE_MAGIC)
-        status = rwkv_fail(err, err_len, RWKV_ERR_FORMAT,
-                           "%s: not an rwkv.cpp model file (magic 0x%08x, expected 0x%08x)", path,
-                           (unsigned)h->magic, RWKV_FILE_MAGIC);
-    else if (h->version != 100 && h->version != 101)
-        status = rwkv_fail(err, err_len, RWKV_ERR_UNSUPPORTED,
-                           "%s: file version %d is not supported (expected 100 or 101)", path, h->version);
-    else if (h->n_vocab < 1 || h->n_embed < 1 || h->n_layer < 1)
-        status = rwkv_fail(err, err_len, RWKV_ERR_FORMAT,
-                           "%s: header sizes must be positive (n_vocab %d, n_embed %d, n_layer %d)", path,
-                           h->n_vocab, h->n_embed, h->n_layer);
-    else if (!rwkv_traits(h->data_type))
-        status = rwkv_fail(err, err_len, RWKV_ERR_UNSUPPORTED, "%s: header data type %d is not a known type id",
-                           path, h->data_type);
-    else
-        status = parse_records(f, err, err_len);
+        return rwkv_fail(err, err_len, RWKV_ERR_FORMAT,
+                         "%s: not an rwkv.cpp model file (magic 0x%08x, expected 0x%08x)", path, (unsigned)h->magic,
+                         RWKV_FILE_MAGIC);
+    if (h->version != 100 && h->version != 101)
+        return rwkv_fail(err, err_len, RWKV_ERR_UNSUPPORTED,
+                         "%s: file version %d is not supported (expected 100 or 101)", path, h->version);
+    if (h->n_vocab < 1 || h->n_embed < 1 || h->n_layer < 1)
+        return rwkv_fail(err, err_len, RWKV_ERR_FORMAT,
+                         "%s: header sizes must be positive (n_vocab %d, n_embed %d, n_layer %d)", path, h->n_vocab,
+                         h->n_embed, h->n_layer);
+    if (!rwkv_traits(h->data_type))
+        return rwkv_fail(err, err_len, RWKV_ERR_UNSUPPORTED, "%s: header data type %d is not a known type id", path,
+                         h->data_type);
+    return RWKV_OK;
+}
+
+int rwkv_file_open(rwkv_file *f, const char *path, int copy, char *err, size_t err_len) {
+    memset(f, 0, sizeof *f);
+    f->path = path;
+    int status = open_regular(f, err, err_len);
+    if (status == RWKV_OK) status = copy ? copy_file(f, err, err_len) : map_file(f, err, err_len);
+    if (status == RWKV_OK) status = parse_header(f, err, err_len);
+    if (status == RWKV_OK) status = parse_records(f, err, err_len);
     if (status != RWKV_OK) rwkv_file_close(f);
+    else if (f->copied) {
+        close(f->fd); /* nothing is read from the file again */
+        f->fd = -1;
+    }
     return status;
+}
+
+int rwkv_file_check_unchanged(const rwkv_file *f, char *err, size_t err_len) {
+    if (f->copied) return RWKV_OK;
+    struct stat st;
+    if (fstat(f->fd, &st) != 0)
+        return rwkv_fail(err, err_len, RWKV_ERR_IO, "%s: cannot stat the model file: %s", f->path, strerror(errno));
+    if ((size_t)st.st_size == f->size && st.st_mtim.tv_sec == f->mtime.tv_sec && st.st_mtim.tv_nsec == f->mtime.tv_nsec)
+        return RWKV_OK;
+    return rwkv_fail(err, err_len, RWKV_ERR_IO,
+                     "%s: the model file was %s after it was loaded (%zu bytes then, %lld now); load it again, or "
+                     "load with mmap=False (--no-mmap) to keep a private copy",
+                     f->path, (size_t)st.st_size < f->size ? "truncated" : "modified", f->size,
+                     (long long)st.st_size);
 }
 
 void rwkv_file_close(rwkv_file *f) {
     for (int i = 0; i < f->n_records; i++) free(f->records[i].name);
     free(f->records);
-    if (f->map) munmap((void *)f->map, f->size);
+    if (f->map && f->copied) free((void *)f->map);
+    else if (f->map) munmap((void *)f->map, f->size);
     if (f->fd >= 0) close(f->fd);
     f->records = NULL;
     f->n_records = 0;
     f->map = NULL;
+    f->copied = 0;
     f->fd = -1;
 }
 

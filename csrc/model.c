@@ -129,8 +129,14 @@ int rwkv_scratch_reserve(rwkv_model *m, int64_t T) {
     int64_t widest = C > F ? C : F;
     if (W > widest) widest = W;
     const size_t n_vectors = 3 + 6 + 10; /* x, xx, prev; mix[6]; r k v w a g kk v_first y wkv_out */
-    const size_t floats = (size_t)T * ((size_t)C * n_vectors + (size_t)F + 4 * (size_t)W);
-    const size_t bytes = floats * sizeof(float) + rwkv_matmul_scratch_bytes(m->pool, T, widest) + 64;
+    /* The sizes come from tensors the file holds, so they fit; checked anyway, as a wrap would
+     * give a small buffer that the passes overrun. */
+    size_t per_token, bytes;
+    if (__builtin_mul_overflow((size_t)C, n_vectors, &per_token) ||
+        __builtin_add_overflow(per_token, (size_t)F + 4 * (size_t)W, &per_token) ||
+        __builtin_mul_overflow(per_token, (size_t)T * sizeof(float), &bytes) ||
+        __builtin_add_overflow(bytes, rwkv_matmul_scratch_bytes(m->pool, T, widest) + 64, &bytes))
+        return 0;
     float *base = malloc(bytes);
     if (!base) return 0;
     scratch_free(s);
@@ -160,9 +166,23 @@ int rwkv_scratch_reserve(rwkv_model *m, int64_t T) {
 
 /* ---- the public API ------------------------------------------------------------------------- */
 
+static int check_threads(int n_threads, char *err, size_t err_len) {
+    const int cores = rwkv_default_threads(), most = RWKV_THREADS_PER_CORE * cores;
+    if (n_threads <= most) return RWKV_OK;
+    return rwkv_fail(err, err_len, RWKV_ERR_ARGS,
+                     "%d threads is more than %d per core on this machine's %d cores (at most %d); more only add "
+                     "switching",
+                     n_threads, RWKV_THREADS_PER_CORE, cores, most);
+}
+
 rwkv_status rwkv_load(const char *path, int n_threads, rwkv_model **out, char *err, size_t err_len) {
+    return rwkv_load_ex(path, n_threads, 0, out, err, err_len);
+}
+
+rwkv_status rwkv_load_ex(const char *path, int n_threads, int flags, rwkv_model **out, char *err, size_t err_len) {
     *out = NULL;
     rwkv_dispatch_init();
+    TRY(check_threads(n_threads, err, err_len));
     rwkv_model *m = calloc(1, sizeof *m);
     if (!m) return rwkv_fail(err, err_len, RWKV_ERR_ALLOC, "%s: out of memory", path);
     m->file.fd = -1;
@@ -171,7 +191,7 @@ rwkv_status rwkv_load(const char *path, int n_threads, rwkv_model **out, char *e
         free(m);
         return rwkv_fail(err, err_len, RWKV_ERR_ALLOC, "%s: out of memory", path);
     }
-    int status = rwkv_file_open(&m->file, m->path, err, err_len);
+    int status = rwkv_file_open(&m->file, m->path, (flags & RWKV_LOAD_NO_MMAP) != 0, err, err_len);
     if (status == RWKV_OK) {
         rwkv_loader ld = {.model = m, .err = err, .err_len = err_len};
         status = load_model(&ld);

@@ -32,6 +32,7 @@ typedef enum {
     RWKV_ERR_ARGS,        /* a bad argument: token id, state length, type name... */
     RWKV_ERR_ALLOC,       /* out of memory */
     RWKV_ERR_CANCELLED,   /* a callback asked to stop */
+    RWKV_ERR_NONFINITE,   /* an evaluation gave NaN or infinite results (bad weights or state) */
 } rwkv_status;
 
 typedef enum {
@@ -72,7 +73,19 @@ typedef struct {
     int32_t n_threads;
 } rwkv_model_info;
 
+/* n_threads: 0 for one per core; at most RWKV_THREADS_PER_CORE per core (RWKV_ERR_ARGS beyond:
+ * more threads than that only add switching). */
+#define RWKV_THREADS_PER_CORE 4
 rwkv_status rwkv_load(const char *path, int n_threads, rwkv_model **out, char *err, size_t err_len);
+
+/* rwkv_load with flags. RWKV_LOAD_NO_MMAP reads the file into memory instead of mapping it: the
+ * model then no longer depends on the file (which may be changed, truncated or deleted), at the
+ * cost of the file's size in private memory and a slower load. A mapped model checks before each
+ * evaluation that its file's size and modification time are unchanged (RWKV_ERR_IO otherwise),
+ * which catches a truncation or rewrite made between evaluations, not one made during one. */
+#define RWKV_LOAD_NO_MMAP 1
+rwkv_status rwkv_load_ex(const char *path, int n_threads, int flags, rwkv_model **out, char *err,
+                         size_t err_len);
 void rwkv_free(rwkv_model *model);
 void rwkv_get_info(const rwkv_model *model, rwkv_model_info *info);
 
@@ -81,6 +94,8 @@ void rwkv_init_state(const rwkv_model *model, float *state);
 
 /* Evaluates n_tokens tokens starting from `state`, which is updated in place.
  * logits: NULL, or room for n_vocab floats (last token only) or n_tokens * n_vocab when all_logits.
+ * Logits (or an embedding) that hold a NaN or an infinity give RWKV_ERR_NONFINITE: the weights or
+ * the state are bad, and no sampler can use such numbers.
  * One model may be used from several threads at once; calls are serialised internally.
  * n_tokens == 1 is the single-token (decode) path. */
 rwkv_status rwkv_eval(rwkv_model *model, const int32_t *tokens, size_t n_tokens, float *state,
@@ -120,6 +135,13 @@ typedef int (*rwkv_progress_fn)(void *user, int done, int total, const char *ten
 rwkv_status rwkv_quantize_file(const char *src_path, const char *dst_path, int type_id,
                                int quantize_head, rwkv_progress_fn progress, void *user,
                                char *err, size_t err_len);
+
+/* Decodes every tensor of a model file and counts its values that are NaN or infinite (from bad
+ * floats or non-finite block scales). report is called for each tensor that has any, with the
+ * count and the index (flat, in file order) of the first; the call fails only when the file cannot
+ * be read. */
+typedef void (*rwkv_verify_fn)(void *user, const char *tensor_name, int64_t n_bad, int64_t first_bad);
+rwkv_status rwkv_verify_file(const char *path, rwkv_verify_fn report, void *user, char *err, size_t err_len);
 
 /* The name of a type id ("FP16", "Q5_1"...), or NULL for an unknown id. */
 const char *rwkv_type_name(int type_id);

@@ -196,3 +196,23 @@ def test_disconnect_frees_the_place_and_the_queue_bound_holds(model):
         s.wait_idle(3.0)
     finally:
         s.stop()
+
+
+def test_batch_size_settings(model):
+    """--parallel's default follows the cores (4 to 32) and --max-concurrent follows --parallel;
+    a batch whose states would not fit in memory is made smaller."""
+    from types import SimpleNamespace
+
+    from rwkvcpp.server.config import default_parallel
+    from rwkvcpp.server.scheduler import fit_in_memory
+
+    config = ServerConfig()
+    assert config.parallel == default_parallel() and 4 <= config.parallel <= 32
+    assert config.max_concurrent == config.parallel
+    assert ServerConfig(parallel=2, max_concurrent=5).max_concurrent == 5
+    with pytest.raises(ValueError, match="ServerConfig.parallel must be at least 1"):
+        ServerConfig(parallel=0)
+    with pytest.raises(ValueError, match="ServerConfig.prompt_chunk must be an integer"):
+        ServerConfig(prompt_chunk=2.5)
+    assert fit_in_memory(model, 8) == 8
+    assert fit_in_memory(SimpleNamespace(state_len=1 << 50, n_vocab=256), 8) == 1

@@ -4,13 +4,14 @@
 Everything user-facing (validation messages, defaults, numpy conveniences) lives in model.py.
 """
 from libc.stdint cimport int32_t, int64_t, uint8_t
+from cpython.exc cimport PyErr_CheckSignals
 from libc.stdlib cimport calloc, free
 
 
 cdef extern from "rwkv.h":
     ctypedef enum rwkv_status:
         RWKV_OK, RWKV_ERR_IO, RWKV_ERR_FORMAT, RWKV_ERR_UNSUPPORTED, RWKV_ERR_ARGS, RWKV_ERR_ALLOC,
-        RWKV_ERR_CANCELLED
+        RWKV_ERR_CANCELLED, RWKV_ERR_NONFINITE
     ctypedef int rwkv_arch
     ctypedef struct rwkv_model:
         pass
@@ -21,7 +22,9 @@ cdef extern from "rwkv.h":
         int32_t n_threads
     ctypedef int (*rwkv_progress_fn)(void *user, int done, int total, const char *name) noexcept
 
-    rwkv_status rwkv_load(const char *path, int n_threads, rwkv_model **out, char *err, size_t err_len) nogil
+    enum: RWKV_LOAD_NO_MMAP
+    rwkv_status rwkv_load_ex(const char *path, int n_threads, int flags, rwkv_model **out, char *err,
+                             size_t err_len) nogil
     void rwkv_free(rwkv_model *model) nogil
     void rwkv_get_info(const rwkv_model *model, rwkv_model_info *info) nogil
     void rwkv_init_state(const rwkv_model *model, float *state) nogil
@@ -41,6 +44,9 @@ cdef extern from "rwkv.h":
                                 size_t err_len) nogil
     rwkv_status rwkv_quantize_file(const char *src, const char *dst, int type_id, int quantize_head,
                                    rwkv_progress_fn progress, void *user, char *err, size_t err_len) nogil
+    ctypedef void (*rwkv_verify_fn)(void *user, const char *name, int64_t n_bad, int64_t first_bad) noexcept
+    rwkv_status rwkv_verify_file(const char *path, rwkv_verify_fn report, void *user, char *err,
+                                 size_t err_len) nogil
     const char *rwkv_type_name(int type_id)
     const char *rwkv_kernel_level()
     const char *rwkv_cpu_features()
@@ -77,6 +83,10 @@ class ArgumentError(RWKVError, ValueError):
     """A bad argument: token id, state length, type name..."""
 
 
+class NonFiniteError(RWKVError, ValueError):
+    """An evaluation gave NaN or infinite logits: the model's weights or the state are bad."""
+
+
 cdef enum:
     ERR_LEN = 1024
 
@@ -89,12 +99,17 @@ cdef raise_status(rwkv_status status, const char *err, str fallback=""):
         raise MemoryError(message)
     if status == RWKV_ERR_ARGS:
         raise ArgumentError(message)
+    if status == RWKV_ERR_NONFINITE:
+        raise NonFiniteError(message)
     raise ModelFileError(message)
 
 
 cdef bytes fs_path(path):
     import os
-    return os.fsencode(path)
+    p = os.fsencode(path)
+    if b"\0" in p:
+        raise ArgumentError(f"{os.fsdecode(p)!r}: a file path cannot contain a NUL character")
+    return p
 
 
 cdef class Engine:
@@ -109,14 +124,15 @@ cdef class Engine:
     cdef int users  # calls between acquire() and release(); changed with the GIL held
     cdef bint closed
 
-    def __cinit__(self, path, int n_threads=0):
+    def __cinit__(self, path, int n_threads=0, bint mmap=True):
         cdef bytes p = fs_path(path)
         cdef const char *cp = p
         cdef char err[ERR_LEN]
         cdef rwkv_status status
+        cdef int flags = 0 if mmap else RWKV_LOAD_NO_MMAP
         err[0] = 0
         with nogil:
-            status = rwkv_load(cp, n_threads, &self.ptr, err, ERR_LEN)
+            status = rwkv_load_ex(cp, n_threads, flags, &self.ptr, err, ERR_LEN)
         if status != RWKV_OK:
             raise_status(status, err)
         rwkv_get_info(self.ptr, &self.c_info)
@@ -296,7 +312,9 @@ cdef class _Progress:
 cdef int progress_trampoline(void *user, int done, int total, const char *name) noexcept with gil:
     cdef _Progress p = <_Progress>user
     try:
-        p.fn(done, total, name.decode("utf-8", "replace"))
+        PyErr_CheckSignals()  # Ctrl-C (or a SIGTERM handler that raises) cancels a run without progress too
+        if p.fn is not None:
+            p.fn(done, total, name.decode("utf-8", "replace"))
         return 0
     except BaseException as e:
         p.error = e
@@ -310,9 +328,7 @@ def quantize_file(src, dst, int type_id, bint quantize_head=False, progress=None
     cdef char err[ERR_LEN]
     cdef rwkv_status status
     cdef _Progress tracker = _Progress(progress)
-    cdef rwkv_progress_fn fn = NULL
-    if progress is not None:
-        fn = progress_trampoline
+    cdef rwkv_progress_fn fn = progress_trampoline
     err[0] = 0
     with nogil:
         status = rwkv_quantize_file(sp, dp, type_id, quantize_head, fn, <void *>tracker, err, ERR_LEN)
@@ -320,6 +336,25 @@ def quantize_file(src, dst, int type_id, bint quantize_head=False, progress=None
         raise tracker.error
     if status != RWKV_OK:
         raise_status(status, err)
+
+
+cdef void verify_report(void *user, const char *name, int64_t n_bad, int64_t first_bad) noexcept with gil:
+    (<list>user).append((name.decode("utf-8", "replace"), n_bad, first_bad))
+
+
+def verify_file(path):
+    """[(tensor name, NaN/Inf values, index of the first)] for the tensors of a model file that hold any."""
+    cdef bytes p = fs_path(path)
+    cdef const char *cp = p
+    cdef char err[ERR_LEN]
+    cdef rwkv_status status
+    cdef list problems = []
+    err[0] = 0
+    with nogil:
+        status = rwkv_verify_file(cp, verify_report, <void *>problems, err, ERR_LEN)
+    if status != RWKV_OK:
+        raise_status(status, err)
+    return problems
 
 
 def type_name(int type_id):

@@ -31,8 +31,6 @@ import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Optional, TextIO, Union
 
-import numpy as np
-
 from ._typing import FloatArray, StrPath
 from .completion import end_tokens
 from .generate import Generator

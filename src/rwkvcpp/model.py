@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 import numpy as np
 
 from . import _core
-from ._core import ArgumentError, ModelFileError, ModelIOError, RWKVError
+from ._core import ArgumentError, ModelFileError, ModelIOError, NonFiniteError, RWKVError
 from ._typing import FloatArray, StrPath, TokenArray
 from .format import TYPES
 from .high_level import HighLevelAPI
@@ -18,7 +18,8 @@ if TYPE_CHECKING:
     from .tokenizer import Tokenizer
 
 __all__ = [
-    "Model", "RWKVError", "ModelFileError", "ModelIOError", "ArgumentError", "check_token_range", "system_info",
+    "Model", "RWKVError", "ModelFileError", "ModelIOError", "ArgumentError", "NonFiniteError", "check_token_range",
+    "system_info", "verify_file",
 ]
 
 TYPE_NAMES = {t.id: t.name for t in TYPES.values()}
@@ -55,7 +56,12 @@ class Model(HighLevelAPI):
     ``threads``. ``tokenizer`` picks the tokenizer of the text methods (see :attr:`tokenizer`).
 
     The file is memory-mapped, so loading is fast and resident memory stays close to the file
-    size. ``close()`` (or leaving a ``with Model(...) as model:`` block) unmaps it and frees
+    size; each evaluation first checks that the file's size and modification time are unchanged
+    and raises :class:`ModelIOError` if the file was truncated or rewritten since (rather than
+    crashing with SIGBUS or computing with other numbers). ``mmap=False`` reads the whole file
+    into private memory instead (as llama.cpp's ``--no-mmap``): slower to load, but the model no
+    longer depends on the file at all. ``threads`` is at most 4 per core. Logits that come out
+    NaN or infinite raise :class:`NonFiniteError`. ``close()`` (or leaving a ``with Model(...) as model:`` block) unmaps it and frees
     the engine; every call after that raises :class:`RWKVError`.
 
     Two levels of API:
@@ -76,7 +82,7 @@ class Model(HighLevelAPI):
 
     def __init__(self, path: Optional[StrPath] = None, threads: Optional[int] = None, *,
                  model_path: Optional[StrPath] = None, n_threads: Optional[int] = None,
-                 tokenizer: Union[Tokenizer, StrPath, None] = None):
+                 tokenizer: Union[Tokenizer, StrPath, None] = None, mmap: bool = True):
         if model_path is not None:
             if path is not None:
                 raise TypeError("give the model file as path or as model_path, not both")
@@ -92,7 +98,7 @@ class Model(HighLevelAPI):
 
             path = builtin_model_path()
         self.path = os.fspath(path)
-        self._core: Optional[_core.Engine] = _core.Engine(self.path, threads or 0)
+        self._core: Optional[_core.Engine] = _core.Engine(self.path, threads or 0, bool(mmap))
         self._file_key = _file_key(self.path)
         self._model_hash: Optional[str] = None
         info = self._core.info()
@@ -250,6 +256,9 @@ class Model(HighLevelAPI):
             raise ArgumentError(f"tokens must be a 1-D sequence of ints, got shape {arr.shape}")
         if arr.size == 0:
             raise ArgumentError("tokens is empty: there is nothing to evaluate")
+        if arr.dtype == object or (isinstance(tokens, (list, tuple)) and any(
+                isinstance(t, (bool, np.bool_)) for t in tokens)):
+            raise ArgumentError("tokens must be integers, not bools: True and False are not token ids")
         if arr.dtype.kind not in "iu":
             # floats holding whole numbers are accepted; strings, objects, bools are not
             if arr.dtype.kind != "f" or not np.all(np.equal(np.mod(arr, 1), 0)):
@@ -431,6 +440,14 @@ def _file_key(path: str) -> tuple[int, int, int, int]:
     """What tells that a file was replaced or rewritten: device, inode, size, modification time."""
     st = os.stat(path)
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def verify_file(path: StrPath) -> list[dict[str, Any]]:
+    """Decodes every tensor of an rwkv.cpp model file and returns one entry per tensor that holds
+    NaN or infinite values (bad floats, or quantized blocks with non-finite scales): ``name``,
+    ``n_bad`` and ``first_bad`` (flat index). Empty when every value is finite."""
+    return [{"name": name, "n_bad": n_bad, "first_bad": first}
+            for name, n_bad, first in _core.verify_file(os.fspath(path))]
 
 
 def system_info() -> dict[str, object]:

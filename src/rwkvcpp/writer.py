@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 import struct
 from typing import BinaryIO, Optional, Sequence, Union
 
@@ -20,6 +19,7 @@ import numpy as np
 from . import format as fmt
 from .conversion.transform import detect_checked, embedding_shape, transform_checkpoint
 from ._typing import Array, Checkpoint, StrPath
+from .atomic_file import AtomicFile
 from .format import FP16, FP32
 
 __all__ = ["BinWriter", "write_model"]
@@ -30,10 +30,12 @@ _LN1_NAME = re.compile(r"^blocks\.(\d+)\.ln1\.weight$")
 class BinWriter:
     """Writes one ``.bin`` file record by record, atomically.
 
-    Data goes to a temporary file next to the destination, which replaces the destination only
-    when the writer is closed without error (leaving the ``with`` block normally, or ``close()``).
-    On an exception, or ``abort()``, the temporary file is deleted and the destination is left as
-    it was. All numbers are written little-endian whatever the host.
+    Data goes to a new file beside the destination (:mod:`rwkvcpp.atomic_file`: unnamed until
+    complete on Linux), which replaces the destination only when the writer is closed without
+    error (leaving the ``with`` block normally, or ``close()``). On an exception, or ``abort()``,
+    the new file is deleted and the destination is left as it was. A destination that is not a
+    regular file, is read-only or has several hard links is refused; a symbolic link is written
+    through. All numbers are written little-endian whatever the host.
     """
 
     def __init__(self, path: StrPath, n_vocab: int, n_embed: int, n_layer: int, data_type: Union[str, int] = FP16):
@@ -43,8 +45,8 @@ class BinWriter:
                 raise ValueError(f"{self.path}: {field} must be a positive int32, got {value!r}")
         self.data_type = fmt.type_id(data_type)
         self._names: set[str] = set()
-        self._tmp_path = f"{self.path}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
-        self._file: Optional[BinaryIO] = open(self._tmp_path, "xb")
+        self._output = AtomicFile(self.path)
+        self._file: Optional[BinaryIO] = self._output.file
         try:
             header = (fmt.MAGIC, fmt.VERSION, int(n_vocab), int(n_embed), int(n_layer), self.data_type)
             self._file.write(struct.pack(fmt.HEADER_FORMAT, *header))
@@ -145,25 +147,14 @@ class BinWriter:
         """Finishes the file and moves it over the destination."""
         if self._file is None:
             return
-        try:
-            self._file.flush()
-            os.fsync(self._file.fileno())
-            self._file.close()
-            self._file = None
-            os.replace(self._tmp_path, self.path)
-        except BaseException:
-            self.abort()
-            raise
+        self._file = None
+        self._output.commit()
 
     def abort(self) -> None:
-        """Discards everything written; the destination is untouched."""
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-        try:
-            os.unlink(self._tmp_path)
-        except FileNotFoundError:
-            pass
+        """Discards everything written; the destination is untouched. Never raises for a write
+        that failed (a full disk): the new file is removed first."""
+        self._file = None
+        self._output.abort()
 
 
 def _count_layers(checkpoint: Checkpoint) -> int:

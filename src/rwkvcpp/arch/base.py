@@ -10,8 +10,6 @@ import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Sequence
 
-import numpy as np
-
 from .._typing import Array
 
 if TYPE_CHECKING:

@@ -7,7 +7,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
+import threading
 
 COMMANDS = {
     "convert": "convert a .pth / .safetensors / Hugging Face checkpoint or a GGUF to a .bin model, or a model to GGUF",
@@ -25,6 +27,18 @@ COMMANDS = {
 
 class CommandError(Exception):
     """A user-facing error: printed as one line, exit code 2."""
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised so that a command writing a file removes its temporary file on the way out."""
+
+
+# The commands that write files; the others keep the default SIGTERM (the server has its own).
+_WRITERS = ("convert", "quantize", "merge-lora")
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
 
 
 def _available():
@@ -66,6 +80,16 @@ USER_ERRORS = (CommandError, ValueError, OSError, ImportError, LookupError)
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command not in _WRITERS or threading.current_thread() is not threading.main_thread():
+        return _run(args)
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        return _run(args)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args) -> int:
     try:
         code = int(args._run(args) or 0)
         sys.stdout.flush()  # a closed pipe shows here, not at exit
@@ -73,6 +97,9 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print("\nterminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except BrokenPipeError:
         # The reader went away (`rwkvcpp info m.bin | head`): stop quietly as Unix tools do, and keep
         # Python from complaining again when it flushes stdout at exit.

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import stat
 import sys
 
 from . import CommandError
 from ._progress import Progress  # noqa: F401  (re-exported for the commands)
 
 BUILTIN_NOTE = "a tiny byte-level model trained on Python's docs"
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
 # -- model -----------------------------------------------------------------------------------
@@ -23,7 +26,11 @@ def add_model_arguments(parser) -> None:
     )
     add_hf_argument(parser, "instead of MODEL, a model from the Hugging Face Hub (a .bin used as it is; a .pth, "
                             ".safetensors, GGUF or Transformers folder converted once; needs huggingface-hub)")
-    parser.add_argument("--threads", type=int, metavar="N", help="CPU threads (default: the engine's choice)")
+    parser.add_argument("--threads", type=int, metavar="N",
+                        help="CPU threads, at most 4 per core (default: one per core)")
+    parser.add_argument("--no-mmap", action="store_true",
+                        help="read the model into memory instead of mapping it: slower to load, but the model no "
+                             "longer depends on the file (a mapped model stops with an error if its file is changed)")
     parser.add_argument(
         "--tokenizer", metavar="NAME_OR_PATH",
         help="world, 20b, bytes or a vocabulary file (default: chosen from the model's vocabulary size)",
@@ -46,6 +53,25 @@ def hub_file(spec: str, convert: bool) -> str:
         return hub.resolve(repo_id, filename, log=lambda line: print(line, file=sys.stderr, flush=True))
     except (ImportError, ValueError, OSError) as e:
         raise CommandError(f"--hf {spec}: {e}") from None
+
+
+def require_regular_file(path: str) -> None:
+    """A CommandError for an input that exists but is a FIFO, device or socket: opening one to read
+    it could block forever. Missing files and folders are left to the reader's own message."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return
+    if not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
+        kind = "FIFO" if stat.S_ISFIFO(mode) else "socket" if stat.S_ISSOCK(mode) else "device"
+        raise CommandError(f"{path}: a {kind}, not a regular file; give a model file")
+
+
+def terminal_safe(text: str) -> str:
+    """``text`` with control characters but newline and tab shown as escapes (``\\x1b``), for a
+    terminal: a model's output must not be able to move the cursor, ring the bell or retitle
+    the window."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
 def builtin_model_path() -> str:
@@ -80,7 +106,8 @@ def load_model(args):
         print(f"using the built-in model {path} ({BUILTIN_NOTE})", file=sys.stderr, flush=True)
     if args.threads is not None and args.threads < 1:
         raise CommandError(f"--threads must be at least 1, not {args.threads}")
-    model = Model(path, threads=args.threads)
+    require_regular_file(path)
+    model = Model(path, threads=args.threads, mmap=not getattr(args, "no_mmap", False))
     if args.tokenizer is not None:
         model.tokenizer = args.tokenizer
     return model

@@ -6,6 +6,8 @@ message) and exits 0 at the end of the input.
 
 from __future__ import annotations
 
+import sys
+
 from ..chat import DEFAULT_PRESET, ChatSession, Preset, preset_names
 from ..sampling import CHAT_DEFAULTS
 from . import _common
@@ -25,6 +27,9 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    # A line of invalid UTF-8 (a paste from another encoding) becomes U+FFFD, not the end of the chat.
+    if hasattr(sys.stdin, "reconfigure"):
+        sys.stdin.reconfigure(errors="replace")
     preset = Preset.load(args.prompt)  # before loading the model: a typo fails fast
     params = _common.sampling_params(args)
     model = _common.load_model(args)

@@ -67,14 +67,15 @@ def run(args) -> int:
     params = _common.sampling_params(args, stop_tokens=end_tokens(generator.tokenizer))
 
     out = sys.stdout
+    shown = _common.terminal_safe if out.isatty() else str  # a pipe gets the text as it is
     if args.echo:
-        out.write(prompt)
+        out.write(shown(prompt))
         out.flush()
     result = None
     last_text = prompt
     for chunk in generator.stream(prompt, params, start):
         if chunk.text:
-            out.write(chunk.text)
+            out.write(shown(chunk.text))
             out.flush()
             last_text = chunk.text
         result = chunk.result

@@ -30,6 +30,9 @@ def add_arguments(parser) -> None:
                         help="rwkv.cpp .bin model, a llama.cpp .gguf, or a .pth / .safetensors checkpoint or "
                         "Hugging Face folder (default: the built-in model)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    parser.add_argument("--verify", action="store_true",
+                        help="also decode every tensor of a .bin model and report NaN or infinite values (bad "
+                             "floats, or quantized blocks with non-finite scales); exit code 1 if there are any")
 
 
 def _is_model_file(path: str) -> bool:
@@ -177,15 +180,35 @@ def _text(info: dict) -> str:
     if info.get("unused"):
         lines.append(f"  not used by the engine: {', '.join(info['unused'])}")
     lines.extend(_table(info["tensors"], "dtype" if info["kind"] == "checkpoint" else "type"))
+    if "non_finite" in info:
+        lines.append(_verify_text(info))
+    return "\n".join(lines)
+
+
+def _verify_text(info: dict) -> str:
+    shapes = {t["name"]: t["shape"] for t in info["tensors"]}
+    if not info["non_finite"]:
+        return f"  verified:     every value of the {len(shapes)} tensors is finite"
+    lines = [f"  NOT FINITE:   {len(info['non_finite'])} tensors hold NaN or infinite values (bad floats, or "
+             "quantized blocks whose scales are not finite); the model's logits will not be finite"]
+    for problem in info["non_finite"]:
+        row_len = shapes[problem["name"]][-1]
+        row, column = divmod(problem["first_bad"], row_len)
+        lines.append(f"    {problem['name']}: {problem['n_bad']:,} values, the first at row {row}, column {column}")
     return "\n".join(lines)
 
 
 def run(args) -> int:
     path = os.fspath(args.file) if args.file is not None else _common.builtin_model_path()
+    _common.require_regular_file(path)
     if _is_model_file(path):
-        from ..model import system_info
+        from ..model import system_info, verify_file
 
         info = dict(describe_model_file(path), engine=system_info())  # what running it would use
+        if args.verify:
+            info["non_finite"] = verify_file(path)
+    elif args.verify:
+        raise _common.CommandError(f"{path}: --verify checks rwkv.cpp .bin models; convert the checkpoint first")
     elif is_gguf(path):
         info = describe_gguf(path)
     elif path.endswith(".bin") and os.path.isfile(path):
@@ -196,4 +219,4 @@ def run(args) -> int:
     else:
         info = describe_checkpoint(path)
     print(json.dumps(info, indent=1) if args.json else _text(info))
-    return 0
+    return 1 if info.get("non_finite") else 0

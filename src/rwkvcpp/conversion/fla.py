@@ -35,12 +35,17 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
-from typing import Callable, Optional
+from collections.abc import Iterable, Mapping
+from typing import Any, Callable, NoReturn, Optional, Union
 
 import numpy as np
 
-from .lazy import CheckpointError, LazyCheckpoint
+from .._typing import Array, Checkpoint
+from .lazy import CheckpointError, LazyCheckpoint, TensorSource
+
+#: How a tensor is re-laid out: _SAME, _TRANSPOSED, _CHANNELS, or a row of the fused mixes.
+_How = Union[str, int]
+_Relayout = Callable[[Array], Array]
 
 __all__ = ["is_fla_layout", "fla_to_native", "check_fla_config"]
 
@@ -52,8 +57,8 @@ _TRANSPOSED = "transposed"
 _CHANNELS = "channels"  # a per-channel vector as (1, 1, C)
 
 
-def _attention_table() -> dict:
-    table = {
+def _attention_table() -> dict[str, tuple[str, _How]]:
+    table: dict[str, tuple[str, _How]] = {
         "r_proj.weight": ("receptance.weight", _SAME),
         "k_proj.weight": ("key.weight", _SAME),
         "v_proj.weight": ("value.weight", _SAME),
@@ -81,7 +86,7 @@ _TOP = {"model.embeddings.weight": "emb.weight", "model.norm.weight": "ln_out.we
 _LAYER = re.compile(r"model\.layers\.(\d+)\.(.+)")
 
 
-def is_fla_layout(names) -> bool:
+def is_fla_layout(names: Iterable[str]) -> bool:
     """Whether these tensor names are fla's RWKV-7 layout (``model.layers.N.*``)."""
     return any(name.startswith("model.layers.") or name == "model.embeddings.weight" for name in names)
 
@@ -97,8 +102,7 @@ class _Relaid:
 
     __slots__ = ("_read", "_relayout", "shape", "dtype")
 
-    def __init__(self, read: Callable[[], np.ndarray], relayout: Callable[[np.ndarray], np.ndarray],
-                 shape: tuple, dtype: str):
+    def __init__(self, read: Callable[[], Array], relayout: _Relayout, shape: tuple[int, ...], dtype: str):
         self._read, self._relayout, self.shape, self.dtype = read, relayout, shape, dtype
 
     @property
@@ -107,12 +111,13 @@ class _Relaid:
 
     @property
     def numel(self) -> int:
-        return math.prod(self.shape)
+        count: int = math.prod(self.shape)
+        return count
 
-    def numpy(self) -> np.ndarray:
+    def numpy(self) -> Array:
         return np.ascontiguousarray(self._relayout(self._read()))
 
-    def __array__(self, dtype=None, copy=None):
+    def __array__(self, dtype: Any = None, copy: Optional[bool] = None) -> Array:
         array = self.numpy()
         return array if dtype is None else array.astype(dtype, copy=False)
 
@@ -120,7 +125,7 @@ class _Relaid:
         return f"_Relaid(shape={self.shape}, dtype={self.dtype})"
 
 
-def _relayout(how, source_name: str, shape: tuple) -> tuple[Callable, tuple]:
+def _relayout(how: _How, source_name: str, shape: tuple[int, ...]) -> tuple[_Relayout, tuple[int, ...]]:
     """(function on the source array, the result's shape); CheckpointError when the source's
     shape does not allow it."""
     if how == _SAME:
@@ -146,11 +151,11 @@ def _relayout(how, source_name: str, shape: tuple) -> tuple[Callable, tuple]:
 # --------------------------------------------------------------------------------------------
 
 
-def _native_names(names) -> dict:
+def _native_names(names: Iterable[str]) -> dict[str, tuple[str, _How]]:
     """{native name: (fla name, how)}; CheckpointError for a name fla's RWKV-7 never has."""
-    plan: dict = {}
+    plan: dict[str, tuple[str, _How]] = {}
 
-    def add(native: str, source: str, how) -> None:
+    def add(native: str, source: str, how: _How) -> None:
         if native in plan:
             raise CheckpointError(f"{plan[native][0]!r} and {source!r} would both be {native!r}")
         plan[native] = (source, how)
@@ -184,12 +189,12 @@ def _native_names(names) -> dict:
     return plan
 
 
-def check_fla_config(config: Optional[Mapping], where: str = "config.json") -> None:
+def check_fla_config(config: Optional[Mapping[str, Any]], where: str = "config.json") -> None:
     """Refuses fla model options the engine does not compute, naming the option."""
     if not config:
         return
 
-    def refuse(problem: str):
+    def refuse(problem: str) -> NoReturn:
         raise CheckpointError(f"{where}: {problem}")
 
     if config.get("attn"):
@@ -206,7 +211,7 @@ def check_fla_config(config: Optional[Mapping], where: str = "config.json") -> N
                "(every released RWKV-7) converts")
 
 
-def fla_to_native(checkpoint: Mapping):
+def fla_to_native(checkpoint: Checkpoint) -> Checkpoint:
     """An fla-layout checkpoint with BlinkDL's names and shapes, in the same order.
 
     A :class:`LazyCheckpoint` comes back as a LazyCheckpoint whose tensors are read (and
@@ -215,13 +220,13 @@ def fla_to_native(checkpoint: Mapping):
     """
     plan = _native_names(list(checkpoint))
     if not isinstance(checkpoint, LazyCheckpoint):
-        out = {}
+        out: dict[str, Array] = {}
         for native, (source, how) in plan.items():
             array = np.asarray(checkpoint[source])
             relayout, _ = _relayout(how, source, array.shape)
             out[native] = np.ascontiguousarray(relayout(array))
         return out
-    tensors = {}
+    tensors: dict[str, TensorSource] = {}
     for native, (source, how) in plan.items():
         tensor = checkpoint.tensor(source)
         relayout, shape = _relayout(how, source, tuple(tensor.shape))

@@ -47,11 +47,12 @@ import math
 import mmap
 import os
 from collections import Counter
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional, Union
 
 import numpy as np
 
 from .. import format as fmt
+from .._typing import Array, StrPath
 from ..writer import BinWriter
 from .gguf_file import (ARRAY, BF16, FLOAT32, GGML_TYPES, INT32, STRING, UINT32, GGUFError, GGUFFile, GGUFTensor,
                         OutTensor, is_gguf, write_gguf)
@@ -81,7 +82,7 @@ class Sizes(NamedTuple):
     F: int  # FFN width
     H: int  # heads
     S: int  # head size
-    ranks: dict  # low-rank widths: v6 "mix", "decay"; v7 "w", "a", "v", "g"
+    ranks: dict[str, int]  # low-rank widths: v6 "mix", "decay"; v7 "w", "a", "v", "g"
 
 
 class Entry(NamedTuple):
@@ -89,20 +90,32 @@ class Entry(NamedTuple):
     (``blocks.N.`` + native; several for a fused tensor), with the shapes of both."""
 
     gguf: str
-    native: Any  # str, or a tuple of the records a fused tensor concatenates
-    gguf_shape: Callable[[Sizes], tuple]
-    bin_shape: Callable[[Sizes], tuple]  # of each record
+    native: Union[str, tuple[str, ...]]  # a record, or the records a fused tensor concatenates
+    gguf_shape: _ShapeOf
+    bin_shape: _ShapeOf  # of each record
+
+    @property
+    def natives(self) -> tuple[str, ...]:
+        return self.native if isinstance(self.native, tuple) else (self.native,)
 
 
-def _same(shape: Callable) -> tuple:
+#: A tensor's shape from the model's sizes.
+_ShapeOf = Callable[[Sizes], tuple[int, ...]]
+#: (GGUF shape, .bin shape of each record)
+_Shapes = tuple[_ShapeOf, _ShapeOf]
+#: (GGUF name, .bin name(s), shapes): a row of the tables below.
+_Row = tuple[str, Union[str, tuple[str, ...]], _Shapes]
+
+
+def _same(shape: _ShapeOf) -> _Shapes:
     return shape, shape
 
 
-def _vector(bin_shape: Callable = lambda s: (s.C,)) -> tuple:
+def _vector(bin_shape: _ShapeOf = lambda s: (s.C,)) -> _Shapes:
     return (lambda s: (s.C,)), bin_shape
 
 
-def _entries(rows: list) -> list:
+def _entries(rows: list[_Row]) -> list[Entry]:
     return [Entry(gguf, native, *shapes) for gguf, native, shapes in rows]
 
 
@@ -111,7 +124,7 @@ _C11 = _vector(lambda s: (1, 1, s.C))
 _SQUARE = _same(lambda s: (s.C, s.C))
 
 
-def _common(ffn_mix: str, ffn_mix_shapes: tuple) -> list:
+def _common(ffn_mix: str, ffn_mix_shapes: _Shapes) -> list[_Row]:
     """The tensors every RWKV layer has in GGUF; the FFN's token-shift mix is named by version."""
     return [
         ("attn_norm.weight", "ln1.weight", _C), ("attn_norm.bias", "ln1.bias", _C),
@@ -127,7 +140,7 @@ def _common(ffn_mix: str, ffn_mix_shapes: tuple) -> list:
     ]
 
 
-def _lora(name: str, rank: str) -> list:
+def _lora(name: str, rank: str) -> list[_Row]:
     return [(f"time_mix_{name}1.weight", f"att.{name}1", _same(lambda s: (s.ranks[rank], s.C))),
             (f"time_mix_{name}2.weight", f"att.{name}2", _same(lambda s: (s.C, s.ranks[rank])))]
 
@@ -179,7 +192,7 @@ _RANK_KEYS = {"rwkv6": {"time_mix_extra_dim": "mix", "time_decay_extra_dim": "de
                         "attention.value_residual_mix_lora_rank": "v", "attention.gate_lora_rank": "g"}}
 
 
-def _trim(shape: tuple) -> tuple:
+def _trim(shape: tuple[int, ...]) -> tuple[int, ...]:
     """A shape without leading 1s: GGUF and llama.cpp treat (1, 1, C) and (C,) alike."""
     shape = tuple(shape)
     while len(shape) > 1 and shape[0] == 1:
@@ -197,9 +210,13 @@ class GGUFSummary(NamedTuple):
     n_tensors: int  # written
 
 
-def _describe_types(counts: Counter) -> tuple:
+def _describe_types(counts: Counter[str]) -> tuple[tuple[str, int], ...]:
     """((name, count), ...), the most common first."""
     return tuple(counts.most_common())
+
+
+#: One GGUF tensor of the plan: (tensor, [(.bin name, .bin shape)], its layer or None).
+_Step = tuple[GGUFTensor, list[tuple[str, tuple[int, ...]]], Optional[int]]
 
 
 class _Reading:
@@ -252,10 +269,11 @@ class _Reading:
             self.fail(f"metadata {full!r} is {value!r}; expected a positive integer")
         return value
 
-    def plan(self) -> list:
+    def plan(self) -> list[_Step]:
         """[(gguf tensor, [(.bin name, .bin shape)], layer)] in the .bin's record order."""
         tensors, sizes = self.gguf.tensors, self.sizes
-        used, plan = set(), []
+        used: set[str] = set()
+        plan: list[_Step] = []
 
         def take(gguf_name: str, entry: Entry, layer: Optional[int]) -> None:
             if gguf_name not in tensors:
@@ -266,8 +284,7 @@ class _Reading:
                 self.fail(f"tensor {gguf_name!r} has shape {tensor.shape}; expected {expected} (PyTorch order) "
                           f"from the metadata's sizes")
             prefix = "" if layer is None else f"blocks.{layer}."
-            natives = entry.native if isinstance(entry.native, tuple) else (entry.native,)
-            plan.append((tensor, [(prefix + n, entry.bin_shape(sizes)) for n in natives], layer))
+            plan.append((tensor, [(prefix + n, entry.bin_shape(sizes)) for n in entry.natives], layer))
             used.add(gguf_name)
 
         for entry in TOP:
@@ -291,7 +308,7 @@ class _Reading:
                              for _, records, layer in plan for name, _ in records])
         rank = {name: k for k, name in enumerate(order)}
 
-        def key(item):
+        def key(item: _Step) -> int:
             name = item[1][0][0]
             return rank[name.replace(".att.x_rwkvag", ".att.x_r")]
 
@@ -325,7 +342,7 @@ _SCALE_FIELDS = {fmt.Q4_0: (0,), fmt.Q4_1: (0, 2), fmt.Q5_0: (0,), fmt.Q5_1: (0,
                  fmt.Q4_K: (0, 2), fmt.Q5_K: (0, 2)}
 
 
-def _scaled(where: str, bin_type: int, data: np.ndarray, factor: float) -> np.ndarray:
+def _scaled(where: str, bin_type: int, data: Array, factor: float) -> Array:
     """Data of a record multiplied by a power of two, exactly: float values, or the FP16 scale
     fields of quantized blocks."""
     with np.errstate(over="ignore"):
@@ -347,7 +364,8 @@ def _scaled(where: str, bin_type: int, data: np.ndarray, factor: float) -> np.nd
     return out.reshape(-1).view(np.uint8)
 
 
-def gguf_to_bin(src, dst, progress: Optional[ProgressFn] = None, log: Optional[LogFn] = None) -> GGUFSummary:
+def gguf_to_bin(src: StrPath, dst: StrPath, progress: Optional[ProgressFn] = None,
+                log: Optional[LogFn] = None) -> GGUFSummary:
     """Converts a llama.cpp RWKV-6/7 GGUF file into an rwkv.cpp ``.bin`` (atomically)."""
     src, dst = os.fspath(src), os.fspath(dst)
     with GGUFFile(src) as gguf:
@@ -375,7 +393,7 @@ def gguf_to_bin(src, dst, progress: Optional[ProgressFn] = None, log: Optional[L
                 if tensor.type_id == BF16:  # the upper half of a float32
                     data = (data.view("<u2").astype("<u4") << 16).view(np.uint8)
                 rescaled = tensor.name.endswith(("time_mix_output.weight", "channel_mix_value.weight"))
-                if reading.rescale_every and rescaled and layer // reading.rescale_every:
+                if reading.rescale_every and rescaled and layer is not None and layer // reading.rescale_every:
                     data = _scaled(f"{src}: tensor {tensor.name!r}", bin_type, data,
                                    2.0 ** (layer // reading.rescale_every))
                 part = data.nbytes // len(records)
@@ -396,13 +414,14 @@ _WORLD_MIN_VOCAB = 65530  # the World vocabulary's ids 0..65529
 _BYTE_VOCAB = 256
 
 
-def _vocabulary(n_vocab: int, where: str) -> list:
+def _vocabulary(n_vocab: int, where: str) -> list[tuple[str, int, Any]]:
     """Tokenizer metadata for llama.cpp's ``rwkv`` tokenizer: the World vocabulary (token 0 the
     end of text, ids past the vocabulary padding), or one token per byte."""
     if n_vocab == _BYTE_VOCAB:
         texts = [repr(bytes([b]))[2:-1] for b in range(_BYTE_VOCAB)]
         types = [_NORMAL] * _BYTE_VOCAB
-        special = [("tokenizer.ggml.bos_token_id", UINT32, 0), ("tokenizer.ggml.eos_token_id", UINT32, 0)]
+        special: list[tuple[str, int, Any]] = [("tokenizer.ggml.bos_token_id", UINT32, 0),
+                                               ("tokenizer.ggml.eos_token_id", UINT32, 0)]
     elif n_vocab >= _WORLD_MIN_VOCAB:
         from ..tokenizer.world import WorldTokenizer
 
@@ -423,7 +442,7 @@ def _vocabulary(n_vocab: int, where: str) -> list:
             ("tokenizer.ggml.token_type", ARRAY, (INT32, types))] + special
 
 
-def _bin_sizes(records: dict, header: fmt.Header, arch: str, where: str) -> Sizes:
+def _bin_sizes(records: dict[str, fmt.Record], header: fmt.Header, arch: str, where: str) -> Sizes:
     def rows(name: str) -> int:
         if name not in records:
             raise GGUFError(f"{where}: tensor {name!r} is missing")
@@ -445,10 +464,11 @@ def _bin_sizes(records: dict, header: fmt.Header, arch: str, where: str) -> Size
     return Sizes(C, header.n_vocab, rows("blocks.0.ffn.key.weight"), C // S, S, ranks)
 
 
-def _tensor_data(source: mmap.mmap, records: list, bin_type: int, transpose: bool) -> Callable[[], np.ndarray]:
+def _tensor_data(source: mmap.mmap, records: list[fmt.Record], bin_type: int,
+                 transpose: bool) -> Callable[[], Array]:
     """The bytes of a GGUF tensor made of these records: one record as it is (or transposed),
     or several one after the other (v6's fused mixes; widened to FP32 if they mix FP32 and FP16)."""
-    def data():
+    def data() -> Array:
         if len(records) == 1 and not transpose:
             return np.frombuffer(source, np.uint8, records[0].nbytes, records[0].offset)
         parts = []
@@ -466,12 +486,12 @@ def _tensor_data(source: mmap.mmap, records: list, bin_type: int, transpose: boo
 class _Writing:
     """The GGUF tensors of a .bin model, checked against the shapes llama.cpp loads."""
 
-    def __init__(self, src: str, records: dict, sizes: Sizes, arch: str, source: mmap.mmap):
+    def __init__(self, src: str, records: dict[str, fmt.Record], sizes: Sizes, arch: str, source: mmap.mmap):
         self.src, self.records, self.sizes, self.arch, self.source = src, records, sizes, arch, source
-        self.tensors: list = []
-        self.used: set = set()
+        self.tensors: list[OutTensor] = []
+        self.used: set[str] = set()
 
-    def record(self, name: str, entry: Entry) -> tuple:
+    def record(self, name: str, entry: Entry) -> tuple[fmt.Record, bool]:
         """(record, whether it must be transposed)."""
         if name not in self.records:
             raise GGUFError(f"{self.src}: tensor {name!r} is missing (every {self.arch} model has it)")
@@ -488,7 +508,7 @@ class _Writing:
             return record, True
         raise GGUFError(f"{self.src}: tensor {name!r} has shape {record.shape}; expected {expected}")
 
-    def add(self, gguf_name: str, entry: Entry, names: tuple) -> None:
+    def add(self, gguf_name: str, entry: Entry, names: tuple[str, ...]) -> None:
         found = [self.record(name, entry) for name in names]
         records = [record for record, _ in found]
         kinds = {record.type_id for record in records}
@@ -499,13 +519,13 @@ class _Writing:
         data = _tensor_data(self.source, records, bin_type, transpose=found[0][1])
         self.tensors.append(OutTensor(gguf_name, _GGML_BY_BIN[bin_type], entry.gguf_shape(self.sizes), data))
 
-    def add_model(self, n_layer: int, layer_entries: list) -> None:
+    def add_model(self, n_layer: int, layer_entries: list[Entry]) -> None:
         for entry in TOP:
-            self.add(entry.gguf, entry, (entry.native,))
+            self.add(entry.gguf, entry, entry.natives)
         by_gguf = {entry.gguf: entry for entry in layer_entries}
         for i in range(n_layer):
             for entry in layer_entries:
-                natives = entry.native if isinstance(entry.native, tuple) else (entry.native,)
+                natives = entry.natives
                 if i == 0 and self.arch == "v7" and entry.gguf in V7_LAYER0_STANDINS:
                     stand_in = by_gguf[V7_LAYER0_STANDINS[entry.gguf]]
                     self.add(f"blk.0.{entry.gguf}", stand_in, (f"blocks.0.{stand_in.native}",))
@@ -515,8 +535,9 @@ class _Writing:
                 self.add(f"blk.{i}.{entry.gguf}", entry, tuple(f"blocks.{i}.{n}" for n in natives))
 
 
-def _metadata(gguf_arch: str, header: fmt.Header, sizes: Sizes, name: str, where: str) -> list:
-    metadata = [
+def _metadata(gguf_arch: str, header: fmt.Header, sizes: Sizes, name: str,
+              where: str) -> list[tuple[str, int, Any]]:
+    metadata: list[tuple[str, int, Any]] = [
         ("general.architecture", STRING, gguf_arch),
         ("general.name", STRING, name),
         ("general.file_type", UINT32, _FILE_TYPES[header.data_type]),
@@ -533,7 +554,7 @@ def _metadata(gguf_arch: str, header: fmt.Header, sizes: Sizes, name: str, where
     return metadata + _vocabulary(header.n_vocab, where)
 
 
-def bin_to_gguf(src, dst, progress: Optional[ProgressFn] = None, log: Optional[LogFn] = None,
+def bin_to_gguf(src: StrPath, dst: StrPath, progress: Optional[ProgressFn] = None, log: Optional[LogFn] = None,
                 name: Optional[str] = None) -> GGUFSummary:
     """Converts an rwkv.cpp RWKV-6/7 ``.bin`` into a GGUF file llama.cpp runs (atomically);
     ``name`` is the model's name in it (general.name; by default the file's)."""
@@ -543,8 +564,8 @@ def bin_to_gguf(src, dst, progress: Optional[ProgressFn] = None, log: Optional[L
     header = fmt.read_header(src)
     records = {r.name: r for r in fmt.iter_records(src)}
     arch = detect(records)
-    gguf_arch = {"v6": "rwkv6", "v7": "rwkv7"}.get(arch.name if arch else None)
-    if gguf_arch is None:
+    gguf_arch = {"v6": "rwkv6", "v7": "rwkv7"}.get(arch.name) if arch else None
+    if arch is None or gguf_arch is None:
         raise GGUFError(f"{src}: an RWKV {arch.name if arch else '(unknown)'} model; llama.cpp runs RWKV-6 and "
                         "RWKV-7 only, so only those become GGUF files")
     sizes = _bin_sizes(records, header, arch.name, src)
@@ -572,10 +593,10 @@ def bin_to_gguf(src, dst, progress: Optional[ProgressFn] = None, log: Optional[L
     return GGUFSummary(shape, len(writing.tensors))
 
 
-def describe(path) -> dict:
+def describe(path: StrPath) -> dict[str, Any]:
     """Metadata and tensors of a GGUF file (for ``rwkvcpp info``); long arrays are summarized."""
     with GGUFFile(path) as gguf:
-        metadata = {}
+        metadata: dict[str, Any] = {}
         for key, value in gguf.metadata.items():
             if gguf.value_types[key] == FLOAT32:
                 value = float(f"{value:.7g}")  # the float32's shortest form
@@ -584,8 +605,9 @@ def describe(path) -> dict:
             elif isinstance(value, list) and len(value) > 8:
                 value = f"[{len(value)} strings]"
             metadata[key] = value
-        tensors = [{"name": t.name, "type": t.type_name, "shape": list(t.shape), "bytes": t.nbytes}
-                   for t in gguf.tensors.values()]
+        tensors: list[dict[str, Any]] = [
+            {"name": t.name, "type": t.type_name, "shape": list(t.shape), "bytes": t.nbytes}
+            for t in gguf.tensors.values()]
         name = gguf.metadata.get("general.architecture")
         meta = gguf.metadata
         embedding = gguf.tensors.get("token_embd.weight")

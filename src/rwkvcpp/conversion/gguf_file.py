@@ -16,12 +16,13 @@ import math
 import mmap
 import os
 import struct
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, BinaryIO, Callable, NamedTuple, NoReturn, Optional
 
 import numpy as np
 
 from .. import format as fmt
-from .pth_write import _atomic_write
+from .._typing import StrPath
+from ..atomic_file import write_atomically
 
 __all__ = ["GGUFError", "GGUFFile", "GGUFTensor", "GGMLType", "GGML_TYPES", "OutTensor", "is_gguf", "write_gguf"]
 
@@ -38,7 +39,7 @@ class GGUFError(ValueError):
     """A GGUF file that cannot be read or converted; the message names the file."""
 
 
-def is_gguf(path) -> bool:
+def is_gguf(path: StrPath) -> bool:
     """Whether ``path`` is a file that starts with the GGUF magic."""
     try:
         with open(path, "rb") as f:
@@ -93,7 +94,7 @@ BF16 = 30
 class GGUFTensor(NamedTuple):
     name: str
     type_id: int  # ggml type id
-    shape: tuple  # PyTorch order: ggml's ne reversed
+    shape: tuple[int, ...]  # PyTorch order: ggml's ne reversed
     offset: int  # absolute file offset of the data
     nbytes: int
 
@@ -102,8 +103,9 @@ class GGUFTensor(NamedTuple):
         return GGML_TYPES[self.type_id].name
 
 
-def _nbytes(ggml: GGMLType, shape: tuple) -> int:
-    return math.prod(shape) // ggml.block_len * ggml.block_bytes
+def _nbytes(ggml: GGMLType, shape: tuple[int, ...]) -> int:
+    count: int = math.prod(shape)
+    return count // ggml.block_len * ggml.block_bytes
 
 
 # --------------------------------------------------------------------------------------------
@@ -120,13 +122,14 @@ class GGUFFile:
     the file, not overlapping). Raises GGUFError naming the file and what is wrong.
     """
 
-    def __init__(self, path):
+    def __init__(self, path: StrPath):
         self.path = os.fspath(path)
         with open(self.path, "rb") as f:
             self.size = os.fstat(f.fileno()).st_size
             if self.size < 24:
                 raise GGUFError(f"{self.path}: {self.size} bytes, too short for a GGUF header")
-            self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            self._map: Optional[mmap.mmap] = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        self._pos = 0
         try:
             self._parse()
         except BaseException:
@@ -136,7 +139,7 @@ class GGUFFile:
     def __enter__(self) -> GGUFFile:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def close(self) -> None:
@@ -148,11 +151,16 @@ class GGUFFile:
             self._map = None
 
     def data(self, tensor: GGUFTensor) -> memoryview:
-        return memoryview(self._map)[tensor.offset:tensor.offset + tensor.nbytes]
+        return memoryview(self._mapped())[tensor.offset:tensor.offset + tensor.nbytes]
+
+    def _mapped(self) -> mmap.mmap:
+        if self._map is None:
+            raise GGUFError(f"{self.path}: the file is closed")
+        return self._map
 
     # ---- parsing ----
 
-    def fail(self, problem: str):
+    def fail(self, problem: str) -> NoReturn:
         raise GGUFError(f"{self.path}: {problem}")
 
     def _take(self, n: int, what: str) -> int:
@@ -162,18 +170,18 @@ class GGUFFile:
         self._pos = start + n
         return start
 
-    def _unpack(self, form: str, what: str):
-        return struct.unpack_from(form, self._map, self._take(struct.calcsize(form), what))[0]
+    def _unpack(self, form: str, what: str) -> Any:  # a number of the form's one field
+        return struct.unpack_from(form, self._mapped(), self._take(struct.calcsize(form), what))[0]
 
     def _string(self, what: str) -> str:
         n = self._unpack("<Q", what)
-        raw = self._map[self._take(n, what):self._pos]
+        raw = self._mapped()[self._take(n, what):self._pos]
         try:
             return raw.decode("utf-8")
         except UnicodeDecodeError:
             self.fail(f"{what} is not UTF-8: {raw[:40]!r}")
 
-    def _value(self, vtype: int, what: str):
+    def _value(self, vtype: int, what: str) -> Any:  # a GGUF value: number, string, or array of them
         if vtype in _SCALARS:
             return self._unpack(_SCALARS[vtype][1], what)
         if vtype == STRING:
@@ -183,7 +191,7 @@ class GGUFFile:
             if etype in _SCALARS:
                 dtype = np.dtype(_SCALARS[etype][1])
                 start = self._take(count * dtype.itemsize, f"{what} ({count} values)")
-                return np.frombuffer(self._map, dtype, count, start).copy()
+                return np.frombuffer(self._mapped(), dtype, count, start).copy()
             if etype != STRING:
                 self.fail(f"{what} is an array of value type {etype}; only arrays of numbers and strings are read")
             if count > (self.size - self._pos) // 8:  # every string takes at least its 8-byte length
@@ -193,7 +201,7 @@ class GGUFFile:
 
     def _parse(self) -> None:
         self._pos = 0
-        magic = bytes(self._map[0:4])
+        magic = bytes(self._mapped()[0:4])
         if magic != MAGIC:
             self.fail(f"not a GGUF file (magic {magic!r}, expected {MAGIC!r})")
         self._pos = 4
@@ -244,7 +252,7 @@ class GGUFFile:
             if start < end:
                 self.fail(f"the data of tensors {first!r} and {second!r} overlap")
 
-    def _tensor(self, name: str, ne: list, type_id: int, offset: int) -> GGUFTensor:
+    def _tensor(self, name: str, ne: list[int], type_id: int, offset: int) -> GGUFTensor:
         where = f"tensor {name!r}"
         if name in self.tensors:
             self.fail(f"{where} appears twice")
@@ -275,11 +283,11 @@ class GGUFFile:
 class OutTensor(NamedTuple):
     name: str
     type_id: int  # ggml type id
-    shape: tuple  # PyTorch order
+    shape: tuple[int, ...]  # PyTorch order
     data: Callable[[], Any]  # returns the tensor's bytes (any buffer), called when it is written
 
 
-def _pack_value(vtype: int, value) -> bytes:
+def _pack_value(vtype: int, value: Any) -> bytes:
     if vtype in _SCALARS:
         return struct.pack(_SCALARS[vtype][1], value)
     if vtype == STRING:
@@ -289,7 +297,8 @@ def _pack_value(vtype: int, value) -> bytes:
     return struct.pack("<IQ", etype, len(items)) + b"".join(_pack_value(etype, item) for item in items)
 
 
-def write_gguf(path, metadata: list, tensors: list, progress: Optional[ProgressFn] = None) -> None:
+def write_gguf(path: StrPath, metadata: list[tuple[str, int, Any]], tensors: list[OutTensor],
+               progress: Optional[ProgressFn] = None) -> None:
     """Writes a GGUF (version 3) file atomically: ``metadata`` as [(key, value type, value)] (an
     array's value is (element type, items)), then ``tensors`` ([OutTensor]), each aligned to 32
     bytes and streamed from its ``data()``."""
@@ -303,19 +312,16 @@ def write_gguf(path, metadata: list, tensors: list, progress: Optional[ProgressF
         sizes.append(_nbytes(GGML_TYPES[t.type_id], t.shape))
         offset += -(-sizes[-1] // DEFAULT_ALIGNMENT) * DEFAULT_ALIGNMENT
 
-    def write(tmp: str) -> None:
-        with open(tmp, "xb") as f:
-            f.write(b"".join(head))
-            f.write(b"\0" * (-f.tell() % DEFAULT_ALIGNMENT))
-            for i, (t, size) in enumerate(zip(tensors, sizes)):
-                data = memoryview(t.data()).cast("B")
-                if data.nbytes != size:  # a bug here, never the user's file
-                    raise AssertionError(f"{t.name}: {data.nbytes} bytes of data, {size} expected")
-                f.write(data)
-                f.write(b"\0" * (-size % DEFAULT_ALIGNMENT))
-                if progress is not None:
-                    progress(i + 1, len(tensors), t.name)
-            f.flush()
-            os.fsync(f.fileno())
+    def write(f: BinaryIO) -> None:
+        f.write(b"".join(head))
+        f.write(b"\0" * (-f.tell() % DEFAULT_ALIGNMENT))
+        for i, (t, size) in enumerate(zip(tensors, sizes)):
+            data = memoryview(t.data()).cast("B")
+            if data.nbytes != size:  # a bug here, never the user's file
+                raise AssertionError(f"{t.name}: {data.nbytes} bytes of data, {size} expected")
+            f.write(data)
+            f.write(b"\0" * (-size % DEFAULT_ALIGNMENT))
+            if progress is not None:
+                progress(i + 1, len(tensors), t.name)
 
-    _atomic_write(path, write)
+    write_atomically(path, write)

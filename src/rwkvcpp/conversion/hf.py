@@ -40,7 +40,9 @@ import math
 import os
 import re
 from collections.abc import Iterable, Mapping
-from typing import Optional
+from typing import Any, Optional, overload
+
+from .._typing import Checkpoint
 
 from . import untrusted_json
 from .fla import check_fla_config, fla_to_native, is_fla_layout
@@ -97,7 +99,7 @@ def is_hf_layout(names: Iterable[str]) -> bool:
             or is_fla_layout(names))
 
 
-def read_config(checkpoint) -> Optional[dict]:
+def read_config(checkpoint: Checkpoint) -> Optional[dict[str, Any]]:
     """The ``config.json`` beside a checkpoint's file (a Hugging Face folder's), or None."""
     source = getattr(checkpoint, "source", "")
     if not source:
@@ -115,7 +117,7 @@ def read_config(checkpoint) -> Optional[dict]:
     return config
 
 
-def _renamed(checkpoint: Mapping, names: list):
+def _renamed(checkpoint: Checkpoint, names: list[str]) -> Checkpoint:
     mapping = {name: hf_to_native_name(name) for name in names}
     if len(set(mapping.values())) != len(mapping):
         seen: dict[str, str] = {}
@@ -128,7 +130,7 @@ def _renamed(checkpoint: Mapping, names: list):
     return {mapping[name]: checkpoint[name] for name in names}
 
 
-def _with_tied_head(checkpoint: Mapping, config: Optional[Mapping]):
+def _with_tied_head(checkpoint: Checkpoint, config: Optional[Mapping[str, Any]]) -> Checkpoint:
     """A model saved with ``tie_word_embeddings`` has no head of its own: it is the embeddings."""
     if "head.weight" in checkpoint or "emb.weight" not in checkpoint or not (config or {}).get("tie_word_embeddings"):
         return checkpoint
@@ -138,7 +140,7 @@ def _with_tied_head(checkpoint: Mapping, config: Optional[Mapping]):
     return {**checkpoint, "head.weight": checkpoint["emb.weight"]}
 
 
-def _check_rwkv7_config(checkpoint: Mapping, config: Optional[Mapping]) -> None:
+def _check_rwkv7_config(checkpoint: Checkpoint, config: Optional[Mapping[str, Any]]) -> None:
     """RWKV-7 config values the tensors must agree with, or the engine cannot honour."""
     if not config or "blocks.0.att.r_k" not in checkpoint:
         return
@@ -156,7 +158,15 @@ def _check_rwkv7_config(checkpoint: Mapping, config: Optional[Mapping]) -> None:
                               "does not compute")
 
 
-def to_native_names(checkpoint: Mapping):
+@overload
+def to_native_names(checkpoint: LazyCheckpoint) -> LazyCheckpoint: ...
+
+
+@overload
+def to_native_names(checkpoint: Checkpoint) -> Checkpoint: ...
+
+
+def to_native_names(checkpoint: Checkpoint) -> Checkpoint:
     """Rename an HF-layout checkpoint to native names (and shapes, for fla's RWKV-7), keeping
     its order.
 

@@ -13,14 +13,22 @@ import mmap
 import os
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any, Optional, Protocol, TypeVar, Union
 
 import numpy as np
+
+from .._typing import Array
+
+_T = TypeVar("_T")
+#: What a storage's bytes are read from: a mapping of the file, or a decompressed zip member.
+_Bytes = Union[bytes, mmap.mmap]
 
 __all__ = [
     "CheckpointError",
     "UnsafeCheckpointError",
     "Storage",
     "LazyTensor",
+    "TensorSource",
     "LazyCheckpoint",
     "DTYPE_NAMES",
     "RAW_DTYPES",
@@ -47,7 +55,7 @@ class UnsafeCheckpointError(CheckpointError):
 # Raw element types, by the dtype names this package uses (torch's names without "torch.").
 # numpy has no bfloat16, so bf16 elements are read as their uint16 bit patterns and widened by
 # hand in _convert_into().
-RAW_DTYPES = {
+RAW_DTYPES: dict[str, np.dtype[Any]] = {
     "float64": np.dtype("<f8"),
     "float32": np.dtype("<f4"),
     "float16": np.dtype("<f2"),
@@ -92,15 +100,16 @@ class Storage:
         self.member: str | None = None  # set when the bytes sit in a *compressed* zip member
         self.big_endian = False
 
-    def bind(self, path: str, offset: int, nbytes: int, *, member=None, big_endian=False):
+    def bind(self, path: str, offset: int, nbytes: int, *, member: Optional[str] = None,
+             big_endian: bool = False) -> Storage:
         self.path, self.offset, self.nbytes = path, offset, nbytes
         self.member, self.big_endian = member, big_endian
         return self
 
-    def __setstate__(self, state):  # a pickle BUILD opcode aimed at one of our objects
+    def __setstate__(self, state: object) -> None:  # a pickle BUILD opcode aimed at one of our objects
         raise UnsafeCheckpointError("refusing to load: the pickle tries to modify a storage")
 
-    def with_bytes(self, start: int, length: int, fn: Callable):
+    def with_bytes(self, start: int, length: int, fn: Callable[[_Bytes, int], _T]) -> _T:
         """Call ``fn(buffer, offset)`` with bytes [start, start+length) of this storage available
         at ``buffer[offset:]``; the buffer is only valid during the call (``fn`` must copy)."""
         if self.path is None:
@@ -150,7 +159,8 @@ class LazyTensor:
 
     __slots__ = ("shape", "dtype", "strides", "storage_offset", "_storage")
 
-    def __init__(self, storage: Storage, storage_offset: int, shape, strides=None):
+    def __init__(self, storage: Storage, storage_offset: int, shape: Iterable[int],
+                 strides: Optional[Iterable[int]] = None):
         self._storage = storage
         self.dtype: str = storage.dtype
         self.shape: tuple[int, ...] = tuple(shape)
@@ -159,7 +169,7 @@ class LazyTensor:
         )
         self.storage_offset: int = storage_offset
 
-    def __setstate__(self, state):  # see Storage.__setstate__
+    def __setstate__(self, state: object) -> None:  # see Storage.__setstate__
         raise UnsafeCheckpointError("refusing to load: the pickle tries to modify a tensor")
 
     @property
@@ -168,7 +178,8 @@ class LazyTensor:
 
     @property
     def numel(self) -> int:
-        return math.prod(self.shape)
+        count: int = math.prod(self.shape)
+        return count
 
     @property
     def nbytes(self) -> int:
@@ -199,7 +210,7 @@ class LazyTensor:
                     f"(shape {self.shape}, strides {self.strides}, offset {self.storage_offset})")
         return None
 
-    def numpy(self) -> np.ndarray:
+    def numpy(self) -> Array:
         """Read this tensor's bytes and return a new C-contiguous array: float32 for every float
         dtype (bf16 and fp16 are widened exactly), the file's own type for integer/bool data."""
         raw = RAW_DTYPES[self.dtype]
@@ -212,7 +223,7 @@ class LazyTensor:
         itemsize = raw.itemsize
         contiguous = self.strides == _contiguous_strides(self.shape)
 
-        def convert(buffer, offset):
+        def convert(buffer: _Bytes, offset: int) -> Array:
             flat = np.frombuffer(buffer, dtype=raw, count=span, offset=offset)
             if not contiguous:  # e.g. a transposed tensor: let numpy walk the strides
                 view = np.lib.stride_tricks.as_strided(
@@ -231,14 +242,14 @@ class LazyTensor:
                 stop = min(start + step, span)
                 _convert_into(out_flat[start:stop], flat[start:stop], self.dtype)
                 done = (offset + stop * itemsize) // mmap.PAGESIZE * mmap.PAGESIZE
-                if release and done > released:
+                if release and isinstance(buffer, mmap.mmap) and done > released:
                     buffer.madvise(mmap.MADV_DONTNEED, released, done - released)
                     released = done
             return out
 
         return self._storage.with_bytes(self.storage_offset * itemsize, span * itemsize, convert)
 
-    def __array__(self, dtype=None, copy=None):
+    def __array__(self, dtype: Any = None, copy: Optional[bool] = None) -> Array:
         array = self.numpy()
         return array if dtype is None else array.astype(dtype, copy=False)
 
@@ -246,19 +257,20 @@ class LazyTensor:
         return f"LazyTensor(shape={self.shape}, dtype={self.dtype})"
 
 
-def _contiguous_strides(shape) -> tuple[int, ...]:
-    strides, step = [], 1
+def _contiguous_strides(shape: Iterable[int]) -> tuple[int, ...]:
+    strides: list[int] = []
+    step = 1
     for n in reversed(tuple(shape)):
         strides.append(step)
         step *= max(n, 1)
     return tuple(reversed(strides))
 
 
-def _output_dtype(dtype: str) -> np.dtype:
+def _output_dtype(dtype: str) -> np.dtype[Any]:
     return np.dtype(np.float32) if dtype in _FLOAT_DTYPES else RAW_DTYPES[dtype].newbyteorder("=")
 
 
-def _convert_into(out: np.ndarray, view: np.ndarray, dtype: str) -> None:
+def _convert_into(out: Array, view: Array, dtype: str) -> None:
     """Copy a (possibly strided, possibly big-endian) view of raw elements into ``out``."""
     if dtype == "bfloat16":
         # bf16 is the top half of a float32: widen the bits in place in the result's own
@@ -270,7 +282,20 @@ def _convert_into(out: np.ndarray, view: np.ndarray, dtype: str) -> None:
         np.copyto(out, view, casting="same_kind")  # float64 -> float32 is "same_kind"
 
 
-class LazyCheckpoint(Mapping):
+class TensorSource(Protocol):
+    """What a :class:`LazyCheckpoint` holds: a :class:`LazyTensor`, or anything else that knows
+    its shape and file dtype before reading (fla's re-laid-out tensors)."""
+
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+
+    @property
+    def dtype(self) -> str: ...
+
+    def numpy(self) -> Array: ...
+
+
+class LazyCheckpoint(Mapping[str, Array]):
     """An ordered, read-only ``Mapping[str, np.ndarray]`` over a checkpoint's tensors.
 
     ``checkpoint[name]`` reads that one tensor from the file and returns it as float32 (integer
@@ -280,12 +305,12 @@ class LazyCheckpoint(Mapping):
     reading a name twice reads the file twice.
     """
 
-    def __init__(self, tensors: Mapping[str, LazyTensor] | Iterable[tuple[str, LazyTensor]],
+    def __init__(self, tensors: Mapping[str, TensorSource] | Iterable[tuple[str, TensorSource]],
                  source: str = ""):
-        self._tensors: dict[str, LazyTensor] = dict(tensors)
+        self._tensors: dict[str, TensorSource] = dict(tensors)
         self.source = source  # the file or directory this came from, for messages
 
-    def __getitem__(self, name: str) -> np.ndarray:
+    def __getitem__(self, name: str) -> Array:
         return self._tensors[name].numpy()
 
     def __iter__(self) -> Iterator[str]:
@@ -294,10 +319,10 @@ class LazyCheckpoint(Mapping):
     def __len__(self) -> int:
         return len(self._tensors)
 
-    def __contains__(self, name) -> bool:  # Mapping's default would read the tensor
+    def __contains__(self, name: object) -> bool:  # Mapping's default would read the tensor
         return name in self._tensors
 
-    def tensor(self, name: str) -> LazyTensor:
+    def tensor(self, name: str) -> TensorSource:
         return self._tensors[name]
 
     def shape_of(self, name: str) -> tuple[int, ...]:
@@ -307,13 +332,13 @@ class LazyCheckpoint(Mapping):
         """The dtype of the data in the file ("bfloat16", "float16", "float32", ...)."""
         return self._tensors[name].dtype
 
-    def lazy_items(self) -> Iterator[tuple[str, LazyTensor]]:
+    def lazy_items(self) -> Iterator[tuple[str, TensorSource]]:
         return iter(self._tensors.items())
 
     def renamed(self, new_names: Mapping[str, str]) -> LazyCheckpoint:
         """A checkpoint over the same lazy tensors with names mapped through ``new_names`` (names
         not in it are kept), order preserved. Two tensors landing on one name is an error."""
-        out: dict[str, LazyTensor] = {}
+        out: dict[str, TensorSource] = {}
         for old, tensor in self._tensors.items():
             new = new_names.get(old, old)
             if new in out:

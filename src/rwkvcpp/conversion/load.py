@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import os
 
+from .._typing import StrPath
 from . import untrusted_json
-from .lazy import CheckpointError, LazyCheckpoint, LazyTensor
+from .lazy import CheckpointError, LazyCheckpoint, TensorSource
 from .pth import read_torch_legacy, read_torch_zip
 from .safetensors import read_safetensors
 from .schema import natural_key
@@ -47,7 +48,7 @@ def _read_index(path: str) -> LazyCheckpoint:
         raise CheckpointError(f"{filename}: a JSON file without a weight_map; not a sharded checkpoint index")
 
     folder = os.path.dirname(os.path.abspath(path))
-    tensors: dict[str, LazyTensor] = {}
+    tensors: dict[str, TensorSource] = {}
     for shard in sorted(set(weight_map.values()), key=natural_key):
         # Shards live beside the index; refuse names that would lead elsewhere.
         if os.path.isabs(shard) or os.path.normpath(shard).split(os.sep)[0] == os.pardir:
@@ -149,7 +150,7 @@ def _load_file(path: str) -> LazyCheckpoint:
     return _read_index(path)
 
 
-def load_checkpoint(path) -> LazyCheckpoint:
+def load_checkpoint(path: StrPath) -> LazyCheckpoint:
     """Open a checkpoint lazily: a ``.pth``/``.pt``/``.bin`` torch file, a ``.safetensors`` file,
     a sharded ``*.index.json``, or a folder holding one of these. Only the headers and the pickle
     are read here; tensor data is read by ``checkpoint[name]``.

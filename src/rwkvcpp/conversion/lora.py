@@ -24,11 +24,12 @@ import os
 import re
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional, Union
+from typing import Callable, Optional
 
 import numpy as np
 
 from .. import format as fmt
+from .._typing import Array, StrPath
 from ..arch import Architecture, detect
 from ..arch import get as get_arch
 from ..quantization import _check_paths
@@ -45,7 +46,11 @@ ARCH_NAMES = {"v4": "v4", "v5.1": "v5.1", "v5.2": "v5.2", "v6": "v6", "v6.0": "v
 
 _ATT_NAME = re.compile(r"^blocks\.(\d+)\.att\.(.+)$")
 ProgressFn = Callable[[int, int, str], None]
-PathLike = Union[str, os.PathLike]
+PathLike = StrPath
+#: (lora_A name, lora_B name)
+_Pair = tuple[str, str]
+#: (LoRA tensor name, the row of a merged record it replaces or None for the whole record)
+_Replacement = tuple[str, Optional[int]]
 
 
 @dataclass(frozen=True)
@@ -56,9 +61,9 @@ class MergeSummary:
     dst: str
     lora: str
     arch: str
-    merged: tuple  # records that got a LoRA pair added
-    replaced: tuple  # records (or v7 mixes) the LoRA file replaced
-    unused: tuple  # LoRA tensors that matched nothing in the model
+    merged: tuple[str, ...]  # records that got a LoRA pair added
+    replaced: tuple[str, ...]  # records (or v7 mixes) the LoRA file replaced
+    unused: tuple[str, ...]  # LoRA tensors that matched nothing in the model
     seconds: float
 
     def __str__(self) -> str:
@@ -77,8 +82,8 @@ def _round_to(array: np.ndarray, dtype: str) -> np.ndarray:
         return array.astype(np.float16).astype(np.float32)
     if dtype == "bfloat16":
         bits = np.ascontiguousarray(array, dtype=np.float32).view(np.uint32).astype(np.uint64)
-        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
-        return bits.astype(np.uint32).view(np.float32).reshape(array.shape)
+        rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+        return rounded.astype(np.uint32).view(np.float32).reshape(array.shape)
     return array
 
 
@@ -105,7 +110,7 @@ def _lora_delta(a: np.ndarray, b: np.ndarray, dtype: str, scale: float) -> np.nd
 # --------------------------------------------------------------------------------------------
 
 
-def _pair_names(record: str, lora: LazyCheckpoint) -> Optional[tuple]:
+def _pair_names(record: str, lora: LazyCheckpoint) -> Optional[_Pair]:
     """The (lora_A, lora_B) names for a record, as rwkv.cpp's script looks them up."""
     base = record.replace(".weight", "")
     for suffix in (".weight", ""):
@@ -115,7 +120,7 @@ def _pair_names(record: str, lora: LazyCheckpoint) -> Optional[tuple]:
     return None
 
 
-def _replacements(record: str, arch: Architecture, lora: LazyCheckpoint) -> list:
+def _replacements(record: str, arch: Architecture, lora: LazyCheckpoint) -> list[_Replacement]:
     """[(LoRA name, slot)] replacing a record: slot None for the whole record, i for row i of a
     merged record (v7's x_rwkvag)."""
     if record in lora:
@@ -156,7 +161,7 @@ def _check_pair(record: fmt.Record, a: str, b: str, lora: LazyCheckpoint, where:
                          "expected one floating-point type for both")
 
 
-def _model_arch(src: str, records: list, arch: Optional[str]) -> Architecture:
+def _model_arch(src: str, records: list[fmt.Record], arch: Optional[str]) -> Architecture:
     found = detect(r.name for r in records)
     if found is None:
         raise ValueError(f"{src}: its tensors match no RWKV version")
@@ -217,7 +222,7 @@ def merge_lora(src: PathLike, lora: PathLike, dst: PathLike, alpha: float, arch:
 
     # Everything is checked from shapes before anything is written.
     plan = []
-    used: set = set()
+    used: set[str] = set()
     for record in records:
         pair = _pair_names(record.name, checkpoint)
         if pair is not None:
@@ -246,9 +251,9 @@ def merge_lora(src: PathLike, lora: PathLike, dst: PathLike, alpha: float, arch:
                         replaced=tuple(replaced), unused=unused, seconds=time.perf_counter() - start)
 
 
-def _merged_record(record: fmt.Record, value: np.ndarray, replacing: list, pair: Optional[tuple],
+def _merged_record(record: fmt.Record, value: Array, replacing: list[_Replacement], pair: Optional[_Pair],
                    checkpoint: LazyCheckpoint, arch: Architecture, n_head: int, alpha: float,
-                   where: str) -> np.ndarray:
+                   where: str) -> Array:
     """One record with its replacements, then its LoRA pair, applied; rounded to FP16 after each
     step when the record is FP16 (as rwkv.cpp's script does)."""
     fp16 = record.type_id == fmt.FP16

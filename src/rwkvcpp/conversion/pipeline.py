@@ -23,7 +23,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Callable, Iterator, Optional, Union
 
+from .._typing import Array, StrPath
+
 from .. import format as fmt
+from ..atomic_file import check_destination
 from ..arch import get as get_arch
 from ..quantization import format_size, quantized_type_id
 from ..writer import write_model
@@ -38,7 +41,7 @@ __all__ = ["convert", "open_checkpoint", "ConvertSummary"]
 
 ProgressFn = Callable[[int, int, str], None]
 LogFn = Callable[[str], None]
-PathLike = Union[str, os.PathLike]
+PathLike = StrPath
 
 
 def _keeps_file_order(path: str) -> bool:
@@ -96,7 +99,7 @@ class ConvertSummary:
                 f"converted in {self.seconds:.1f} s")
 
 
-class _Reading(Mapping):
+class _Reading(Mapping[str, Array]):
     """The checkpoint as ``write_model`` sees it: reports each tensor's first read to
     ``progress`` and answers shape/membership questions without reading data."""
 
@@ -106,7 +109,7 @@ class _Reading(Mapping):
         self._total = total
         self._seen: set[str] = set()
 
-    def __getitem__(self, name: str):
+    def __getitem__(self, name: str) -> Array:
         value = self._checkpoint[name]
         # write_model may read a tensor twice (v7's six mixes are gathered into one record
         # where the first of them stands); count each once.
@@ -122,14 +125,14 @@ class _Reading(Mapping):
     def __len__(self) -> int:
         return len(self._checkpoint)
 
-    def __contains__(self, name) -> bool:  # Mapping's default would read the tensor
+    def __contains__(self, name: object) -> bool:  # Mapping's default would read the tensor
         return name in self._checkpoint
 
-    def shape_of(self, name: str) -> tuple:
+    def shape_of(self, name: str) -> tuple[int, ...]:
         return self._checkpoint.shape_of(name)
 
 
-def _file_type(dtype) -> str:
+def _file_type(dtype: object) -> str:
     """"FP16"/"FP32" from the names users give ("fp16", "float16", "f16", ...)."""
     key = str(dtype).strip().upper()
     aliases = {"FP16": "FP16", "FLOAT16": "FP16", "F16": "FP16", "HALF": "FP16",
@@ -147,6 +150,7 @@ def _check_destination(src: str, dst: str) -> None:
         raise FileNotFoundError(f"{dst}: the destination directory {parent} does not exist")
     if os.path.exists(dst) and os.path.exists(src) and os.path.samefile(src, dst):
         raise ValueError(f"{dst}: the destination is the source checkpoint; write the model to another path")
+    check_destination(dst, os.path.realpath(dst))  # before the work: a FIFO, read-only file... is refused
 
 
 def _name_the_file(exc: ValueError, src: str, dst: str, tmp: Optional[str]) -> ValueError:
@@ -232,7 +236,8 @@ def convert(
             write_model(tmp, reading, file_type)
 
             def quantizing(done: int, n: int, name: str) -> None:
-                progress(n_read + done, n_read + n, name)
+                if progress is not None:  # (only passed when it is)
+                    progress(n_read + done, n_read + n, name)
 
             quantize_file(tmp, dst, qtype, quantize_head=quantize_head,
                           progress=quantizing if progress is not None else None)
@@ -308,7 +313,7 @@ def _convert_gguf(src: str, dst: str, file_type: str, qtype: Optional[int], quan
             result = bin_to_gguf(src, dst, progress, log)
         else:
             with _scratch_file(dst) as tmp:
-                if is_model_file:
+                if is_model_file and qtype is not None:  # (a model file without qtype went to bin_to_gguf)
                     quantize_file(src, tmp, qtype, quantize_head=quantize_head)
                 else:
                     convert(src, tmp, file_type, quantize=qtype, quantize_head=quantize_head, log=log)

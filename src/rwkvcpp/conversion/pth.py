@@ -32,11 +32,22 @@ import io
 import os
 import pickle
 import zipfile
+from typing import IO, Any, Callable, NoReturn, Optional, Protocol, Union
+
+from .._typing import StrPath
 
 from .lazy import (INT64_LIMIT, MAX_DIMS, RAW_DTYPES, CheckpointError, LazyCheckpoint, LazyTensor, Storage,
                    UnsafeCheckpointError)
 
 __all__ = ["read_torch_zip", "read_torch_legacy", "MAX_PICKLE_BYTES"]
+
+
+class _Readable(Protocol):
+    """What the unpickler reads from."""
+
+    def read(self, n: int, /) -> bytes: ...
+
+    def readline(self) -> bytes: ...
 
 #: The longest pickle read. A state dict's pickle takes about 150 bytes per tensor (a 7B model's
 #: is under 1 MB); unpickled objects can take some 40 times their bytes, so this bounds the
@@ -54,7 +65,7 @@ _MAX_BYTEORDER_BYTES = 16  # "little" or "big"
 # --------------------------------------------------------------------------------------------
 
 
-def _refuse_build(name: str):
+def _refuse_build(name: str) -> NoReturn:
     raise UnsafeCheckpointError(f"refusing to load: the pickle tries to modify {name}", forbidden=name)
 
 
@@ -68,17 +79,17 @@ class StorageType:
         self.name = name
         self.dtype = dtype
 
-    def __setstate__(self, state):  # BUILD: the dtype must stay the one the name says
+    def __setstate__(self, state: object) -> None:  # BUILD: the dtype must stay the one the name says
         _refuse_build(f"torch.{self.name}")
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<storage type {self.dtype}>"
 
 
 class TorchDType(str):
     """Stand-in for a ``torch.dtype`` object found in a pickle (e.g. in saved config values)."""
 
-    def __setstate__(self, state):
+    def __setstate__(self, state: object) -> None:
         _refuse_build(f"torch.{self}")
 
 
@@ -89,17 +100,17 @@ class _Reconstructor:
 
     __slots__ = ("_name", "_function")
 
-    def __init__(self, name: str, function):
+    def __init__(self, name: str, function: Callable[..., Any]):
         self._name = name
         self._function = function
 
-    def __call__(self, *args):
+    def __call__(self, *args: Any) -> Any:
         return self._function(*args)
 
-    def __setstate__(self, state):
+    def __setstate__(self, state: object) -> None:
         _refuse_build(self._name)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<{self._name} (restricted)>"
 
 
@@ -129,11 +140,11 @@ _TORCH_DTYPES = {
 }
 
 
-def _is_int64(value) -> bool:
+def _is_int64(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and -INT64_LIMIT <= value < INT64_LIMIT
 
 
-def _check_ints(value, what: str) -> tuple[int, ...]:
+def _check_ints(value: object, what: str) -> tuple[int, ...]:
     if not isinstance(value, (tuple, list)) or not all(_is_int64(v) for v in value):
         raise CheckpointError(f"tensor {what} is not a tuple of int64 values: {value!r:.200}")
     if len(value) > MAX_DIMS:
@@ -141,7 +152,8 @@ def _check_ints(value, what: str) -> tuple[int, ...]:
     return tuple(value)
 
 
-def _rebuild_tensor(storage, storage_offset, size, stride, *_ignored):
+def _rebuild_tensor(storage: object, storage_offset: int, size: object, stride: object,
+                    *_ignored: object) -> LazyTensor:
     """Replaces torch._utils._rebuild_tensor(_v2): (storage, offset, size, stride,
     requires_grad, backward_hooks[, metadata]) -> LazyTensor. The extra arguments only matter to
     autograd and are ignored."""
@@ -152,14 +164,14 @@ def _rebuild_tensor(storage, storage_offset, size, stride, *_ignored):
     return LazyTensor(storage, storage_offset, _check_ints(size, "size"), _check_ints(stride, "stride"))
 
 
-def _rebuild_parameter(data, *_ignored):
+def _rebuild_parameter(data: object, *_ignored: object) -> LazyTensor:
     """Replaces torch._utils._rebuild_parameter(_with_state): an nn.Parameter is its tensor."""
     if not isinstance(data, LazyTensor):
         raise CheckpointError("parameter rebuilt from something that is not a tensor")
     return data
 
 
-_SAFE_GLOBALS = {
+_SAFE_GLOBALS: dict[tuple[str, str], Callable[..., Any]] = {
     ("collections", "OrderedDict"): collections.OrderedDict,
     ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
     ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
@@ -177,7 +189,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
     OrderedDict and the functions above.
     """
 
-    def __init__(self, file, filename: str, storages: dict | None):
+    def __init__(self, file: _Readable, filename: str, storages: dict[str, Storage] | None):
         super().__init__(file, encoding="utf-8")
         self._filename = filename
         # key -> Storage, shared by all tensors viewing the same storage; None where the pickle
@@ -185,7 +197,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
         self._storages = storages
         self.views: list[tuple[Storage, str, int]] = []  # legacy storage views, bound later
 
-    def find_class(self, module: str, name: str):
+    def find_class(self, module: str, name: str) -> Union[_Reconstructor, StorageType, TorchDType]:
         found = _SAFE_GLOBALS.get((module, name))
         if found is not None:
             return _Reconstructor(f"{module}.{name}", found)
@@ -205,7 +217,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
             forbidden=dotted,
         )
 
-    def persistent_load(self, pid):
+    def persistent_load(self, pid: object) -> Storage:
         # zip format: ('storage', storage_type, key, location, numel)
         # legacy:     ('storage', storage_type, root_key, location, numel, view_metadata)
         if self._storages is None or not isinstance(pid, tuple) or len(pid) not in (5, 6) \
@@ -239,7 +251,7 @@ class _BoundedReader:
     """A file as the unpickler reads it, refusing to read more than ``limit`` bytes from where it
     starts (the legacy format's pickles are read straight from the file, with no length given)."""
 
-    def __init__(self, file, limit: int):
+    def __init__(self, file: io.BufferedReader, limit: int):
         self._file = file
         self._limit = limit
         self._end = file.tell() + limit
@@ -254,7 +266,7 @@ class _BoundedReader:
     def read(self, n: int) -> bytes:
         return self._file.read(self._left(n))
 
-    def readinto(self, buffer) -> int:
+    def readinto(self, buffer: Union[bytearray, memoryview]) -> int:
         return self._file.readinto(memoryview(buffer)[: self._left(len(buffer))])
 
     def readline(self) -> bytes:
@@ -266,8 +278,11 @@ class _BoundedReader:
         return self._file.peek(n)
 
 
-def _unpickle(data_or_file, filename: str, storages: dict | None, unpickler_out: list | None = None):
+def _unpickle(data_or_file: Union[bytes, bytearray, io.BufferedReader], filename: str,
+              storages: dict[str, Storage] | None,
+              unpickler_out: Optional[list[_RestrictedUnpickler]] = None) -> Any:  # whatever the pickle holds
     """Run the restricted unpickler; turn every failure that is not ours into CheckpointError."""
+    file: _Readable
     if isinstance(data_or_file, (bytes, bytearray)):
         file = io.BytesIO(data_or_file)
     else:
@@ -297,7 +312,7 @@ def _unpickle(data_or_file, filename: str, storages: dict | None, unpickler_out:
 _WRAPPER_KEYS = ("state_dict", "model", "module", "model_state_dict", "params")
 
 
-def _collect_tensors(obj, filename: str) -> dict[str, LazyTensor]:
+def _collect_tensors(obj: object, filename: str) -> dict[str, LazyTensor]:
     if isinstance(obj, dict):
         tensors = {k: v for k, v in obj.items() if isinstance(v, LazyTensor)}
         if tensors:
@@ -330,7 +345,7 @@ _LOCAL_HEADER_SIGNATURE = b"PK\x03\x04"
 _LOCAL_HEADER_SIZE = 30
 
 
-def _member_data_offset(f, info: zipfile.ZipInfo, filename: str) -> int:
+def _member_data_offset(f: IO[bytes], info: zipfile.ZipInfo, filename: str) -> int:
     """Offset of a member's data in the file, from its local file header. The local header's
     name and extra lengths can differ from the central directory's (torch pads the extra field
     to align storages to 64 bytes), so they must be read here."""
@@ -362,7 +377,7 @@ def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int, what: s
         raise CheckpointError(f"{filename}: corrupt zip member {member} ({exc})") from exc
 
 
-def read_torch_zip(path) -> LazyCheckpoint:
+def read_torch_zip(path: StrPath) -> LazyCheckpoint:
     """Read a zip-format ``torch.save`` file (``.pth``, ``.pt``, HF ``pytorch_model.bin``)."""
     path = os.fspath(path)
     filename = os.path.basename(path)
@@ -425,7 +440,7 @@ _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _LEGACY_PROTOCOL = 1001
 
 
-def read_torch_legacy(path) -> LazyCheckpoint:
+def read_torch_legacy(path: StrPath) -> LazyCheckpoint:
     """Read a legacy (pre-zip) ``torch.save`` file."""
     path = os.fspath(path)
     filename = os.path.basename(path)
@@ -445,7 +460,7 @@ def read_torch_legacy(path) -> LazyCheckpoint:
             raise CheckpointError(f"{filename}: big-endian legacy torch checkpoints are not "
                                   "supported; re-save it with a recent torch")
         storages: dict[str, Storage] = {}
-        unpicklers: list = []
+        unpicklers: list[_RestrictedUnpickler] = []
         obj = _unpickle(f, filename, storages, unpicklers)
         keys = _unpickle(f, filename, None)
         if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):

@@ -19,15 +19,17 @@ What is written only uses the names :mod:`rwkvcpp.conversion.pth`'s restricted r
 from __future__ import annotations
 
 import json
-import os
 import pickle
-import secrets
 import struct
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any, BinaryIO, Iterable
 
 import numpy as np
+
+from .._typing import Array, StrPath
+from ..atomic_file import write_atomically
 
 __all__ = [
     "Global",
@@ -55,12 +57,12 @@ class Global:
 @dataclass(frozen=True)
 class Call:
     func: object  # usually a Global
-    args: tuple = ()
+    args: tuple[object, ...] = ()
 
 
 @dataclass(frozen=True)
 class PersId:
-    pid: tuple
+    pid: tuple[object, ...]
 
 
 @dataclass(frozen=True)
@@ -71,7 +73,7 @@ class Build:
     state: object
 
 
-def dumps(tree) -> bytes:
+def dumps(tree: object) -> bytes:
     """Protocol-2 pickle bytes for a tree of plain values and Global/Call/PersId/Build nodes."""
     out = bytearray(pickle.PROTO + bytes([2]))
     _emit(tree, out)
@@ -79,7 +81,7 @@ def dumps(tree) -> bytes:
     return bytes(out)
 
 
-def _emit(obj, out: bytearray) -> None:
+def _emit(obj: object, out: bytearray) -> None:
     if isinstance(obj, Global):
         out += pickle.GLOBAL + f"{obj.module}\n{obj.name}\n".encode()
     elif isinstance(obj, Call):
@@ -132,7 +134,7 @@ def _emit(obj, out: bytearray) -> None:
         raise TypeError(f"cannot emit {type(obj).__name__}")
 
 
-def write_zip(path, records: Mapping[str, bytes], *, archive: str = "archive",
+def write_zip(path: StrPath, records: Mapping[str, bytes], *, archive: str = "archive",
               compression: int = zipfile.ZIP_STORED) -> None:
     """A zip with each record under ``<archive>/``, stored uncompressed like torch does."""
     with zipfile.ZipFile(path, "w", compression=compression) as zf:
@@ -145,13 +147,13 @@ def write_zip(path, records: Mapping[str, bytes], *, archive: str = "archive",
 # --------------------------------------------------------------------------------------------
 
 # numpy dtype -> (torch storage class, safetensors dtype name)
-_FLOAT_TYPES = {
+_FLOAT_TYPES: dict[np.dtype[Any], tuple[str, str]] = {
     np.dtype(np.float32): ("FloatStorage", "F32"),
     np.dtype(np.float16): ("HalfStorage", "F16"),
 }
 
 
-def _float_array(name: str, value) -> np.ndarray:
+def _float_array(name: str, value: Any) -> Array:
     array = np.asarray(value)
     if array.dtype not in _FLOAT_TYPES:
         if array.dtype.kind != "f":
@@ -161,30 +163,16 @@ def _float_array(name: str, value) -> np.ndarray:
     return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
 
 
-def _contiguous_strides(shape) -> tuple:
-    strides, step = [], 1
+def _contiguous_strides(shape: Iterable[int]) -> tuple[int, ...]:
+    strides: list[int] = []
+    step = 1
     for n in reversed(tuple(shape)):
         strides.append(step)
         step *= max(n, 1)
     return tuple(reversed(strides))
 
 
-def _atomic_write(path, write) -> None:
-    """Run ``write(temp_path)`` and move the result over ``path``; no partial file on failure."""
-    path = os.fspath(path)
-    tmp = f"{path}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
-def save_pth(path, tensors: Mapping[str, np.ndarray]) -> None:
+def save_pth(path: StrPath, tensors: Mapping[str, Array]) -> None:
     """Save ``{name: float16/float32 array}`` as a zip-format ``torch.save`` file of an
     OrderedDict of tensors (what ``torch.save(state_dict, path)`` writes). Other float dtypes are
     stored as float32. The file is written to a temporary name and renamed at the end."""
@@ -203,14 +191,14 @@ def save_pth(path, tensors: Mapping[str, np.ndarray]) -> None:
     tree = Call(Global("collections", "OrderedDict"), (entries,))
     # torch reads data.pkl first and the version record to pick its reader; order as torch has it.
     ordered = {"data.pkl": dumps(tree), "byteorder": b"little", **records, "version": b"3\n"}
-    _atomic_write(path, lambda tmp: write_zip(tmp, ordered))
+    write_atomically(path, lambda f: write_zip(f, ordered))
 
 
-def save_safetensors(path, tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None = None) -> None:
+def save_safetensors(path: StrPath, tensors: Mapping[str, Array], metadata: Mapping[str, str] | None = None) -> None:
     """Save ``{name: float16/float32 array}`` as a ``.safetensors`` file (8-byte header length,
     JSON header, data), atomically like :func:`save_pth`."""
     arrays = {name: _float_array(name, value) for name, value in tensors.items()}
-    header: dict = {}
+    header: dict[str, object] = {}
     if metadata:
         header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
     offset = 0
@@ -222,11 +210,10 @@ def save_safetensors(path, tensors: Mapping[str, np.ndarray], metadata: Mapping[
     raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
     raw += b" " * (-len(raw) % 8)  # the format pads the header so the data starts 8-aligned
 
-    def write(tmp):
-        with open(tmp, "wb") as f:
-            f.write(struct.pack("<Q", len(raw)))
-            f.write(raw)
-            for array in arrays.values():
-                f.write(array.tobytes())
+    def write(f: BinaryIO) -> None:
+        f.write(struct.pack("<Q", len(raw)))
+        f.write(raw)
+        for array in arrays.values():
+            f.write(array.tobytes())
 
-    _atomic_write(path, write)
+    write_atomically(path, write)

@@ -5,10 +5,16 @@ from __future__ import annotations
 
 import math
 import os
+from typing import TYPE_CHECKING
+
+from .._typing import StrPath
 
 from . import untrusted_json
 from .lazy import INT64_LIMIT, MAX_DIMS, RAW_DTYPES, CheckpointError, LazyCheckpoint, LazyTensor, Storage
 from .schema import model_order
+
+if TYPE_CHECKING:
+    from typing_extensions import TypeIs
 
 __all__ = ["read_safetensors"]
 
@@ -24,13 +30,13 @@ _MAX_SAFETENSORS_HEADER = 100_000_000
 _MAX_HEADER_DEPTH = 8
 
 
-def _is_int_list(value, max_len: int) -> bool:
+def _is_int_list(value: object, max_len: int) -> TypeIs[list[int]]:
     """A list of at most ``max_len`` ints, each in [0, 2**63) as the format's sizes and offsets are."""
     return isinstance(value, list) and len(value) <= max_len and all(
         isinstance(v, int) and not isinstance(v, bool) and 0 <= v < INT64_LIMIT for v in value)
 
 
-def read_safetensors(path) -> LazyCheckpoint:
+def read_safetensors(path: StrPath) -> LazyCheckpoint:
     """Read a ``.safetensors`` file: 8-byte little-endian header length, a JSON header mapping
     names to dtype, shape and [begin, end) data offsets, then the data. Tensors come in model order
     (:func:`rwkvcpp.conversion.schema.model_order`), since the file keeps none: safetensors
@@ -62,7 +68,7 @@ def read_safetensors(path) -> LazyCheckpoint:
             continue
         if not isinstance(info, dict):
             raise CheckpointError(f"{filename}: malformed header entry for {name!r}")
-        dtype = _SAFETENSORS_DTYPES.get(info.get("dtype"))
+        dtype = _SAFETENSORS_DTYPES.get(str(info.get("dtype")))
         if dtype is None:
             raise CheckpointError(f"{filename}: tensor {name!r} has unsupported dtype {info.get('dtype')!r}")
         shape, offsets = info.get("shape"), info.get("data_offsets")

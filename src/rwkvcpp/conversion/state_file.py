@@ -23,14 +23,19 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Union
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .._typing import FloatArray, StrPath
 from ..arch import get as get_arch
+from ..arch.base import Architecture
 from .hf import is_hf_layout, to_native_names
 from .load import load_checkpoint
 from .pth_write import save_pth, save_safetensors
+
+if TYPE_CHECKING:
+    from ..model import Model
 
 __all__ = ["load_state_file", "save_state_file", "STATE_TENSOR"]
 
@@ -39,10 +44,10 @@ STATE_TENSOR = "blocks.{}.att.time_state"
 _STATE_NAME = re.compile(r"^blocks\.(\d+)\.att\.time_state$")
 _FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
 
-PathLike = Union[str, os.PathLike]
+PathLike = StrPath
 
 
-def _layout(model, where: str):
+def _layout(model: Model, where: str) -> tuple[Architecture, int, int, int, int]:
     """(version, n_layer, n_embed, n_head, head size) of a model whose state has wkv matrices;
     ValueError for one without (v4)."""
     arch = get_arch(model.arch)
@@ -51,7 +56,7 @@ def _layout(model, where: str):
     return arch, int(model.n_layer), int(model.n_embed), int(model.n_head), int(model.head_size)
 
 
-def load_state_file(path: PathLike, model) -> np.ndarray:
+def load_state_file(path: PathLike, model: Model) -> FloatArray:
     """Reads a state file into a full state for ``model`` (a :class:`rwkvcpp.Model`): a new
     float32 array of ``model.state_len`` holding the file's wkv matrices and a fresh state's
     values everywhere else. Pass it to ``model.eval_sequence(tokens, state)``.
@@ -104,7 +109,7 @@ def load_state_file(path: PathLike, model) -> np.ndarray:
     return state
 
 
-def save_state_file(path: PathLike, state: np.ndarray, model) -> None:
+def save_state_file(path: PathLike, state: FloatArray, model: Model) -> None:
     """Writes the wkv matrices of ``state`` (a full state of ``model``) as a state file:
     ``blocks.N.att.time_state`` (n_head, head_size, head_size) float32 tensors in the orientation state-tuning
     tools write. ``.safetensors`` paths get a safetensors file, anything else a ``torch.save``

@@ -8,11 +8,12 @@ another source layout would run before this, on a checkpoint in BlinkDL's names.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
-from typing import Iterable, Iterator, Optional
+from typing import Any, Iterable, Iterator, Optional
 
 import numpy as np
+from numpy.typing import NDArray
 
+from .._typing import Array, Checkpoint
 from ..arch import Architecture, detect
 from .schema import shape_of
 
@@ -21,13 +22,14 @@ __all__ = ["transform_checkpoint", "checkpoint_heads", "count_records", "embeddi
 _ATT_NAME = re.compile(r"^blocks\.(\d+)\.att\.(.+)$")
 
 
-def as_float32(name: str, value) -> np.ndarray:
+def as_float32(name: str, value: Any) -> NDArray[np.float32]:
     """A checkpoint entry as a float32 numpy array, or a ValueError naming the tensor."""
     if type(value).__module__.split(".")[0] == "torch":
         # A torch tensor (possibly bfloat16, which numpy cannot hold): widen on the torch side.
         if not value.is_floating_point():
             raise ValueError(f"tensor {name!r} has dtype {value.dtype}; expected floating point")
-        return value.detach().to("cpu").float().numpy()
+        widened: NDArray[np.float32] = value.detach().to("cpu").float().numpy()
+        return widened
     if not isinstance(value, np.ndarray):
         raise ValueError(f"checkpoint entry {name!r} is a {type(value).__name__}, not an array")
     if value.dtype.kind != "f":
@@ -38,14 +40,14 @@ def as_float32(name: str, value) -> np.ndarray:
     return value.astype(np.float32, copy=False)
 
 
-def embedding_shape(checkpoint: Mapping) -> tuple:
+def embedding_shape(checkpoint: Checkpoint) -> tuple[int, int]:
     """(n_vocab, n_embed) from ``emb.weight``."""
     if "emb.weight" not in checkpoint:
         raise ValueError("checkpoint has no 'emb.weight': not an RWKV model, or not a full checkpoint")
     shape = shape_of(checkpoint, "emb.weight")
     if len(shape) != 2:
         raise ValueError(f"'emb.weight' has shape {shape}; expected (n_vocab, n_embed)")
-    return shape
+    return shape[0], shape[1]
 
 
 def detect_checked(names: Iterable[str]) -> Architecture:
@@ -57,7 +59,7 @@ def detect_checked(names: Iterable[str]) -> Architecture:
     return arch
 
 
-def checkpoint_heads(checkpoint: Mapping, arch: Architecture, n_embed: int) -> tuple:
+def checkpoint_heads(checkpoint: Checkpoint, arch: Architecture, n_embed: int) -> tuple[int, int]:
     """(n_head, head_size) of a checkpoint, from layer 0's head tensor (see
     :meth:`rwkvcpp.arch.Architecture.heads`); (0, 0) for a version without heads."""
     if not arch.head_tensor:
@@ -68,13 +70,13 @@ def checkpoint_heads(checkpoint: Mapping, arch: Architecture, n_embed: int) -> t
     return arch.heads(name, shape_of(checkpoint, name), n_embed)
 
 
-def _merged_sources(arch: Architecture) -> dict:
+def _merged_sources(arch: Architecture) -> dict[str, tuple[str, tuple[str, ...]]]:
     """{checkpoint leaf: (record leaf, all its sources)} for the version's merged records."""
     return {source: (record, sources) for record, sources in arch.merged.items() for source in sources}
 
 
-def transform_checkpoint(checkpoint: Mapping,
-                         arch: Optional[Architecture] = None) -> Iterator[tuple[str, np.ndarray]]:
+def transform_checkpoint(checkpoint: Checkpoint,
+                         arch: Optional[Architecture] = None) -> Iterator[tuple[str, Array]]:
     """Yields (name, float32 array in PyTorch shape) as the file stores them, in checkpoint order.
 
     Squeezes ``.time_`` tensors, applies the version's transforms and gathers its merged

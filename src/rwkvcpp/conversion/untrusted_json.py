@@ -9,8 +9,11 @@ anything deeper than the caller allows is refused before ``json`` sees it.
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import numpy as np
+
+from .._typing import StrPath
 
 __all__ = ["loads", "load_file", "nesting_depth"]
 
@@ -49,7 +52,7 @@ def nesting_depth(data: bytes, stop_above: int | None = None) -> int:
     return deepest
 
 
-def loads(text, max_depth: int):
+def loads(text: str | bytes, max_depth: int) -> Any:
     """``json.loads`` for untrusted text (str, or UTF-8 bytes): ValueError for nesting deeper
     than ``max_depth``, as for any other invalid JSON."""
     data = text.encode("utf-8") if isinstance(text, str) else bytes(text)
@@ -60,7 +63,7 @@ def loads(text, max_depth: int):
     return json.loads(text)
 
 
-def load_file(path, max_bytes: int, max_depth: int):
+def load_file(path: StrPath, max_bytes: int, max_depth: int) -> Any:
     """A JSON file's value, refusing files over ``max_bytes`` (ValueError) before reading them."""
     with open(path, "rb") as f:
         data = f.read(max_bytes + 1)

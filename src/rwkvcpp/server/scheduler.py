@@ -110,8 +110,8 @@ class _Running:
         self.generator = None  # a Generate job's, as it was when the job started
         self.next_prompt = 0  # Generate: prompts before this one are in the batch; Embed: inputs done
         self.choices: dict[int, int] = {}  # the batch's choice id -> the response's choice number
-        self.held: dict[int, Piece] = {}  # choice id -> its last piece, until its reply is cached
-        self.settled: set[int] = set()  # choice ids whose reply is cached, their last piece not yet seen
+        self.held: dict[int, Piece] = {}  # id(result) -> a choice's last piece, until its reply is cached
+        self.settled: set[int] = set()  # id(result) of replies cached before their last piece was seen
         self.finished = 0  # choices whose last piece went out
         self.cacheable = False  # its replies' states go in the state cache
 
@@ -386,6 +386,7 @@ class BatchScheduler:
             running.settled.discard(id(result))
             return False
         return running.cacheable and result is not None
+
     def _settled(self, running: _Running, key: int) -> None:
         piece = running.held.pop(key, None)
         if piece is None:  # settled in the step that sampled it: the piece is not seen yet
@@ -447,9 +448,8 @@ def _shutting_down() -> OpenAIError:
 def fit_in_memory(model, parallel: int) -> int:
     """``parallel``, lowered so that the batch's states and logits take at most an eighth of
     the memory available now (never below 1)."""
-    try:
-        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
+    available = _available_memory()
+    if available is None:
         return parallel
     per_sequence = 4 * (model.state_len + model.n_vocab) * 2  # the state and logits, and a copy of each
     fits = max(1, available // 8 // per_sequence)
@@ -457,3 +457,19 @@ def fit_in_memory(model, parallel: int) -> int:
         log.warning("parallel lowered from %d to %d: the states of more sequences would not fit in memory",
                     parallel, fits)
     return min(parallel, fits)
+
+
+def _available_memory() -> Optional[int]:
+    """Bytes of memory available to a new allocation (Linux's MemAvailable, which counts the
+    page cache it can drop; else the free pages), or None where neither is known."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
