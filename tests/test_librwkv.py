@@ -58,6 +58,7 @@ def test_c_program(tmp_path):
                          timeout=120)
     assert run.returncode == 0, run.stdout + run.stderr
     assert run.stdout.strip() == "ok"
+    assert (tmp_path / "modèle-Ω-Q5_1.bin").is_file()
 
 
 @pytest.fixture(scope="module")
