@@ -1,15 +1,13 @@
 #include "file.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
-#include <unistd.h>
 
+#include "platform.h"
 #include "rwkv.h"
 #include "types.h"
 
@@ -184,14 +182,15 @@ const char *rwkv_file_kind(mode_t mode) {
     if (S_ISDIR(mode)) return "directory";
     if (S_ISFIFO(mode)) return "FIFO";
     if (S_ISCHR(mode)) return "character device";
+#ifndef _WIN32 /* Windows has neither */
     if (S_ISBLK(mode)) return "block device";
     if (S_ISSOCK(mode)) return "socket";
+#endif
     return "special file";
 }
 
-/* O_NONBLOCK: opening a FIFO would otherwise wait for a writer; regular files ignore it. */
 static int open_regular(rwkv_file *f, char *err, size_t err_len) {
-    f->fd = open(f->path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    f->fd = rwkv_open_read(f->path);
     if (f->fd < 0) return rwkv_fail(err, err_len, RWKV_ERR_IO, "%s: cannot open: %s", f->path, strerror(errno));
     struct stat st;
     if (fstat(f->fd, &st) != 0)
@@ -200,7 +199,7 @@ static int open_regular(rwkv_file *f, char *err, size_t err_len) {
         return rwkv_fail(err, err_len, RWKV_ERR_IO, "%s: a %s, not a regular file; give a model file", f->path,
                          rwkv_file_kind(st.st_mode));
     f->size = (size_t)st.st_size;
-    f->mtime = st.st_mtim;
+    f->mtime = rwkv_stat_mtime(&st);
     if (f->size < 24)
         return rwkv_fail(err, err_len, RWKV_ERR_FORMAT,
                          "%s: too short for a model file (%zu bytes; the header alone is 24)", f->path, f->size);
@@ -208,8 +207,8 @@ static int open_regular(rwkv_file *f, char *err, size_t err_len) {
 }
 
 static int map_file(rwkv_file *f, char *err, size_t err_len) {
-    void *map = mmap(NULL, f->size, PROT_READ, MAP_PRIVATE, f->fd, 0);
-    if (map == MAP_FAILED) return rwkv_fail(err, err_len, RWKV_ERR_IO, "%s: cannot map: %s", f->path, strerror(errno));
+    const void *map = rwkv_map_read(f->fd, f->size);
+    if (!map) return rwkv_fail(err, err_len, RWKV_ERR_IO, "%s: cannot map: %s", f->path, strerror(errno));
     f->map = map;
     return RWKV_OK;
 }
@@ -223,7 +222,7 @@ static int copy_file(rwkv_file *f, char *err, size_t err_len) {
     f->copied = 1;
     size_t done = 0;
     while (done < f->size) {
-        ssize_t n = pread(f->fd, copy + done, f->size - done, (off_t)done);
+        rwkv_ssize n = rwkv_pread(f->fd, copy + done, f->size - done, done);
         if (n < 0 && errno == EINTR) continue;
         if (n < 0) return rwkv_fail(err, err_len, RWKV_ERR_IO, "%s: read failed: %s", f->path, strerror(errno));
         if (n == 0)
@@ -280,7 +279,8 @@ int rwkv_file_check_unchanged(const rwkv_file *f, char *err, size_t err_len) {
     struct stat st;
     if (fstat(f->fd, &st) != 0)
         return rwkv_fail(err, err_len, RWKV_ERR_IO, "%s: cannot stat the model file: %s", f->path, strerror(errno));
-    if ((size_t)st.st_size == f->size && st.st_mtim.tv_sec == f->mtime.tv_sec && st.st_mtim.tv_nsec == f->mtime.tv_nsec)
+    const struct timespec mtime = rwkv_stat_mtime(&st);
+    if ((size_t)st.st_size == f->size && mtime.tv_sec == f->mtime.tv_sec && mtime.tv_nsec == f->mtime.tv_nsec)
         return RWKV_OK;
     return rwkv_fail(err, err_len, RWKV_ERR_IO,
                      "%s: the model file was %s after it was loaded (%zu bytes then, %lld now); load it again, or "
@@ -293,7 +293,7 @@ void rwkv_file_close(rwkv_file *f) {
     for (int i = 0; i < f->n_records; i++) free(f->records[i].name);
     free(f->records);
     if (f->map && f->copied) free((void *)f->map);
-    else if (f->map) munmap((void *)f->map, f->size);
+    else if (f->map) rwkv_unmap(f->map, f->size);
     if (f->fd >= 0) close(f->fd);
     f->records = NULL;
     f->n_records = 0;

@@ -10,7 +10,8 @@
 #include <sched.h>
 #include <stdatomic.h>
 #include <stdlib.h>
-#include <unistd.h>
+
+#include "platform.h"
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -172,7 +173,4 @@ void rwkv_parallel_for(rwkv_pool *pool, int64_t n, rwkv_item_fn fn, void *ctx) {
     rwkv_pool_run(pool, (long)n, parallel_for_chunk, &task);
 }
 
-int rwkv_default_threads(void) {
-    long n = sysconf(_SC_NPROCESSORS_ONLN);
-    return n > 0 ? (int)n : 1;
-}
+int rwkv_default_threads(void) { return rwkv_cpu_count(); }

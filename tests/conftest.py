@@ -101,3 +101,5 @@ def reference_runs(model_files, fixed_tokens):
 def pytest_configure(config):
     config.addinivalue_line("markers", "ray: starts a local Ray cluster (tests/test_scale_ray.py, about a minute and "
                                        "a half); -m 'not ray' leaves them out")
+    config.addinivalue_line("markers", "wheel: builds the wheel and checks it in a fresh environment "
+                                       "(tests/test_wheel.py, a few minutes); -m 'not wheel' leaves it out")

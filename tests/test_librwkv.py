@@ -33,8 +33,10 @@ EXPORTED = {
 
 
 def test_librwkv_path_is_in_the_package():
+    from rwkvcpp import _core
+
     path = Path(rwkvcpp.librwkv_path())
-    assert path.is_file() and path.parent == Path(rwkvcpp._core.__file__).parent
+    assert path.is_file() and path.parent == Path(_core.__file__).parent
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the ELF symbol table with nm")
@@ -56,6 +58,7 @@ def test_c_program(tmp_path):
                          timeout=120)
     assert run.returncode == 0, run.stdout + run.stderr
     assert run.stdout.strip() == "ok"
+    assert (tmp_path / "modèle-Ω-Q5_1.bin").is_file()
 
 
 @pytest.fixture(scope="module")

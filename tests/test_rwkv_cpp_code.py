@@ -10,7 +10,6 @@ rwkv.cpp's CMake runs them.
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -21,20 +20,10 @@ import pytest
 
 import rwkvcpp
 from rwkvcpp.c_api import LIBRARY_NAME, librwkv_path
-from support.librwkv_build import compile_against_librwkv
+from support.librwkv_build import STRICT_TESTS, check_tiny_rwkv_log, compile_against_librwkv
 
 CHECKOUT = Path(os.environ["RWKVCPP_RWKV_CPP_DIR"]) if os.environ.get("RWKVCPP_RWKV_CPP_DIR") else None
 pytestmark = pytest.mark.skipif(CHECKOUT is None, reason="RWKVCPP_RWKV_CPP_DIR (an rwkv.cpp checkout) is not set")
-
-STRICT_TESTS = ["test_context_cloning", "test_eval_sequence_in_chunks", "test_logit_calculation_skipping",
-                "test_quantization_format_compatibility"]
-# test_tiny_rwkv checks every version and format, quantizing the FP32 and FP16 files itself; it
-# records each failure and aborts at the end, so its log says which models failed.
-VERSIONS = ["4v0-660K", "5v1-730K", "5v2-730K", "6v0-3m", "7v0-834K"]
-# The one case outside rwkv.cpp's bound, explained in tests/test_rwkv_cpp_models.py (ggml rounds
-# the activations of FP16 matrices to FP16; this engine keeps them in float).
-KNOWN_DEVIATIONS = {"tiny-rwkv-7v0-834K-FP16-to-Q8_0.bin"}
-
 
 @pytest.fixture(scope="module")
 def test_dir(tmp_path_factory) -> Path:
@@ -57,31 +46,11 @@ def test_rwkv_cpp_c_test(name, test_dir):
     assert run.returncode == 0, run.stderr[-4000:]
 
 
-def failed_models(log: str) -> dict[str, list[str]]:
-    """The model files test_tiny_rwkv reported failures for, with the failure messages."""
-    failures: dict[str, list[str]] = {}
-    model = None
-    lines = log.splitlines()
-    for i, line in enumerate(lines):
-        if line.startswith("Testing "):
-            model = line.split()[1]
-        elif line.startswith("*** Assertion failed ***"):
-            failures.setdefault(model or "(before any model)", []).append(lines[i + 1] if i + 1 < len(lines) else "")
-    return failures
-
-
 def test_rwkv_cpp_tiny_rwkv(test_dir):
     """Every version and format within rwkv.cpp's bounds, except the known case and models whose
     files the checkout lacks (a copy without large files has no v6 FP32/FP16)."""
-    missing = {v for v in VERSIONS for kind in ("FP32", "FP16") if not (test_dir / f"tiny-rwkv-{v}-{kind}.bin").exists()}
     run = run_c_test("test_tiny_rwkv", test_dir)
-    failures = failed_models(run.stderr)
-    tested = set(re.findall(r"^Testing (\S+)", run.stderr, re.M))
-    assert len(tested) == len(VERSIONS) * (2 + 2 * 5), run.stderr[-2000:]  # FP32, FP16, both to 5 formats
-    unexplained = {model: why for model, why in failures.items()
-                   if model not in KNOWN_DEVIATIONS and not any(f"-{v}-" in model for v in missing)}
-    assert not unexplained, unexplained
-    assert (run.returncode == 0) == (not failures), run.stderr[-2000:]
+    missing = check_tiny_rwkv_log(run.stderr, run.returncode, test_dir)
     if missing:
         pytest.xfail(f"the checkout lacks the FP32/FP16 files of {', '.join(sorted(missing))}: those cases failed "
                      "to load; every other case passed")

@@ -10,6 +10,7 @@ a tiny random v7 model with a byte vocabulary (one character per token with ASCI
 
 from __future__ import annotations
 
+import json
 import threading
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
@@ -53,20 +54,32 @@ def _start(server, **config) -> RunningServer:
 
 # ---- what one request gets ---------------------------------------------------------------------
 
-# (kind, stream, arguments): greedy and seeded sampling, n > 1, stop strings, logprobs, chat
+# (kind, stream, arguments): greedy and seeded sampling, n > 1, stop strings, logprobs, chat, and
+# with llguidance a structured output (an object held to a JSON schema)
 REQUESTS = [
     ("text", False, dict(prompt="Once upon a time there was a", max_tokens=120, temperature=0)),
     ("text", True, dict(prompt="The lighthouse keeper wrote in his log that night:", max_tokens=100, temperature=0.9,
                         seed=5)),
     ("text", True, dict(prompt="Three seeded choices:", max_tokens=60, temperature=1.0, seed=21, n=3)),
-    ("text", False, dict(prompt="A stop string, then logprobs", max_tokens=80, temperature=0.8, seed=2, stop=["a", "e", "o", "t"],
-                         logprobs=2)),
+    ("text", False, dict(prompt="A stop string, then logprobs", max_tokens=80, temperature=0.8, seed=2,
+                         stop=["a", "e", "o", "t"], logprobs=2)),
     ("text", True, dict(prompt="Logprobs streamed", max_tokens=40, temperature=0, logprobs=1)),
     ("chat", True, dict(messages=[{"role": "user", "content": "Tell me a long story about a dog."}], max_tokens=90,
                         temperature=0.7, seed=9)),
     ("chat", False, dict(messages=[{"role": "system", "content": "Be brief."},
                                    {"role": "user", "content": "What is a cat?"}], max_tokens=70, temperature=0)),
 ]
+
+
+SCHEMA = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"], "additionalProperties": False}
+try:
+    import llguidance  # noqa: F401
+
+    REQUESTS.append(("chat", False, dict(messages=[{"role": "user", "content": "A number, as JSON."}], max_tokens=60,
+                                         temperature=0.9, seed=4, response_format={
+                                             "type": "json_schema", "json_schema": {"name": "n", "schema": SCHEMA}})))
+except ImportError:
+    pass
 
 
 def _ask(client, kind: str, stream: bool, args: dict) -> list[tuple]:
@@ -123,6 +136,9 @@ def test_many_clients_get_what_each_gets_alone(server):
                 assert reason == "length" and len(text) == args["max_tokens"], (args, text)
             if args.get("logprobs") is not None:
                 assert len(logprobs) == len(text) if reason == "length" else len(logprobs) >= len(text)
+    if "response_format" in REQUESTS[-1][2]:
+        (text, reason, _), = alone[-1]
+        assert reason == "stop" and set(json.loads(text)) == {"n"}, text
     texts = [text for text, _, _ in alone[2]]
     assert len(set(texts)) == 3, "each seeded choice draws its own text"
     assert alone[3][0][1] == "stop" and not set("aeot") & set(alone[3][0][0]), "a stop string should end that one"

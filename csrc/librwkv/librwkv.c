@@ -1,8 +1,8 @@
 /* librwkv: rwkv.cpp's C API (include/rwkv.h) over the engine's (../rwkv.h).
  *
  * A context is a reference to a shared model plus what rwkv.cpp keeps per context: the error
- * flags, whether to print them, and a state buffer for calls that ask for no state back. Every
- * evaluation is one rwkv_eval_batch call of one sequence, which already takes a state to start
+ * flags, whether to print them, and a state buffer for calls that ask for no state back.
+ * Evaluation goes through rwkv_eval_batch with one sequence, which already takes a state to start
  * from (or none: the initial state) and a separate state to write.
  */
 #include "rwkv.h" /* the engine's API; rwkv_eval, rwkv_init_state, rwkv_free are rwkv_engine_* */
@@ -234,9 +234,10 @@ static bool evaluate(struct rwkv_context *ctx, const uint32_t *tokens, size_t n,
                                    done + piece == n ? logits_out : NULL, 0, NULL};
         char err[256];
         const rwkv_status status = rwkv_eval_batch(ctx->shared->model, &seq, 1, err, sizeof err);
-        if (status != RWKV_OK)
-            return fail_ctx(ctx, (enum rwkv_error_flags)(RWKV_ERROR_CTX | (status == RWKV_ERR_ALLOC ? RWKV_ERROR_ALLOC : 0)),
-                            "%s", err);
+        if (status != RWKV_OK) {
+            const int detail = status == RWKV_ERR_ALLOC ? RWKV_ERROR_ALLOC : 0;
+            return fail_ctx(ctx, (enum rwkv_error_flags)(RWKV_ERROR_CTX | detail), "%s", err);
+        }
     }
     return true;
 }
@@ -309,7 +310,8 @@ static void describe_system(void) {
     const char *f = rwkv_cpu_features();
     const int neon = has_feature(f, "neon");
     snprintf(system_info, sizeof system_info,
-             "AVX=%d AVX2=%d AVX512=%d FMA=%d NEON=%d ARM_FMA=%d F16C=%d FP16_VA=0 WASM_SIMD=0 SSE3=%d VSX=0 KERNELS=%s",
+             "AVX=%d AVX2=%d AVX512=%d FMA=%d NEON=%d ARM_FMA=%d F16C=%d FP16_VA=0 WASM_SIMD=0 SSE3=%d VSX=0 "
+             "KERNELS=%s",
              has_feature(f, "avx"), has_feature(f, "avx2"), has_feature(f, "avx512f"), has_feature(f, "fma"), neon,
              neon, has_feature(f, "f16c"), has_feature(f, "sse3"), rwkv_kernel_level());
 }

@@ -21,6 +21,8 @@ import secrets
 import stat
 from typing import BinaryIO, Callable
 
+from ._typing import StrPath
+
 __all__ = ["AtomicFile", "check_destination", "write_atomically"]
 
 _NAME_ATTEMPTS = 100
@@ -134,7 +136,7 @@ class AtomicFile:
     ``abort()`` discards it. As a context manager: committed when the block ends normally,
     aborted on an exception."""
 
-    def __init__(self, path):
+    def __init__(self, path: StrPath):
         self.name = os.fspath(path)
         self.target = _resolve(self.name)
         existing = check_destination(self.name, self.target)
@@ -151,9 +153,14 @@ class AtomicFile:
         self.file: BinaryIO | None = os.fdopen(fd, "wb")
 
     def __enter__(self) -> BinaryIO:
+        return self._open_file()
+
+    def _open_file(self) -> BinaryIO:
+        if self.file is None:
+            raise ValueError(f"{self.name}: the file is already committed or discarded")
         return self.file
 
-    def __exit__(self, exc_type, exc, tb) -> None:
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         if exc_type is None:
             self.commit()
         else:
@@ -161,19 +168,20 @@ class AtomicFile:
 
     def commit(self) -> None:
         """Syncs the file and moves it over the destination; on any failure removes it and raises."""
+        file = self._open_file()
         try:
-            self.file.flush()
-            os.fsync(self.file.fileno())
+            file.flush()
+            os.fsync(file.fileno())
             check_destination(self.name, self.target)  # it may have changed while the file was written
             if self._temp is None:
-                self._temp = _name_fd(self.file.fileno(), self.target)
+                self._temp = _name_fd(file.fileno(), self.target)
             os.replace(self._temp, self.target)
             self._temp = None
         except BaseException:
             self.abort()
             raise
         self._sync_directory()
-        self.file.close()
+        file.close()
         self.file = None
 
     def _sync_directory(self) -> None:
@@ -205,7 +213,7 @@ class AtomicFile:
             self._temp = None
 
 
-def write_atomically(path, write: Callable[[BinaryIO], None]) -> None:
+def write_atomically(path: StrPath, write: Callable[[BinaryIO], None]) -> None:
     """Runs ``write(file)`` and puts the result in place of ``path`` (see the module's rules)."""
     with AtomicFile(path) as file:
         write(file)

@@ -26,11 +26,12 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, NamedTuple, Optional, Union
 
 import numpy as np
 
+from ._typing import FloatArray, StrPath, TokenArray
 from .generate import Chunk, Decoding, Generation, Generator, Prompt
 from .sampling import Sampler, SamplingParams
 from .tokenizer import Tokenizer
@@ -50,7 +51,7 @@ class Event(NamedTuple):
 
 
 class _Choice:
-    def __init__(self, choice_id: int, decoding: Decoding, on_finished):
+    def __init__(self, choice_id: int, decoding: Decoding, on_finished: Optional[Callable[[Generation], None]]):
         self.id = choice_id
         self.decoding = decoding
         self.on_finished = on_finished
@@ -60,8 +61,8 @@ class _Sequence:
     """One state being advanced: a prompt being read for its choices (one or more), a choice
     decoding, or (``settling``) a finished choice's last token being read into its result."""
 
-    def __init__(self, todo: list[int], state: np.ndarray, logits: Optional[np.ndarray], choices: list[_Choice],
-                 checkpoint_in: int = -1, checkpoint=None):
+    def __init__(self, todo: list[int], state: FloatArray, logits: Optional[FloatArray], choices: list[_Choice],
+                 checkpoint_in: int = -1, checkpoint: Optional[Callable[[FloatArray], None]] = None):
         self.todo = todo  # tokens to read before the next sample
         self.state = state  # owned: updated in place by each pass
         self.logits = logits
@@ -84,7 +85,7 @@ class BatchGenerator:
     nearly tied.
     """
 
-    def __init__(self, model: Model, tokenizer: Union[Tokenizer, str, None] = None, *,
+    def __init__(self, model: Model, tokenizer: Union[Tokenizer, StrPath, None] = None, *,
                  max_batch: Optional[int] = None, prompt_chunk: Optional[int] = None):
         for name, value in (("max_batch", max_batch), ("prompt_chunk", prompt_chunk)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
@@ -108,8 +109,8 @@ class BatchGenerator:
         return sum(len(s.choices) for s in self._sequences)
 
     def add(self, prompt: Prompt, params: Union[SamplingParams, Sequence[SamplingParams], None] = None,
-            state: Optional[np.ndarray] = None, *, logits: Optional[np.ndarray] = None,
-            checkpoint: Optional[Callable[[np.ndarray], None]] = None,
+            state: Optional[FloatArray] = None, *, logits: Optional[FloatArray] = None,
+            checkpoint: Optional[Callable[[FloatArray], None]] = None,
             on_finished: Optional[Callable[[Generation], None]] = None) -> list[int]:
         """Adds a prompt (text or token ids) with one choice per SamplingParams (one, or a list)
         and returns the choices' ids. ``state`` (not modified) and ``logits`` are as
@@ -154,7 +155,7 @@ class BatchGenerator:
         self._sequences.append(_Sequence(ids, own_state, logits, choices, checkpoint_in, checkpoint))
         return [c.id for c in choices]
 
-    def cancel(self, choice_ids) -> None:
+    def cancel(self, choice_ids: Iterable[int]) -> None:
         """Removes these choices (unknown or finished ones are ignored); a prompt whose choices
         are all cancelled is not read any further."""
         gone = set(choice_ids)
@@ -178,7 +179,7 @@ class BatchGenerator:
                 del seq.todo[:count]
                 if seq.checkpoint_in > 0:
                     seq.checkpoint_in -= count
-                    if seq.checkpoint_in == 0:
+                    if seq.checkpoint_in == 0 and seq.checkpoint is not None:  # (set with checkpoint_in)
                         seq.checkpoint(seq.state.copy())
                 if not seq.todo:
                     if seq.settling is not None:
@@ -201,7 +202,8 @@ class BatchGenerator:
         end. Its pieces, and so its state to the bit, do not depend on what else is in the batch."""
         limit = self.max_batch if self.max_batch is not None else len(self._sequences)
         budget = self.prompt_chunk
-        batch, counts = [], []
+        batch: list[_Sequence] = []
+        counts: list[int] = []
         decoding = [s for s in self._sequences if len(s.todo) == 1]
         prompts = sorted((s for s in self._sequences if len(s.todo) > 1), key=lambda s: s.read_at)  # stable
         for seq in decoding + prompts:
@@ -210,7 +212,7 @@ class BatchGenerator:
             count = len(seq.todo)
             if seq.checkpoint_in > 0:
                 count = min(count, seq.checkpoint_in)
-            if count > 1 and budget is not None:
+            if count > 1 and budget is not None and self.prompt_chunk is not None:  # (both or neither)
                 count = min(count, self.prompt_chunk)
                 if count > budget:
                     continue
@@ -225,7 +227,8 @@ class BatchGenerator:
     def _read(self, batch: list[_Sequence], counts: list[int]) -> None:
         """The pass: each sequence reads its tokens, its state updated in place; logits where
         they will be sampled from (or settle a result), none for a prompt read only in part."""
-        tokens, logits = [], []
+        tokens: list[TokenArray] = []
+        logits: list[Optional[FloatArray]] = []
         for seq, count in zip(batch, counts):
             tokens.append(np.asarray(seq.todo[:count], dtype=np.int32))
             if count < len(seq.todo):
@@ -250,9 +253,11 @@ class BatchGenerator:
             parts = [seq]
         for part in parts:
             choice = part.choices[0]
+            assert part.logits is not None  # the sequence's, or a copy of them
             chunk = choice.decoding.step(part.state, part.logits)
             events.append(Event(choice.id, chunk))
             if chunk.finish_reason is None:
+                assert chunk.token is not None  # only a last chunk can lack a token
                 part.todo = [chunk.token]
                 continue
             part.choices = []
@@ -278,8 +283,8 @@ class BatchGenerator:
 
 
 def generate_batch(model: Model, prompts: Sequence[Prompt], params: Union[SamplingParams, Sequence[SamplingParams]],
-                   state: Optional[np.ndarray] = None, *, tokenizer=None, logits: Optional[np.ndarray] = None,
-                   max_batch: Optional[int] = None) -> list[Generation]:
+                   state: Optional[FloatArray] = None, *, tokenizer: Union[Tokenizer, StrPath, None] = None,
+                   logits: Optional[FloatArray] = None, max_batch: Optional[int] = None) -> list[Generation]:
     """The results of one choice per prompt (``params``: one SamplingParams for all, or one per
     prompt), generated together; each prompt starts from ``state``."""
     if isinstance(params, SamplingParams):

@@ -24,12 +24,19 @@ import secrets
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Iterator, NamedTuple, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Iterator, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 
+from ._typing import FloatArray, JSONObject
 from .chat_format import ReplyStream
 from .sampling import SamplingParams, TokenLogprob, log_softmax, token_logprob
+
+if TYPE_CHECKING:
+    from .constrain import Grammar
+    from .generate import Generator
+    from .model import Model
+    from .tokenizer import Tokenizer
 
 __all__ = [
     "PromptRead", "Piece", "Item", "generate_items", "end_tokens", "model_id", "choice_params",
@@ -63,8 +70,8 @@ class Piece(NamedTuple):
 Item = Union[PromptRead, Piece]
 
 
-def generate_items(generator, prompts: Sequence[Sequence[int]], params: Sequence[SamplingParams],
-                   start: Optional[np.ndarray] = None) -> Iterator[Item]:
+def generate_items(generator: Generator, prompts: Sequence[Sequence[int]], params: Sequence[SamplingParams],
+                   start: Optional[FloatArray] = None) -> Iterator[Item]:
     """The items of ``len(params)`` choices for each prompt (checked token lists); choice ``i``
     of prompt ``p`` is number ``p * len(params) + i``; every prompt continues ``start`` (None:
     a fresh state) and is read whole. One choice runs on ``generator`` alone; several run
@@ -99,8 +106,8 @@ def generate_items(generator, prompts: Sequence[Sequence[int]], params: Sequence
 _SCORE_CHUNK = 64
 
 
-def prompt_logprobs(model, ids: Sequence[int], top: int,
-                    start: Optional[np.ndarray] = None) -> list[Optional[TokenLogprob]]:
+def prompt_logprobs(model: Model, ids: Sequence[int], top: int,
+                    start: Optional[FloatArray] = None) -> list[Optional[TokenLogprob]]:
     """Each prompt token's log probability given the tokens before it (after ``start``, if
     given; the model's own distribution: no sampling settings apply), with the ``top`` most
     likely tokens; None for the first token, which nothing here predicts. What ``echo`` with
@@ -116,7 +123,8 @@ def prompt_logprobs(model, ids: Sequence[int], top: int,
     return out
 
 
-def response_grammar(response_format: Any = None, grammar: Any = None, call_grammar: Optional[str] = None):
+def response_grammar(response_format: Any = None, grammar: Any = None,
+                     call_grammar: Optional[str] = None) -> Optional[Grammar]:
     """The :class:`~rwkvcpp.constrain.Grammar` a request asks for, or None: OpenAI's
     ``response_format`` (``{"type": "text" | "json_object" | "json_schema", ...}``; a
     ``json_object`` with a ``schema``, as llama-cpp-python takes it, is that schema), or
@@ -151,13 +159,13 @@ def response_grammar(response_format: Any = None, grammar: Any = None, call_gram
     return None
 
 
-def end_tokens(tokenizer) -> tuple[int, ...]:
+def end_tokens(tokenizer: Tokenizer) -> tuple[int, ...]:
     """The token ids that end a document: 0 in the World and 20B vocabularies; none in a byte
     vocabulary, where 0 is a byte."""
     return () if tokenizer.name == "bytes" else (0,)
 
 
-def model_id(model, name: Optional[str] = None) -> str:
+def model_id(model: object, name: Optional[str] = None) -> str:
     """The model id of responses: ``name``, else the model file's name without ``.bin``."""
     return name or Path(getattr(model, "path", "rwkv")).stem or "rwkv"
 
@@ -197,11 +205,11 @@ class Choices:
     def complete(self) -> bool:
         return self.finished == self.n_choices
 
-    def opening(self) -> list[dict]:
+    def opening(self) -> list[JSONObject]:
         """Chunks sent before any item."""
         return []
 
-    def feed(self, item: Item) -> list[dict]:
+    def feed(self, item: Item) -> list[JSONObject]:
         if isinstance(item, PromptRead):
             self.cached += item.cached_tokens
             return []
@@ -210,10 +218,10 @@ class Choices:
             self.finished += 1
         return self.piece(item)
 
-    def piece(self, piece: Piece) -> list[dict]:
+    def piece(self, piece: Piece) -> list[JSONObject]:
         raise NotImplementedError
 
-    def merge(self, chunks: Sequence[dict]) -> list[dict]:
+    def merge(self, chunks: Sequence[JSONObject]) -> list[JSONObject]:
         """The whole choices that ``chunks`` (all of a response's, in order) add up to."""
         raise NotImplementedError
 
@@ -231,10 +239,10 @@ class ChatChoices(Choices):
         self.replies = [ReplyStream(tools, prefill) for _ in range(n_choices)]
         self.single_call = single_call
 
-    def opening(self) -> list[dict]:
+    def opening(self) -> list[JSONObject]:
         return [_delta(i, {"role": "assistant", "content": ""}) for i in range(self.n_choices)]
 
-    def piece(self, piece: Piece) -> list[dict]:
+    def piece(self, piece: Piece) -> list[JSONObject]:
         i, reply, reason = piece.choice, self.replies[piece.choice], piece.finish_reason
         out = reply.feed(piece.text)
         chunks = [_delta(i, {"content": out})] if out else []
@@ -254,15 +262,15 @@ class ChatChoices(Choices):
             chunks.append(_delta(i, {}, reason))
         return chunks
 
-    def _entry(self, scored: TokenLogprob) -> dict:
-        def one(token: int, logprob: float) -> dict:
+    def _entry(self, scored: TokenLogprob) -> JSONObject:
+        def one(token: int, logprob: float) -> JSONObject:
             text, raw = self._token(token)
             return {"token": text, "logprob": logprob, "bytes": raw}
 
         return {**one(scored.token, scored.logprob), "top_logprobs": [one(t, lp) for t, lp in scored.top]}
 
-    def merge(self, chunks: Sequence[dict]) -> list[dict]:
-        choices: list[dict] = [{} for _ in range(self.n_choices)]
+    def merge(self, chunks: Sequence[JSONObject]) -> list[JSONObject]:
+        choices: list[JSONObject] = [{} for _ in range(self.n_choices)]
         for chunk in chunks:
             choice, delta = choices[chunk["index"]], chunk["delta"]
             message = choice.setdefault("message", {"role": "assistant", "content": ""})
@@ -298,7 +306,7 @@ class TextChoices(Choices):
         # where each choice's next token starts in its text (logprobs' text_offset)
         self.offsets = [0] * n_choices
 
-    def opening(self) -> list[dict]:
+    def opening(self) -> list[JSONObject]:
         if self.echoed is None:
             return []
         chunks = [_text(i, text) for i, text in enumerate(self.echoed)]
@@ -308,7 +316,7 @@ class TextChoices(Choices):
             self.offsets[i] = len(chunk["text"])
         return chunks
 
-    def piece(self, piece: Piece) -> list[dict]:
+    def piece(self, piece: Piece) -> list[JSONObject]:
         scored = piece.logprob if self.tokenizer is not None else None
         if not (piece.text or piece.finish_reason is not None or scored is not None):
             return []
@@ -317,10 +325,10 @@ class TextChoices(Choices):
             chunk["logprobs"] = self._logprobs(piece.choice, [scored.token], [scored])
         return [chunk]
 
-    def _logprobs(self, i: int, tokens: Sequence[int], entries: Sequence[Optional[TokenLogprob]]) -> dict:
+    def _logprobs(self, i: int, tokens: Sequence[int], entries: Sequence[Optional[TokenLogprob]]) -> JSONObject:
         """Completions' logprobs of ``tokens`` of choice ``i``; an entry is None where nothing
         predicts the token (a prompt's first)."""
-        out: dict[str, list] = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+        out: dict[str, list[Any]] = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
         for token, entry in zip(tokens, entries):
             text, _ = self._token(token)
             out["tokens"].append(text)
@@ -330,30 +338,31 @@ class TextChoices(Choices):
             self.offsets[i] += len(text)
         return out
 
-    def merge(self, chunks: Sequence[dict]) -> list[dict]:
+    def merge(self, chunks: Sequence[JSONObject]) -> list[JSONObject]:
         texts: list[list[str]] = [[] for _ in range(self.n_choices)]
         reasons: list[Optional[str]] = [None] * self.n_choices
-        logprobs: list[Optional[dict]] = [None] * self.n_choices
+        logprobs: list[Optional[JSONObject]] = [None] * self.n_choices
         for chunk in chunks:
             i = chunk["index"]
             texts[i].append(chunk["text"])
             reasons[i] = chunk["finish_reason"] or reasons[i]
             if chunk["logprobs"] is not None:
-                if logprobs[i] is None:
-                    logprobs[i] = {key: [] for key in chunk["logprobs"]}
+                entry = logprobs[i]
+                if entry is None:
+                    entry = logprobs[i] = {key: [] for key in chunk["logprobs"]}
                 for key, values in chunk["logprobs"].items():
-                    logprobs[i][key] += values
+                    entry[key] += values
         out = [_text(i, "".join(texts[i]), reasons[i]) for i in range(self.n_choices)]
         for choice, merged in zip(out, logprobs):
             choice["logprobs"] = merged
         return out
 
 
-def _delta(i: int, delta: dict, finish_reason: Optional[str] = None) -> dict:
+def _delta(i: int, delta: JSONObject, finish_reason: Optional[str] = None) -> JSONObject:
     return {"index": i, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
 
 
-def _text(i: int, text: str, finish_reason: Optional[str] = None) -> dict:
+def _text(i: int, text: str, finish_reason: Optional[str] = None) -> JSONObject:
     return {"index": i, "text": text, "logprobs": None, "finish_reason": finish_reason}
 
 
@@ -370,26 +379,26 @@ class Reply:
         self.id = choices.id_prefix + secrets.token_hex(12)
         self.created = int(time.time())
 
-    def _envelope(self, kind: str, body: list, usage: Optional[dict] = None) -> dict:
+    def _envelope(self, kind: str, body: list[JSONObject], usage: Optional[JSONObject] = None) -> JSONObject:
         out = {"id": self.id, "object": kind, "created": self.created, "model": self.model_id,
                "system_fingerprint": None, "choices": body}
         if usage is not None:
             out["usage"] = usage
         return out
 
-    def chunk(self, chunk: dict) -> dict:
+    def chunk(self, chunk: JSONObject) -> JSONObject:
         """A stream chunk holding one choice chunk."""
         return self._envelope(self.choices.chunk_object, [chunk])
 
-    def usage_chunk(self) -> dict:
+    def usage_chunk(self) -> JSONObject:
         """The last chunk of a stream that asked for usage: no choices, the usage."""
         return self._envelope(self.choices.chunk_object, [], self.usage())
 
-    def whole(self, chunks: Sequence[dict]) -> dict:
+    def whole(self, chunks: Sequence[JSONObject]) -> JSONObject:
         """The non-streamed response: every chunk merged into whole choices, with the usage."""
         return self._envelope(self.choices.object, self.choices.merge(chunks), self.usage())
 
-    def usage(self) -> dict:
+    def usage(self) -> JSONObject:
         completion = self.choices.completion
         return {"prompt_tokens": self.prompt_tokens, "completion_tokens": completion,
                 "total_tokens": self.prompt_tokens + completion,
@@ -397,7 +406,7 @@ class Reply:
 
 
 def respond(items: Iterator[Item], choices: Choices, *, model_id: str, prompt_tokens: int, stream: bool,
-            include_usage: bool = False) -> Union[dict, Iterator[dict]]:
+            include_usage: bool = False) -> Union[JSONObject, Iterator[JSONObject]]:
     """The response to a request whose ``items`` are ready to run: an iterator of stream chunks
     (the generation runs as it is read; closing it stops the generation), or the whole response."""
     reply = Reply(choices, model_id, prompt_tokens)
@@ -409,7 +418,7 @@ def respond(items: Iterator[Item], choices: Choices, *, model_id: str, prompt_to
     return reply.whole(sent)
 
 
-def _stream(items: Iterator[Item], reply: Reply, include_usage: bool) -> Iterator[dict]:
+def _stream(items: Iterator[Item], reply: Reply, include_usage: bool) -> Iterator[JSONObject]:
     try:
         for chunk in reply.choices.opening():
             yield reply.chunk(chunk)
@@ -424,8 +433,8 @@ def _stream(items: Iterator[Item], reply: Reply, include_usage: bool) -> Iterato
             close()
 
 
-def embedding_response(vectors: Sequence[np.ndarray], model_id: str, prompt_tokens: int,
-                       encoding_format: str = "float") -> dict:
+def embedding_response(vectors: Union[Sequence[FloatArray], FloatArray], model_id: str, prompt_tokens: int,
+                       encoding_format: str = "float") -> JSONObject:
     """OpenAI's embeddings response: one ``embedding`` per vector, as floats or as base64 of
     little-endian float32 (``encoding_format="base64"``)."""
     data = []

@@ -358,7 +358,7 @@ class HighLevelAPI:
         if echo and logprobs is not None:
             from .completion import prompt_logprobs
 
-            scored = [(ids, prompt_logprobs(self, ids, logprobs)) for ids in prompts]
+            scored = [(ids, prompt_logprobs(self._model, ids, logprobs)) for ids in prompts]
             scored = [scored[i // n] for i in range(len(prompts) * n)]
         choices = TextChoices(len(prompts) * n, echoed, self.tokenizer if logprobs is not None else None, scored)
         return respond(generated, choices, model_id=model_id(self, model),

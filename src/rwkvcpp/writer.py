@@ -49,7 +49,7 @@ class BinWriter:
         self._file: Optional[BinaryIO] = self._output.file
         try:
             header = (fmt.MAGIC, fmt.VERSION, int(n_vocab), int(n_embed), int(n_layer), self.data_type)
-            self._file.write(struct.pack(fmt.HEADER_FORMAT, *header))
+            self._check_open().write(struct.pack(fmt.HEADER_FORMAT, *header))
         except BaseException:
             self.abort()
             raise

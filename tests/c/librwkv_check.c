@@ -127,9 +127,10 @@ int main(int argc, char **argv) {
     const result cloned = serial(clone);
     CHECK(same(clone, expected, cloned));
 
-    /* Quantizing with rwkv.cpp's format names gives a file that loads and runs. */
+    /* Quantizing with rwkv.cpp's format names gives a file that loads and runs; paths are UTF-8
+     * (on Windows too, where the system's own calls take UTF-16). */
     char out[4096];
-    snprintf(out, sizeof out, "%s/model-Q5_1.bin", argv[3]);
+    snprintf(out, sizeof out, "%s/mod\xc3\xa8le-\xce\xa9-Q5_1.bin", argv[3]); /* "modèle-Ω-Q5_1.bin" */
     CHECK(rwkv_quantize_model_file(argv[1], out, "Q5_1"));
     CHECK(rwkv_get_last_error(NULL) == RWKV_ERROR_NONE);
     struct rwkv_context *quantized = rwkv_init_from_file(out, 1, 0);

@@ -101,9 +101,10 @@ RWKV_API struct rwkv_context *rwkv_clone_context(struct rwkv_context *ctx, uint3
 RWKV_API bool rwkv_eval(struct rwkv_context *ctx, uint32_t token, const float *state_in, float *state_out,
                         float *logits_out);
 
-/* Evaluates sequence_len >= 1 tokens as rwkv_eval would one after another, in one pass per layer;
- * logits_out receives the logits of the last token. tokens NULL: nothing is evaluated (rwkv.cpp
- * builds its graph then; there is nothing to prepare here) and the call succeeds. */
+/* Evaluates sequence_len >= 1 tokens, giving the state and logits (of the last token) that
+ * rwkv_eval gives one token after another, to the bit: the tokens go through the engine in pieces
+ * of 8, each piece one pass over the weights. tokens NULL: nothing is evaluated (rwkv.cpp builds
+ * its graph then; there is nothing to prepare here) and the call succeeds. */
 RWKV_API bool rwkv_eval_sequence(struct rwkv_context *ctx, const uint32_t *tokens, size_t sequence_len,
                                  const float *state_in, float *state_out, float *logits_out);
 

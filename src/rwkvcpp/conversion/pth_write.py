@@ -24,7 +24,7 @@ import struct
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Iterable
+from typing import Any, BinaryIO, Iterable, Union
 
 import numpy as np
 
@@ -134,7 +134,7 @@ def _emit(obj: object, out: bytearray) -> None:
         raise TypeError(f"cannot emit {type(obj).__name__}")
 
 
-def write_zip(path: StrPath, records: Mapping[str, bytes], *, archive: str = "archive",
+def write_zip(path: Union[StrPath, BinaryIO], records: Mapping[str, bytes], *, archive: str = "archive",
               compression: int = zipfile.ZIP_STORED) -> None:
     """A zip with each record under ``<archive>/``, stored uncompressed like torch does."""
     with zipfile.ZipFile(path, "w", compression=compression) as zf:
