@@ -40,10 +40,12 @@ LEVEL_FLAGS = {"avx2.c": ["-mavx2", "-mfma", "-mf16c"],
 
 
 def engine_sources() -> list[Path]:
-    """The engine's sources as CMakeLists.txt lists them (portable part and x86 levels)."""
+    """The engine's sources as CMakeLists.txt lists them for Linux (portable part, POSIX output,
+    x86 levels)."""
     cmake = (REPO / "CMakeLists.txt").read_text()
     portable = re.search(r"add_library\(rwkv_portable OBJECT\s+([^)]*)\)", cmake).group(1).split()
-    return [REPO / s for s in portable] + [REPO / "csrc/kernels/avx2.c", REPO / "csrc/kernels/avx512.c"]
+    extra = ["csrc/output.c", "csrc/kernels/avx2.c", "csrc/kernels/avx512.c"]
+    return [REPO / s for s in portable + extra]
 
 
 def build_loader(clang: str) -> Path:
