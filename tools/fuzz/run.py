@@ -116,13 +116,15 @@ def run_target(name: str, command: list, seeds: Path, seconds: int, max_len: int
     start = time.time()
     with open(log, "w") as out:
         rc = subprocess.run([*command, *flags, corpus, seeds], stdout=out, stderr=subprocess.STDOUT).returncode
-    return summarize(name, log.read_text(errors="replace"), artifacts, rc, time.time() - start)
+    return summarize(name, log.read_text(errors="replace"), artifacts, rc, start)
 
 
-def summarize(name: str, log: str, artifacts: Path, rc: int, seconds: float) -> dict:
+def summarize(name: str, log: str, artifacts: Path, rc: int, start: float) -> dict:
+    """The run's figures from libFuzzer's log, and its findings (those written since `start`)."""
     stats = dict(re.findall(r"stat::(\w+):\s+(\d+)", log))
     coverage = re.findall(r"cov: (\d+) ft: (\d+)", log)
-    findings = sorted(p for p in artifacts.iterdir() if p.name.startswith(("crash-", "leak-", "timeout-", "oom-")))
+    findings = sorted(p for p in artifacts.iterdir()
+                      if p.name.startswith(("crash-", "leak-", "timeout-", "oom-")) and p.stat().st_mtime >= start)
     FINDINGS.mkdir(parents=True, exist_ok=True)
     kept = []
     for finding in findings:
@@ -131,7 +133,7 @@ def summarize(name: str, log: str, artifacts: Path, rc: int, seconds: float) -> 
             shutil.copy(finding, target)
         kept.append(target.relative_to(REPO).as_posix())
     return {
-        "target": name, "seconds": round(seconds), "exit": rc,
+        "target": name, "seconds": round(time.time() - start), "exit": rc,
         "executions": int(stats.get("number_of_executed_units", 0)),
         "per_second": int(stats.get("average_exec_per_sec", 0)),
         "edges": int(coverage[-1][0]) if coverage else None, "features": int(coverage[-1][1]) if coverage else None,

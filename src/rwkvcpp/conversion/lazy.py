@@ -12,6 +12,7 @@ import math
 import mmap
 import os
 import zipfile
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Optional, Protocol, TypeVar, Union
 
@@ -119,9 +120,13 @@ class Storage:
         if self.member is not None:
             # Compressed member (a re-zipped checkpoint; torch itself never compresses): it cannot
             # be mapped, so decompress up to the bytes we need.
-            with zipfile.ZipFile(self.path) as zf, zf.open(self.member) as f:
-                f.seek(start)
-                data = f.read(length)
+            try:
+                with zipfile.ZipFile(self.path) as zf, zf.open(self.member) as f:
+                    f.seek(start)
+                    data = f.read(length)
+            except (zipfile.BadZipFile, NotImplementedError, EOFError, zlib.error) as exc:  # method, CRC...
+                name = os.path.basename(self.path)
+                raise CheckpointError(f"{name}: corrupt zip member {self.member} ({exc})") from exc
             if len(data) != length:
                 raise CheckpointError(f"{os.path.basename(self.path)}: truncated member {self.member}")
             return fn(data, 0)
