@@ -89,7 +89,8 @@ def download(repo_id: str, filename: Optional[str] = None, *, revision: Optional
     return _download(_hub(), repo_id, filename, revision)[0]
 
 
-def _download(hub: ModuleType, repo_id: str, filename: Optional[str], revision: Optional[str]) -> tuple[str, Optional[str]]:
+def _download(hub: ModuleType, repo_id: str, filename: Optional[str],
+              revision: Optional[str]) -> tuple[str, Optional[str]]:
     folder: Optional[str] = None
     if filename is None:
         files, folder = _repo_files(hub, repo_id, revision)

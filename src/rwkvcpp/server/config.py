@@ -142,7 +142,8 @@ class ServerConfig:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1e6:
                 raise ValueError(f"ServerConfig.{name} must be a positive number of seconds, not {value!r}")
         if self.access_log not in ACCESS_LOGS:
-            raise ValueError(f"ServerConfig.access_log must be one of {', '.join(ACCESS_LOGS)}, not {self.access_log!r}")
+            raise ValueError(f"ServerConfig.access_log must be one of {', '.join(ACCESS_LOGS)}, "
+                             f"not {self.access_log!r}")
         if not isinstance(self.public_docs, bool):
             raise ValueError("ServerConfig.public_docs must be True or False")
         unknown = set(self.sampling) - set(DEFAULT_SAMPLING)
