@@ -755,6 +755,16 @@ class DevTools:
                     raise RuntimeError(f"chromium closed the pipe (while waiting for {method})")
                 self._buf += data
 
+    def open(self, url: str, width: int = 1200, height: int = 800) -> "Page":
+        """A new tab of ``width`` x ``height`` CSS pixels showing ``url``."""
+        target = self.call("Target.createTarget", {"url": "about:blank"})["targetId"]
+        session = self.call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+        self.call("Page.enable", session=session)
+        self.call("Emulation.setDeviceMetricsOverride", {"width": width, "height": height, "deviceScaleFactor": 1,
+                                                         "mobile": False}, session=session)
+        self.call("Page.navigate", {"url": url}, session=session)
+        return Page(self, session)
+
     def close(self):
         try:
             self.call("Browser.close", timeout=3)
@@ -767,6 +777,25 @@ class DevTools:
             self.proc.wait(5)
         os.close(self._r)
         os.close(self._w)
+
+
+class Page:
+    """A tab: ``js(expression)`` is the expression's value in the page."""
+
+    def __init__(self, browser: DevTools, session: str):
+        self.browser = browser
+        self.session = session
+
+    def js(self, expression: str):
+        result = self.browser.call("Runtime.evaluate", {"expression": expression, "returnByValue": True},
+                                   session=self.session)
+        return result["result"].get("value")
+
+    def screenshot(self) -> bytes:
+        import base64
+
+        return base64.b64decode(self.browser.call("Page.captureScreenshot", {"format": "png"},
+                                                  session=self.session)["data"])
 
 
 def test_web_page_streams_a_reply(server, tmp_path):
@@ -782,16 +811,7 @@ def test_web_page_streams_a_reply(server, tmp_path):
 
     browser = DevTools(chromium, str(tmp_path / "profile"))
     try:
-        target = browser.call("Target.createTarget", {"url": "about:blank"})["targetId"]
-        session = browser.call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
-        browser.call("Page.enable", session=session)
-        browser.call("Page.navigate", {"url": server.url + "/?temperature=0&max_tokens=24"}, session=session)
-
-        def js(expression):
-            result = browser.call("Runtime.evaluate", {"expression": expression, "returnByValue": True},
-                                  session=session)
-            return result["result"].get("value")
-
+        js = browser.open(server.url + "/?temperature=0&max_tokens=24").js
         deadline = time.monotonic() + 20
         while js("document.readyState") != "complete" or not js("document.getElementById('model').textContent"
                                                                  ".startsWith('model:')"):
@@ -827,30 +847,17 @@ def test_docs_page_lists_the_operations_in_chromium(server, tmp_path):
         pytest.skip("the DevTools pipe is driven with POSIX file descriptors")
     browser = DevTools(chromium, str(tmp_path / "profile"))
     try:
-        target = browser.call("Target.createTarget", {"url": "about:blank"})["targetId"]
-        session = browser.call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
-        browser.call("Page.enable", session=session)
-        browser.call("Emulation.setDeviceMetricsOverride", {"width": 1200, "height": 2400, "deviceScaleFactor": 1,
-                                                            "mobile": False}, session=session)
-        browser.call("Page.navigate", {"url": server.url + "/docs"}, session=session)
-
-        def js(expression):
-            result = browser.call("Runtime.evaluate", {"expression": expression, "returnByValue": True},
-                                  session=session)
-            return result["result"].get("value")
-
+        page = browser.open(server.url + "/docs", height=2400)
+        js = page.js
         deadline = time.monotonic() + 30
         while not js("document.querySelectorAll('.opblock').length"):
             assert time.monotonic() < deadline, "Swagger UI did not render the operations"
             time.sleep(0.1)
         listed = js("[...document.querySelectorAll('.opblock-summary-path')].map(e => e.textContent.trim())")
         methods = js("[...document.querySelectorAll('.opblock-summary-method')].map(e => e.textContent.trim())")
-        shot = browser.call("Page.captureScreenshot", {"format": "png"}, session=session)["data"]
+        png = page.screenshot()
     finally:
         browser.close()
-    import base64
-
-    png = base64.b64decode(shot)
     (tmp_path / "docs.png").write_bytes(png)
     assert png.startswith(b"\x89PNG") and len(png) > 20_000  # a rendered page, not a blank one
     for path in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models", "/health",
