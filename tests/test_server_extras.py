@@ -115,7 +115,8 @@ def test_metrics_in_prometheus_text(client):
     parser = pytest.importorskip("prometheus_client.parser")
     client.post("/v1/completions", json={"prompt": "Hello", "max_tokens": 5, "seed": 1})
     with client.stream("POST", "/v1/completions", json={"prompt": "Hi", "max_tokens": 4, "stream": True}) as r:
-        assert any(line.startswith("data: ") for line in r.iter_lines())
+        lines = list(r.iter_lines())  # the whole stream: its timing is recorded as it ends
+    assert lines.count("data: [DONE]") == 1
     assert client.get("/metrics", headers={"Authorization": ""}).status_code == 401
     answer = client.get("/metrics")
     assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/plain")
@@ -132,6 +133,8 @@ def test_metrics_in_prometheus_text(client):
     assert counters["rwkvcpp_completion_tokens_total"] >= 9
     assert counters["rwkvcpp_prompt_tokens_total"] >= len("Hello") + len("Hi")
     assert any(name.startswith("rwkvcpp_scheduler_") for name in counters)
+    assert families["rwkvcpp_scheduler_steps"].type == "counter" and counters["rwkvcpp_scheduler_steps_total"] >= 9
+    assert families["rwkvcpp_scheduler_running"].type == "gauge"
 
 
 def test_keys_hosts_and_cors(model):

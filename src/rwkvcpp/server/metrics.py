@@ -66,6 +66,10 @@ class Metrics:
             self.per_token.observe((last - first) / (pieces - 1))
 
 
+# The scheduler's figures that only grow (the others are levels: running, waiting, settings).
+SCHEDULER_COUNTERS = frozenset({"steps"})
+
+
 class _LiveFigures:
     """Figures read from the engine and scheduler at each scrape."""
 
@@ -87,7 +91,8 @@ class _LiveFigures:
                 yield GaugeMetricFamily(f"rwkvcpp_state_cache_{name}", f"state cache: {name}", value=value)
         for name, value in self.state.scheduler.stats().items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):
-                yield GaugeMetricFamily(f"rwkvcpp_scheduler_{name}", f"scheduler: {name}", value=value)
+                family = CounterMetricFamily if name in SCHEDULER_COUNTERS else GaugeMetricFamily
+                yield family(f"rwkvcpp_scheduler_{name}", f"scheduler: {name}", value=value)
 
 
 class MetricsMiddleware:
