@@ -145,13 +145,14 @@ def test_a_rerun_does_only_the_missing_shards(tmp_path):
         run_job(job(tmp_path, "embed"), threads=1, on_shard=stop_after(2))
     out = tmp_path / "out"
     assert sorted(n for n in os.listdir(out) if n.startswith("part-")) == ["part-00000.jsonl", "part-00001.jsonl"]
-    (out / ".part-00002.jsonl.123-abcd.tmp").write_text("half a shard")  # what a killed writer leaves
+    # what a writer killed where files cannot be written unnamed leaves (rwkvcpp.atomic_file)
+    (out / "part-00002.jsonl.tmp-0123abcd").write_text("half a shard")
     before = {n: os.stat(out / n).st_mtime_ns for n in ("part-00000.jsonl", "part-00001.jsonl")}
 
     summary = run_job(job(tmp_path, "embed"), threads=1)
     assert (summary.written, summary.skipped, summary.records) == ([2, 3], [0, 1], 4)
     assert {n: os.stat(out / n).st_mtime_ns for n in before} == before
-    assert not [n for n in os.listdir(out) if n.endswith(".tmp")]
+    assert not [n for n in os.listdir(out) if ".tmp-" in n]
     assert shard_bytes(out) == shard_bytes(tmp_path / "whole")
 
     os.remove(out / "part-00001.jsonl")

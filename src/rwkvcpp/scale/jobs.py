@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple, Optional
 
-from .records import Output, Shard, open_input, write_atomically
+from .records import Output, Shard, open_input, write_bytes_atomically
 from .tasks import TASKS
 
 __all__ = ["Job", "JobSummary", "ShardResult", "ShardWorker", "plan_job", "run_job", "available_cores"]
@@ -149,7 +149,7 @@ def plan_job(job: Job) -> Plan:
     else:
         if any(name.startswith("part-") for name in os.listdir(output.folder)):
             raise ValueError(f"{output.folder} holds part-* files but no {MANIFEST}: give an empty or new folder")
-        write_atomically(path, json.dumps(wanted, indent=1).encode("utf-8"))
+        write_bytes_atomically(path, json.dumps(wanted, indent=1).encode("utf-8"))
     output.remove_temporary()
     return Plan(shards, [s for s in shards if not output.finished(s.number)], output)
 

@@ -11,20 +11,23 @@ object with the field, a string or null), which is also where each shard's byte 
 a worker then reads only its shard. A record whose text cannot be used (null, an undecodable
 file) is not an error of the job: it gets an ``error`` in the output and the others go on.
 
-Outputs: ``part-00000.jsonl`` (or ``.parquet``) per shard in the output folder, written to a
-temporary name and renamed when whole; a file with the final name is a finished shard.
+Outputs: ``part-00000.jsonl`` (or ``.parquet``) per shard in the output folder, each put in
+place whole (:mod:`rwkvcpp.atomic_file`); a file with the final name is a finished shard.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import secrets
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, Optional
 
-__all__ = ["Shard", "Record", "open_input", "Output", "OUTPUT_FORMATS", "require_pyarrow", "write_atomically"]
+from ..atomic_file import write_atomically
+
+__all__ = ["Shard", "Record", "open_input", "Output", "OUTPUT_FORMATS", "require_pyarrow",
+           "write_bytes_atomically"]
 
 OUTPUT_FORMATS = ("jsonl", "parquet")
 
@@ -252,9 +255,10 @@ class Output:
         return os.path.isfile(self.shard_path(number))
 
     def remove_temporary(self) -> None:
-        """Removes what interrupted writers left (one run writes an output folder at a time)."""
+        """Removes what killed writers left where files cannot be written unnamed (one run
+        writes an output folder at a time)."""
         for name in os.listdir(self.folder):
-            if name.startswith(".") and name.endswith(".tmp"):
+            if re.fullmatch(r"(part-\d+\.\w+|job\.json)\.tmp-[0-9a-f]{8}", name):
                 os.remove(os.path.join(self.folder, name))
 
     def write(self, number: int, rows: list[dict]) -> str:
@@ -263,7 +267,7 @@ class Output:
             data = b"".join(json.dumps(row, ensure_ascii=False).encode("utf-8") + b"\n" for row in rows)
         else:
             data = _parquet_bytes(rows)
-        return write_atomically(self.shard_path(number), data)
+        return write_bytes_atomically(self.shard_path(number), data)
 
     def read(self, number: int) -> list[dict]:
         """A finished shard's records."""
@@ -274,22 +278,11 @@ class Output:
         return require_pyarrow("Parquet output").read_table(path).to_pylist()
 
 
-def write_atomically(path: str, data: bytes) -> str:
-    """Writes ``data`` to a temporary file beside ``path``, then renames it to ``path``: readers
-    (and a rerun) see the whole file or none."""
-    folder, name = os.path.split(path)
-    temporary = os.path.join(folder, f".{name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask's mode, as open() gives
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
+def write_bytes_atomically(path: str, data: bytes) -> str:
+    """Puts ``data`` in place of ``path`` whole or not at all (:mod:`rwkvcpp.atomic_file`: an
+    unnamed file linked in when complete on Linux, else a temporary name beside it): readers,
+    and a rerun, see the whole file or none."""
+    write_atomically(path, lambda f: f.write(data))
     return path
 
 
