@@ -105,7 +105,7 @@ static void embed(rwkv_model *m, const batch *b, const rwkv_pass *pass) {
             to_float((const uint8_t *)m->emb.data + (size_t)tokens[t] * m->emb.row_bytes,
                      m->scratch.x + (pass->seg[i].start + t) * C, C);
     }
-    rwkv_layer_norm(m->scratch.x, m->scratch.x, &m->ln0, pass->rows.T, C);
+    rwkv_layer_norm_rows(m->pool, m->scratch.x, m->scratch.x, &m->ln0, pass->rows.T, C);
 }
 
 static void run_layers(rwkv_model *m, const batch *b, const rwkv_pass *att, const rwkv_pass *ffn) {

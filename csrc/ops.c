@@ -14,6 +14,23 @@ void rwkv_layer_norm(float *out, const float *x, const rwkv_norm *norm, int64_t 
     }
 }
 
+typedef struct {
+    float *out;
+    const float *x;
+    const rwkv_norm *norm;
+    int64_t C;
+} layer_norm_task;
+
+static void layer_norm_row(void *p, int64_t t) {
+    const layer_norm_task *task = p;
+    rwkv_layer_norm(task->out + t * task->C, task->x + t * task->C, task->norm, 1, task->C);
+}
+
+void rwkv_layer_norm_rows(rwkv_pool *pool, float *out, const float *x, const rwkv_norm *norm, int64_t T, int64_t C) {
+    layer_norm_task task = {out, x, norm, C};
+    rwkv_parallel_for(pool, T, layer_norm_row, &task);
+}
+
 void rwkv_group_norm(float *x, const rwkv_norm *norm, int64_t T, int64_t H, int64_t N, float eps) {
     for (int64_t t = 0; t < T; t++)
         for (int64_t h = 0; h < H; h++) {

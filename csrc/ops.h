@@ -28,6 +28,8 @@ static inline float rwkv_silu(float x) { return x / (1.0f + expf(-x)); }
 
 /* out[t] = layer_norm(x[t]) * weight + bias, eps 1e-5 */
 void rwkv_layer_norm(float *out, const float *x, const rwkv_norm *norm, int64_t T, int64_t C);
+/* rwkv_layer_norm with the rows split across the pool's threads. */
+void rwkv_layer_norm_rows(rwkv_pool *pool, float *out, const float *x, const rwkv_norm *norm, int64_t T, int64_t C);
 /* In place: each group of N channels normalised on its own, then scaled per channel. */
 void rwkv_group_norm(float *x, const rwkv_norm *norm, int64_t T, int64_t H, int64_t N, float eps);
 /* Per segment of the pass: prev[t] = xx[t-1], prev[first row] = the segment's state (C floats);

@@ -1,7 +1,6 @@
 /* Channel mixing (the feed-forward block), the same idea in every version:
  * k = relu(W_k mix(x))^2, out = W_v k, gated by sigmoid(W_r mix(x)) before v7. */
-#include "../ops.h"
-#include "arch.h"
+#include "shared.h"
 
 int rwkv_load_channel_mix(rwkv_loader *ld, int i, rwkv_channel_mix_weights *ffn) {
     rwkv_model *m = ld->model;
@@ -16,33 +15,68 @@ int rwkv_load_channel_mix(rwkv_loader *ld, int i, rwkv_channel_mix_weights *ffn)
     return rwkv_want_matrix(ld, i, "ffn.receptance.weight", C, C, &ffn->receptance);
 }
 
-void rwkv_channel_mix(rwkv_model *m, const rwkv_layer *L, const rwkv_pass *pass) {
-    rwkv_scratch *s = &m->scratch;
-    const int64_t C = m->info.n_embed, F = m->info.n_ffn, T = pass->rows.T;
-    const rwkv_channel_mix_weights *W = &L->ffn;
-    const int lerp = m->arch->channel_mix.lerp, gated = W->receptance.data != NULL;
-    float *xk = s->mix[2], *xr = s->mix[0];
+/* The per-token steps (split across the threads as arch/shared.h says): the mixes of the key's
+ * (and the gate's) input, the key's squared ReLU, and the residual add through the gate. */
+typedef struct {
+    const rwkv_channel_mix_weights *W;
+    rwkv_scratch *s;
+    int64_t C, F;
+    int lerp;
+} ffn_tokens;
 
-    rwkv_layer_norm(s->xx, s->x, &L->ln2, T, C);
-    rwkv_token_shift(s->prev, s->xx, pass, C);
-    if (lerp) {
-        rwkv_lerp(xk, s->xx, s->prev, W->mix_k, T, C);
-        if (gated) rwkv_lerp(xr, s->xx, s->prev, W->mix_r, T, C);
+static void mix_token(void *p, int64_t t) {
+    const ffn_tokens *c = p;
+    const rwkv_channel_mix_weights *W = c->W;
+    rwkv_scratch *s = c->s;
+    const int64_t C = c->C, o = t * C;
+    const int gated = W->receptance.data != NULL;
+    float *xk = s->mix[2] + o, *xr = s->mix[0] + o, *prev = s->prev + o;
+    const float *xx = s->xx + o;
+    if (c->lerp) {
+        rwkv_lerp(xk, xx, prev, W->mix_k, 1, C);
+        if (gated) rwkv_lerp(xr, xx, prev, W->mix_r, 1, C);
     } else {
-        rwkv_sub(s->prev, s->xx, T * C);
-        rwkv_maa(xk, s->xx, s->prev, W->mix_k, NULL, T, C);
-        if (gated) rwkv_maa(xr, s->xx, s->prev, W->mix_r, NULL, T, C);
+        rwkv_sub(prev, xx, C);
+        rwkv_maa(xk, xx, prev, W->mix_k, NULL, 1, C);
+        if (gated) rwkv_maa(xr, xx, prev, W->mix_r, NULL, 1, C);
     }
+}
 
-    /* with a gate, its product is independent of the key's: one pass for both */
-    const rwkv_product products[2] = {{&W->key, xk, s->ffn, NULL}, {&W->receptance, xr, s->r, NULL}};
-    rwkv_matmuls(m, products, gated ? 2 : 1, pass->rows);
-    float *ffn = s->ffn; /* a local pointer: through s, every store might move s->ffn */
-    for (int64_t i = 0; i < T * F; i++) ffn[i] = ffn[i] > 0.0f ? ffn[i] * ffn[i] : 0.0f;
-    rwkv_matmul(m, &W->value, s->ffn, pass->rows, s->y);
-    if (!gated) {
-        rwkv_add(s->x, s->y, T * C);
+static void square_token(void *p, int64_t t) {
+    const ffn_tokens *c = p;
+    float *k = c->s->ffn + t * c->F;
+    for (int64_t i = 0; i < c->F; i++) k[i] = k[i] > 0.0f ? k[i] * k[i] : 0.0f;
+}
+
+static void residual_token(void *p, int64_t t) {
+    const ffn_tokens *c = p;
+    const rwkv_channel_mix_weights *W = c->W;
+    rwkv_scratch *s = c->s;
+    const int64_t C = c->C, o = t * C;
+    float *x = s->x + o;
+    const float *y = s->y + o, *r = s->r + o;
+    if (!W->receptance.data) {
+        rwkv_add(x, y, C);
         return;
     }
-    for (int64_t i = 0; i < T * C; i++) s->x[i] += rwkv_sigmoid(s->r[i]) * s->y[i];
+    for (int64_t i = 0; i < C; i++) x[i] += rwkv_sigmoid(r[i]) * y[i];
+}
+
+void rwkv_channel_mix(rwkv_model *m, const rwkv_layer *L, const rwkv_pass *pass) {
+    rwkv_scratch *s = &m->scratch;
+    const int64_t C = m->info.n_embed, T = pass->rows.T;
+    const rwkv_channel_mix_weights *W = &L->ffn;
+    ffn_tokens tokens = {W, s, C, m->info.n_ffn, m->arch->channel_mix.lerp};
+    void *ctx = &tokens;
+
+    rwkv_layer_norm_rows(m->pool, s->xx, s->x, &L->ln2, T, C);
+    rwkv_token_shift(s->prev, s->xx, pass, C);
+    rwkv_parallel_for(m->pool, T, mix_token, ctx);
+
+    /* with a gate, its product is independent of the key's: one pass for both */
+    const rwkv_product products[2] = {{&W->key, s->mix[2], s->ffn, NULL}, {&W->receptance, s->mix[0], s->r, NULL}};
+    rwkv_matmuls(m, products, W->receptance.data ? 2 : 1, pass->rows);
+    rwkv_parallel_for(m->pool, T, square_token, ctx);
+    rwkv_matmul(m, &W->value, s->ffn, pass->rows, s->y);
+    rwkv_parallel_for(m->pool, T, residual_token, ctx);
 }

@@ -7,6 +7,24 @@
 #include "../ops.h"
 #include "arch.h"
 
+/* The per-token steps of a block (norms, mixes, activations, gates): tokens do not depend on each
+ * other there, so a pass's rows are split across the threads a token at a time with
+ * rwkv_parallel_for (one token, when decoding, runs inline). This is what they read. */
+typedef struct {
+    const rwkv_layer *L;
+    const void *weights; /* the version's own weights the step needs */
+    rwkv_scratch *s;
+    int64_t T; /* the pass's rows */
+    int64_t C, H, N;
+    int layer;
+} rwkv_tokens;
+
+static inline rwkv_tokens rwkv_tokens_of(rwkv_model *m, const rwkv_layer *L, const void *weights, int layer,
+                                         const rwkv_pass *pass) {
+    const rwkv_model_info *info = &m->info;
+    return (rwkv_tokens){L, weights, &m->scratch, pass->rows.T, info->n_embed, info->n_head, info->head_size, layer};
+}
+
 /* v4 and v5: the token shift's lerp weights of k, v, r, and of g with the gate (v5.2). */
 typedef struct {
     const float *k, *v, *r, *g;

@@ -23,20 +23,29 @@ int rwkv_load_lerp_gate(rwkv_loader *ld, int i, rwkv_lerp_mix *mix) {
     return rwkv_want_matrix(ld, i, "att.gate.weight", C, C, &mix->gate);
 }
 
+static void lerp_token(void *p, int64_t t) {
+    const rwkv_tokens *c = p;
+    const rwkv_lerp_mix *mix = c->weights;
+    rwkv_scratch *s = c->s;
+    const int64_t C = c->C, o = t * C;
+    const float *xx = s->xx + o, *prev = s->prev + o;
+    rwkv_lerp(s->mix[2] + o, xx, prev, mix->k, 1, C);
+    rwkv_lerp(s->mix[3] + o, xx, prev, mix->v, 1, C);
+    rwkv_lerp(s->mix[0] + o, xx, prev, mix->r, 1, C);
+    if (mix->gate.data) rwkv_lerp(s->mix[5] + o, xx, prev, mix->g, 1, C);
+}
+
 void rwkv_lerp_projections(rwkv_model *m, const rwkv_layer *L, const rwkv_lerp_mix *mix, const rwkv_pass *pass) {
     rwkv_scratch *s = &m->scratch;
     const int64_t C = m->info.n_embed, T = pass->rows.T;
-    float *xr = s->mix[0], *xk = s->mix[2], *xv = s->mix[3], *xg = s->mix[5];
-    rwkv_layer_norm(s->xx, s->x, &L->ln1, T, C);
+    rwkv_layer_norm_rows(m->pool, s->xx, s->x, &L->ln1, T, C);
     rwkv_token_shift(s->prev, s->xx, pass, C);
-    rwkv_lerp(xk, s->xx, s->prev, mix->k, T, C);
-    rwkv_lerp(xv, s->xx, s->prev, mix->v, T, C);
-    rwkv_lerp(xr, s->xx, s->prev, mix->r, T, C);
-    const rwkv_product products[4] = {{&L->receptance, xr, s->r, NULL},
-                                      {&L->key, xk, s->k, NULL},
-                                      {&L->value, xv, s->v, NULL},
-                                      {&mix->gate, xg, s->g, NULL}};
-    if (mix->gate.data) rwkv_lerp(xg, s->xx, s->prev, mix->g, T, C);
+    const rwkv_tokens tokens = rwkv_tokens_of(m, L, mix, 0, pass);
+    rwkv_parallel_for(m->pool, T, lerp_token, (void *)&tokens);
+    const rwkv_product products[4] = {{&L->receptance, s->mix[0], s->r, NULL},
+                                      {&L->key, s->mix[2], s->k, NULL},
+                                      {&L->value, s->mix[3], s->v, NULL},
+                                      {&mix->gate, s->mix[5], s->g, NULL}};
     rwkv_matmuls(m, products, mix->gate.data ? 4 : 3, pass->rows);
 }
 

@@ -93,9 +93,20 @@ void rwkv_wkv5(rwkv_model *m, const rwkv_wkv5_args *args) {
  * the head size decides; v6 and v7 use 64e-5 in both programs. */
 static float ln_x_eps(int64_t N) { return N == RWKV_RELEASED_HEAD_SIZE ? 64e-5f : 1e-5f; }
 
+/* The read-out's group norm and, in v5.2, the gate. */
+static void finish_token(void *p, int64_t t) {
+    const rwkv_tokens *c = p;
+    const v5_att *A = c->weights;
+    const int64_t C = c->C, o = t * C;
+    float *y = c->s->y + o;
+    const float *gate = c->s->g + o;
+    rwkv_group_norm(y, &A->ln_x, 1, c->H, c->N, ln_x_eps(c->N));
+    if (A->mix.gate.data)
+        for (int64_t i = 0; i < C; i++) y[i] *= rwkv_silu(gate[i]);
+}
+
 /* state: att previous-x (C), then the H x N x N wkv matrices */
 static void time_mix(rwkv_model *m, const rwkv_layer *L, int layer, const rwkv_pass *pass) {
-    (void)layer;
     rwkv_scratch *s = &m->scratch;
     const int64_t C = m->info.n_embed, H = m->info.n_head, N = m->info.head_size, T = pass->rows.T;
     const v5_att *A = L->att;
@@ -105,9 +116,8 @@ static void time_mix(rwkv_model *m, const rwkv_layer *L, int layer, const rwkv_p
     rwkv_wkv5_args wkv = {s->r, s->k, s->v, A->decay, A->first, A->decay_per_head, A->first_per_head, 0,
                           s->y, pass, H, N};
     rwkv_wkv5(m, &wkv);
-    rwkv_group_norm(s->y, &A->ln_x, T, H, N, ln_x_eps(N));
-    if (A->mix.gate.data)
-        for (int64_t i = 0; i < T * C; i++) s->y[i] *= rwkv_silu(s->g[i]);
+    const rwkv_tokens tokens = rwkv_tokens_of(m, L, A, layer, pass);
+    rwkv_parallel_for(m->pool, T, finish_token, (void *)&tokens);
 
     rwkv_matmul(m, &L->output, s->y, pass->rows, s->wkv_out);
     rwkv_add(s->x, s->wkv_out, T * C);

@@ -43,32 +43,92 @@ static int load_att(rwkv_loader *ld, int i, void *att) {
     return RWKV_OK;
 }
 
+/* The per-token steps, in the order time_mix runs them. */
+
+/* The shift's difference sx (in prev) and the input of the shared mix network. */
+static void shift_token(void *p, int64_t t) {
+    const rwkv_tokens *c = p;
+    const v6_att *A = c->weights;
+    rwkv_scratch *s = c->s;
+    const int64_t C = c->C, o = t * C;
+    rwkv_sub(s->prev + o, s->xx + o, C);
+    rwkv_maa(s->mix[4] + o, s->xx + o, s->prev + o, A->maa_x, NULL, 1, C);
+}
+
+/* tanh of the shared network's hidden layer (T x 5D in lora[0]), laid out for the five up
+ * projections: hidden j of token t goes to lora[1] + (j * T + t) * D. */
+static void split_mix_hidden(void *p, int64_t t) {
+    const rwkv_tokens *c = p;
+    const v6_att *A = c->weights;
+    rwkv_scratch *s = c->s;
+    const int64_t D = A->maa_w1.rows / 5, T = c->T;
+    const float *h = s->lora[0] + t * 5 * D;
+    for (int64_t j = 0; j < 5; j++) {
+        float *out = s->lora[1] + (j * T + t) * D;
+        for (int64_t i = 0; i < D; i++) out[i] = tanhf(h[j * D + i]);
+    }
+}
+
+/* The five mixes, each in its buffer where the up projection left its data-dependent part:
+ * mix = xx + sx * (base + lora). */
+static void mix_token(void *p, int64_t t) {
+    const rwkv_tokens *c = p;
+    const v6_att *A = c->weights;
+    rwkv_scratch *s = c->s;
+    const int64_t C = c->C, o = t * C;
+    const float *base[5] = {A->maa_w, A->maa_k, A->maa_v, A->maa_r, A->maa_g};
+    float *target[5] = {s->mix[1], s->mix[2], s->mix[3], s->mix[0], s->mix[5]};
+    for (int j = 0; j < 5; j++) rwkv_maa(target[j] + o, s->xx + o, s->prev + o, base[j], target[j] + o, 1, C);
+}
+
+static void decay_hidden_token(void *p, int64_t t) {
+    const rwkv_tokens *c = p;
+    const v6_att *A = c->weights;
+    const int64_t D = A->decay_w1.rows;
+    float *h = c->s->lora[0] + t * D;
+    for (int64_t i = 0; i < D; i++) h[i] = tanhf(h[i]);
+}
+
+static void decay_token(void *p, int64_t t) {
+    const rwkv_tokens *c = p;
+    const v6_att *A = c->weights;
+    float *w = c->s->w + t * c->C;
+    for (int64_t i = 0; i < c->C; i++) w[i] = expf(-expf(A->decay[i] + w[i]));
+}
+
+static void finish_token(void *p, int64_t t) {
+    const rwkv_tokens *c = p;
+    const v6_att *A = c->weights;
+    const int64_t C = c->C, o = t * C;
+    float *y = c->s->y + o;
+    const float *gate = c->s->g + o;
+    rwkv_group_norm(y, &A->ln_x, 1, c->H, c->N, 64e-5f);
+    for (int64_t i = 0; i < C; i++) y[i] *= rwkv_silu(gate[i]);
+}
+
 /* state: att previous-x (C), then the H x N x N wkv matrices */
 static void time_mix(rwkv_model *m, const rwkv_layer *L, int layer, const rwkv_pass *pass) {
-    (void)layer;
     rwkv_scratch *s = &m->scratch;
     const int64_t C = m->info.n_embed, H = m->info.n_head, N = m->info.head_size, T = pass->rows.T;
     const rwkv_rows rows = pass->rows;
     const v6_att *A = L->att;
     const int64_t D = A->maa_w1.rows / 5;
-    float *sx = s->prev;
+    const rwkv_tokens tokens = rwkv_tokens_of(m, L, A, layer, pass);
+    void *ctx = (void *)&tokens;
 
-    rwkv_layer_norm(s->xx, s->x, &L->ln1, T, C);
+    rwkv_layer_norm_rows(m->pool, s->xx, s->x, &L->ln1, T, C);
     rwkv_token_shift(s->prev, s->xx, pass, C);
-    rwkv_sub(sx, s->xx, T * C);
+    rwkv_parallel_for(m->pool, T, shift_token, ctx);
 
-    /* five data-dependent mixes from one shared projection: w, k, v, r, g in that order */
-    rwkv_maa(s->mix[4], s->xx, sx, A->maa_x, NULL, T, C);
+    /* five data-dependent mixes from one shared network: w, k, v, r, g in that order, their up
+     * projections in one pass */
     rwkv_matmul(m, &A->maa_w1, s->mix[4], rows, s->lora[0]);
-    for (int64_t i = 0; i < T * 5 * D; i++) s->lora[0][i] = tanhf(s->lora[0][i]);
-    const float *base[5] = {A->maa_w, A->maa_k, A->maa_v, A->maa_r, A->maa_g};
+    rwkv_parallel_for(m->pool, T, split_mix_hidden, ctx);
     float *target[5] = {s->mix[1], s->mix[2], s->mix[3], s->mix[0], s->mix[5]};
-    for (int j = 0; j < 5; j++) {
-        for (int64_t t = 0; t < T; t++)
-            memcpy(s->lora[1] + t * D, s->lora[0] + t * 5 * D + j * D, (size_t)D * sizeof(float));
-        rwkv_matmul(m, &A->maa_w2[j], s->lora[1], rows, s->wkv_out);
-        rwkv_maa(target[j], s->xx, sx, base[j], s->wkv_out, T, C);
-    }
+    rwkv_product up[5];
+    for (int j = 0; j < 5; j++) up[j] = (rwkv_product){&A->maa_w2[j], s->lora[1] + j * T * D, target[j], NULL};
+    rwkv_matmuls(m, up, 5, rows);
+    rwkv_parallel_for(m->pool, T, mix_token, ctx);
 
     const rwkv_product products[5] = {{&L->receptance, s->mix[0], s->r, NULL},
                                       {&L->key, s->mix[2], s->k, NULL},
@@ -76,15 +136,13 @@ static void time_mix(rwkv_model *m, const rwkv_layer *L, int layer, const rwkv_p
                                       {&A->gate, s->mix[5], s->g, NULL},
                                       {&A->decay_w1, s->mix[1], s->lora[0], NULL}};
     rwkv_matmuls(m, products, 5, rows);
-    for (int64_t i = 0; i < T * A->decay_w1.rows; i++) s->lora[0][i] = tanhf(s->lora[0][i]);
+    rwkv_parallel_for(m->pool, T, decay_hidden_token, ctx);
     rwkv_matmul(m, &A->decay_w2, s->lora[0], rows, s->w);
-    for (int64_t t = 0; t < T; t++)
-        for (int64_t i = 0; i < C; i++) s->w[t * C + i] = expf(-expf(A->decay[i] + s->w[t * C + i]));
+    rwkv_parallel_for(m->pool, T, decay_token, ctx);
 
     rwkv_wkv5_args wkv = {s->r, s->k, s->v, s->w, A->first, 0, 0, C, s->y, pass, H, N};
     rwkv_wkv5(m, &wkv);
-    rwkv_group_norm(s->y, &A->ln_x, T, H, N, 64e-5f);
-    for (int64_t i = 0; i < T * C; i++) s->y[i] *= rwkv_silu(s->g[i]);
+    rwkv_parallel_for(m->pool, T, finish_token, ctx);
 
     rwkv_matmul(m, &L->output, s->y, rows, s->wkv_out);
     rwkv_add(s->x, s->wkv_out, T * C);

@@ -85,33 +85,30 @@ RWKV_SIMD_CLONES static void wkv7_head_any(void *p, int64_t item) {
     wkv7_head(a, item, (int)a->N, b);
 }
 
-/* The element-wise steps work on one token at a time and tokens do not depend on each other there,
- * so a chunk of tokens is split across the threads (one token, when decoding, runs inline). */
-typedef struct {
-    const rwkv_layer *L;
-    const v7_att *A;
-    rwkv_scratch *s;
-    int64_t C, H, N;
-    int layer;
-} v7_tokens;
-
-static void normalize_token(void *p, int64_t t) {
-    const v7_tokens *c = p;
-    rwkv_layer_norm(c->s->xx + t * c->C, c->s->x + t * c->C, &c->L->ln1, 1, c->C);
-}
+/* The per-token steps (arch/shared.h), in the order time_mix runs them. */
 
 static void mix_token(void *p, int64_t t) {
-    const v7_tokens *c = p;
+    const rwkv_tokens *c = p;
+    const v7_att *A = c->weights;
     rwkv_scratch *s = c->s;
     const int64_t C = c->C, o = t * C;
     rwkv_sub(s->prev + o, s->xx + o, C);
-    for (int j = 0; j < 6; j++) rwkv_maa(s->mix[j] + o, s->xx + o, s->prev + o, c->A->x_rwkvag + j * C, NULL, 1, C);
+    for (int j = 0; j < 6; j++) rwkv_maa(s->mix[j] + o, s->xx + o, s->prev + o, A->x_rwkvag + j * C, NULL, 1, C);
+}
+
+/* The activations of the decay's and the gate's hidden layers. */
+static void hidden_token(void *p, int64_t t) {
+    const rwkv_tokens *c = p;
+    const v7_att *A = c->weights;
+    float *w = c->s->lora[0] + t * A->w1.rows, *g = c->s->lora[2] + t * A->g1.rows;
+    for (int64_t i = 0; i < A->w1.rows; i++) w[i] = tanhf(w[i]);
+    for (int64_t i = 0; i < A->g1.rows; i++) g[i] = rwkv_sigmoid(g[i]);
 }
 
 /* Decay, in-context learning rate, the keys' two forms and the value residual. */
 static void prepare_token(void *p, int64_t t) {
-    const v7_tokens *c = p;
-    const v7_att *A = c->A;
+    const rwkv_tokens *c = p;
+    const v7_att *A = c->weights;
     rwkv_scratch *s = c->s;
     const int64_t C = c->C, N = c->N, o = t * C;
     float *a = s->a + o, *k = s->k + o, *kk = s->kk + o, *w = s->w + o, *v = s->v + o;
@@ -138,8 +135,8 @@ static void prepare_token(void *p, int64_t t) {
 
 /* The read-out's group norm, a per-head bonus for the current token, and the gate. */
 static void finish_token(void *p, int64_t t) {
-    const v7_tokens *c = p;
-    const v7_att *A = c->A;
+    const rwkv_tokens *c = p;
+    const v7_att *A = c->weights;
     rwkv_scratch *s = c->s;
     const int64_t C = c->C, N = c->N, o = t * C;
     float *y = s->y + o;
@@ -159,11 +156,12 @@ static void time_mix(rwkv_model *m, const rwkv_layer *L, int layer, const rwkv_p
     rwkv_scratch *s = &m->scratch;
     const int64_t C = m->info.n_embed, H = m->info.n_head, N = m->info.head_size, T = pass->rows.T;
     const v7_att *A = L->att;
-    v7_tokens tokens = {L, A, s, C, H, N, layer};
+    const rwkv_tokens tokens = rwkv_tokens_of(m, L, A, layer, pass);
+    void *ctx = (void *)&tokens;
 
-    rwkv_parallel_for(m->pool, T, normalize_token, &tokens);
+    rwkv_layer_norm_rows(m->pool, s->xx, s->x, &L->ln1, T, C);
     rwkv_token_shift(s->prev, s->xx, pass, C);
-    rwkv_parallel_for(m->pool, T, mix_token, &tokens); /* prev becomes the shift's difference, sx */
+    rwkv_parallel_for(m->pool, T, mix_token, ctx); /* prev becomes the shift's difference, sx */
 
     /* The projections and the low-rank networks' first halves, then their second halves: two
      * passes. The value residual's network (every layer but the first) goes along. */
@@ -174,19 +172,18 @@ static void time_mix(rwkv_model *m, const rwkv_layer *L, int layer, const rwkv_p
                                   {&A->a1, s->mix[4], h[1], NULL},         {&A->g1, s->mix[5], h[2], NULL},
                                   {&A->v1, s->mix[3], h[3], NULL}};
     rwkv_matmuls(m, down, 6 + value_lora, pass->rows);
-    for (int64_t i = 0; i < T * A->w1.rows; i++) h[0][i] = tanhf(h[0][i]);
-    for (int64_t i = 0; i < T * A->g1.rows; i++) h[2][i] = rwkv_sigmoid(h[2][i]);
+    rwkv_parallel_for(m->pool, T, hidden_token, ctx);
     const rwkv_product up[4] = {{&A->w2, h[0], s->w, NULL},
                                 {&A->a2, h[1], s->a, NULL},
                                 {&A->g2, h[2], s->g, NULL},
                                 {&A->v2, h[3], s->wkv_out, NULL}};
     rwkv_matmuls(m, up, 3 + value_lora, pass->rows);
 
-    rwkv_parallel_for(m->pool, T, prepare_token, &tokens);
+    rwkv_parallel_for(m->pool, T, prepare_token, ctx);
     wkv7_task task = {s->r, s->w, s->k, s->v, s->kk, s->a, s->y, pass, H, N};
     rwkv_parallel_for(m->pool, pass->n_seg * H, N == RWKV_RELEASED_HEAD_SIZE ? wkv7_head_released : wkv7_head_any,
                       &task);
-    rwkv_parallel_for(m->pool, T, finish_token, &tokens);
+    rwkv_parallel_for(m->pool, T, finish_token, ctx);
 
     rwkv_matmul(m, &L->output, s->y, pass->rows, s->wkv_out);
     rwkv_add(s->x, s->wkv_out, T * C);
