@@ -53,5 +53,8 @@ typedef struct {
     int64_t H, N;
 } rwkv_wkv5_args;
 void rwkv_wkv5(rwkv_model *m, const rwkv_wkv5_args *args);
+/* Token t's read-out of the v5/v6 recurrence, in place in scratch y: the group norm ln_x, then
+ * times silu(g) when the layer is gated. */
+void rwkv_wkv5_read_out(const rwkv_tokens *c, int64_t t, const rwkv_norm *ln_x, float eps, int gated);
 
 #endif

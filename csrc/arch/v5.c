@@ -93,16 +93,19 @@ void rwkv_wkv5(rwkv_model *m, const rwkv_wkv5_args *args) {
  * the head size decides; v6 and v7 use 64e-5 in both programs. */
 static float ln_x_eps(int64_t N) { return N == RWKV_RELEASED_HEAD_SIZE ? 64e-5f : 1e-5f; }
 
-/* The read-out's group norm and, in v5.2, the gate. */
-static void finish_token(void *p, int64_t t) {
-    const rwkv_tokens *c = p;
-    const v5_att *A = c->weights;
+void rwkv_wkv5_read_out(const rwkv_tokens *c, int64_t t, const rwkv_norm *ln_x, float eps, int gated) {
     const int64_t C = c->C, o = t * C;
     float *y = c->s->y + o;
     const float *gate = c->s->g + o;
-    rwkv_group_norm(y, &A->ln_x, 1, c->H, c->N, ln_x_eps(c->N));
-    if (A->mix.gate.data)
+    rwkv_group_norm(y, ln_x, 1, c->H, c->N, eps);
+    if (gated)
         for (int64_t i = 0; i < C; i++) y[i] *= rwkv_silu(gate[i]);
+}
+
+static void finish_token(void *p, int64_t t) {
+    const rwkv_tokens *c = p;
+    const v5_att *A = c->weights;
+    rwkv_wkv5_read_out(c, t, &A->ln_x, ln_x_eps(c->N), A->mix.gate.data != NULL);
 }
 
 /* state: att previous-x (C), then the H x N x N wkv matrices */

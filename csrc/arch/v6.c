@@ -99,11 +99,7 @@ static void decay_token(void *p, int64_t t) {
 static void finish_token(void *p, int64_t t) {
     const rwkv_tokens *c = p;
     const v6_att *A = c->weights;
-    const int64_t C = c->C, o = t * C;
-    float *y = c->s->y + o;
-    const float *gate = c->s->g + o;
-    rwkv_group_norm(y, &A->ln_x, 1, c->H, c->N, 64e-5f);
-    for (int64_t i = 0; i < C; i++) y[i] *= rwkv_silu(gate[i]);
+    rwkv_wkv5_read_out(c, t, &A->ln_x, 64e-5f, 1);
 }
 
 /* state: att previous-x (C), then the H x N x N wkv matrices */
