@@ -4,7 +4,7 @@ on the same weights, and prints a table per model.
     python benchmarks/peer_batched.py /path/to/llama-batched-bench MODEL.bin [MODEL.bin ...]
         [--threads 2] [--batch 1,2,4,8,16] [--tokens 32] [--prompt 16]
 
-Each .bin (or every .bin of a folder) is converted to GGUF as peer_llamacpp.py does (same blocks,
+Each .bin (or every .bin of a folder) is converted to GGUF as compare.py does (same blocks,
 same bytes; kept in --gguf-dir). llama.cpp runs
 `llama-batched-bench -m GGUF -t T -tb T -npp PROMPT -ntg TOKENS -npl B,B,... -c CTX --output-format jsonl`:
 for each B it reads B prompts of PROMPT random tokens, then decodes TOKENS steps of B tokens, one
@@ -17,7 +17,7 @@ a warm-up step instead of a prompt: an RWKV state costs the same whatever it has
 
 Columns: decode tokens/s of all B sequences together and that over B = first's, for each engine;
 then the share of CPU time other processes took (Linux; rerun rows where it is not ~0).
-llama-batched-bench is built like llama-bench (see peer_llamacpp.py), target llama-batched-bench.
+llama-batched-bench is built like llama-bench (see compare.py), target llama-batched-bench.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import os
 import subprocess
 import sys
 
-from peer_llamacpp import OtherCpu, to_gguf  # the script beside this one
+from compare import OtherCpu, to_gguf  # the script beside this one
 
 from rwkvcpp import format as F
 from rwkvcpp.benchmark import run_batch_benchmark
