@@ -36,9 +36,9 @@ static void mix_token(void *p, int64_t t) {
         rwkv_lerp(xk, xx, prev, W->mix_k, 1, C);
         if (gated) rwkv_lerp(xr, xx, prev, W->mix_r, 1, C);
     } else {
-        rwkv_sub(prev, xx, C);
-        rwkv_maa(xk, xx, prev, W->mix_k, NULL, 1, C);
-        if (gated) rwkv_maa(xr, xx, prev, W->mix_r, NULL, 1, C);
+        const float *mix[2] = {W->mix_k, W->mix_r};
+        float *const out[2] = {s->mix[2], s->mix[0]};
+        rwkv_shift_mixes(s, t, C, gated ? 2 : 1, mix, out);
     }
 }
 

@@ -25,6 +25,15 @@ static inline rwkv_tokens rwkv_tokens_of(rwkv_model *m, const rwkv_layer *L, con
     return (rwkv_tokens){L, weights, &m->scratch, pass->rows.T, info->n_embed, info->n_head, info->head_size, layer};
 }
 
+/* Token t's token-shift mixes of v6 and later (time and channel mixing): sx = prev - xx, left in
+ * prev, then out[j] = xx + sx * mix[j] for the n mixes. */
+static inline void rwkv_shift_mixes(rwkv_scratch *s, int64_t t, int64_t C, int n, const float *const *mix,
+                                    float *const *out) {
+    const int64_t o = t * C;
+    rwkv_sub(s->prev + o, s->xx + o, C);
+    for (int j = 0; j < n; j++) rwkv_maa(out[j] + o, s->xx + o, s->prev + o, mix[j], NULL, 1, C);
+}
+
 /* v4 and v5: the token shift's lerp weights of k, v, r, and of g with the gate (v5.2). */
 typedef struct {
     const float *k, *v, *r, *g;

@@ -49,10 +49,7 @@ static int load_att(rwkv_loader *ld, int i, void *att) {
 static void shift_token(void *p, int64_t t) {
     const rwkv_tokens *c = p;
     const v6_att *A = c->weights;
-    rwkv_scratch *s = c->s;
-    const int64_t C = c->C, o = t * C;
-    rwkv_sub(s->prev + o, s->xx + o, C);
-    rwkv_maa(s->mix[4] + o, s->xx + o, s->prev + o, A->maa_x, NULL, 1, C);
+    rwkv_shift_mixes(c->s, t, c->C, 1, &A->maa_x, &c->s->mix[4]);
 }
 
 /* tanh of the shared network's hidden layer (T x 5D in lora[0]), laid out for the five up

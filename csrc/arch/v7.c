@@ -90,10 +90,9 @@ RWKV_SIMD_CLONES static void wkv7_head_any(void *p, int64_t item) {
 static void mix_token(void *p, int64_t t) {
     const rwkv_tokens *c = p;
     const v7_att *A = c->weights;
-    rwkv_scratch *s = c->s;
-    const int64_t C = c->C, o = t * C;
-    rwkv_sub(s->prev + o, s->xx + o, C);
-    for (int j = 0; j < 6; j++) rwkv_maa(s->mix[j] + o, s->xx + o, s->prev + o, A->x_rwkvag + j * C, NULL, 1, C);
+    const float *mix[6];
+    for (int j = 0; j < 6; j++) mix[j] = A->x_rwkvag + j * c->C;
+    rwkv_shift_mixes(c->s, t, c->C, 6, mix, c->s->mix);
 }
 
 /* The activations of the decay's and the gate's hidden layers. */
