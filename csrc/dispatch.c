@@ -32,6 +32,7 @@ static void install_generic(void) {
     }
     rwkv_kernels.gemm = (rwkv_gemm_kernel){rwkv_gemm_f32_generic, NULL, 0};
     rwkv_kernels.q8_act_from_float = rwkv_quantize_row_q8_act;
+    rwkv_kernels.fma_loop = rwkv_fma_loop_portable;
 }
 
 void rwkv_install_kernels(const rwkv_kernel_table *level) {
@@ -44,6 +45,7 @@ void rwkv_install_kernels(const rwkv_kernel_table *level) {
     }
     if (level->gemm.run) rwkv_kernels.gemm = level->gemm;
     if (level->q8_act_from_float) rwkv_kernels.q8_act_from_float = level->q8_act_from_float;
+    if (level->fma_loop) rwkv_kernels.fma_loop = level->fma_loop;
 }
 
 #if defined(__x86_64__) || defined(__i386__)

@@ -34,6 +34,13 @@ typedef struct {
  * other sequences evaluated with it. */
 typedef void (*rwkv_rows_dot_fn)(const void *row, const void *act, size_t act_stride, int T, int64_t n, float *y);
 
+/* `rounds` rounds of the level's widest float multiply-adds in as many independent chains as keep
+ * its multiply-add units busy: what rwkv_fma_peak times. *sink holds the multiplier on entry and a
+ * result on return, so the compiler can neither fold the loop nor drop it. Returns the operations
+ * done, a multiply-add counting two. */
+typedef double (*rwkv_fma_loop_fn)(long rounds, float *sink);
+double rwkv_fma_loop_portable(long rounds, float *sink);
+
 /* The kernels of a level, by type id where they are per type. */
 typedef struct {
     rwkv_vec_dot_fn vec_dot[RWKV_N_TYPE_IDS];   /* decoding: a weight row times activations */
@@ -43,6 +50,7 @@ typedef struct {
     /* Several activation rows at once, the level's vec_dot of the same type row by row. Installed
      * with that vec_dot: where a level has none, its vec_dot takes the rows one at a time. */
     rwkv_rows_dot_fn rows_dot[RWKV_N_TYPE_IDS];
+    rwkv_fma_loop_fn fma_loop;
 } rwkv_kernel_table;
 
 /* The kernels in use: written at start-up and by rwkv_set_kernel_level, read everywhere else. */

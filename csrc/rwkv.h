@@ -156,6 +156,11 @@ const char *rwkv_arch_name(rwkv_arch arch);
 /* Read bandwidth in GB/s over a buffer of `bytes` (best of five passes) with n_threads threads
  * (0: one per core). 0.0 when the memory cannot be had. */
 double rwkv_read_bandwidth(int n_threads, size_t bytes);
+/* Floating-point operations per second, in billions, of the kernels in use with n_threads threads
+ * (0: one per core): their widest multiply-adds in enough independent chains to keep every
+ * multiply-add unit busy (best of three runs, about a tenth of a second each). The ceiling of
+ * sequence mode, whose micro-GEMM is made of these. 0.0 when the threads cannot be had. */
+double rwkv_fma_peak(int n_threads);
 
 #ifdef __cplusplus
 }

@@ -315,6 +315,19 @@ static inline __attribute__((always_inline)) void k_to_float(const uint8_t *src,
 static void q4_k_to_float(const void *src, float *y, int64_t n) { k_to_float(src, sizeof(block_q4_k), q4_k_levels, y, n); }
 static void q5_k_to_float(const void *src, float *y, int64_t n) { k_to_float(src, sizeof(block_q5_k), q5_k_levels, y, n); }
 
+/* Ten chains: two FMA units, each with a latency of four or five cycles. */
+static double fma_loop(long rounds, float *sink) {
+    enum { CHAINS = 10 };
+    const __m256 x = _mm256_set1_ps(*sink), y = _mm256_set1_ps(1e-6f);
+    __m256 a[CHAINS];
+    for (int j = 0; j < CHAINS; j++) a[j] = _mm256_set1_ps((float)j);
+    for (long i = 0; i < rounds; i++)
+        for (int j = 0; j < CHAINS; j++) a[j] = _mm256_fmadd_ps(a[j], x, y);
+    for (int j = 1; j < CHAINS; j++) a[0] = _mm256_add_ps(a[0], a[j]);
+    *sink = hsum256(a[0]);
+    return (double)rounds * CHAINS * 8 * 2;
+}
+
 const rwkv_kernel_table rwkv_avx2_kernels = {
     .vec_dot = {[RWKV_TYPE_FP32] = fp32_dot, [RWKV_TYPE_FP16] = fp16_dot, [RWKV_TYPE_Q4_0] = q4_0_dot,
                 [RWKV_TYPE_Q4_1] = q4_1_dot, [RWKV_TYPE_Q5_0] = q5_0_dot, [RWKV_TYPE_Q5_1] = q5_1_dot,
@@ -324,6 +337,7 @@ const rwkv_kernel_table rwkv_avx2_kernels = {
                  [RWKV_TYPE_Q4_K] = q4_k_to_float, [RWKV_TYPE_Q5_K] = q5_k_to_float},
     .gemm = {gemm_f32, pack_tokens, PANEL},
     .q8_act_from_float = q8_act_from_float,
+    .fma_loop = fma_loop,
     .rows_dot = {[RWKV_TYPE_FP32] = fp32_rows, [RWKV_TYPE_FP16] = fp16_rows, [RWKV_TYPE_Q4_0] = q4_0_rows,
                  [RWKV_TYPE_Q4_1] = q4_1_rows, [RWKV_TYPE_Q5_0] = q5_0_rows, [RWKV_TYPE_Q5_1] = q5_1_rows,
                  [RWKV_TYPE_Q8_0] = q8_0_rows},

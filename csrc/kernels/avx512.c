@@ -225,6 +225,19 @@ static void gemm_f32(const float *w, int64_t ws, int64_t nr, const float *x, int
     gemm_panels(panel_tile, ROWS, PANEL, 16, w, ws, nr, x, xs, nt, n, y, ys, accumulate);
 }
 
+/* Twelve chains of 16 lanes: up to two FMA units with a latency of four cycles, and room to spare. */
+static double fma_loop(long rounds, float *sink) {
+    enum { CHAINS = 12 };
+    const __m512 x = _mm512_set1_ps(*sink), y = _mm512_set1_ps(1e-6f);
+    __m512 a[CHAINS];
+    for (int j = 0; j < CHAINS; j++) a[j] = _mm512_set1_ps((float)j);
+    for (long i = 0; i < rounds; i++)
+        for (int j = 0; j < CHAINS; j++) a[j] = _mm512_fmadd_ps(a[j], x, y);
+    for (int j = 1; j < CHAINS; j++) a[0] = _mm512_add_ps(a[0], a[j]);
+    *sink = _mm512_reduce_add_ps(a[0]);
+    return (double)rounds * CHAINS * 16 * 2;
+}
+
 const rwkv_kernel_table rwkv_avx512_kernels = {
     .vec_dot = {[RWKV_TYPE_FP32] = fp32_dot, [RWKV_TYPE_FP16] = fp16_dot, [RWKV_TYPE_Q4_0] = q4_0_dot,
                 [RWKV_TYPE_Q4_1] = q4_1_dot, [RWKV_TYPE_Q5_0] = q5_0_dot, [RWKV_TYPE_Q5_1] = q5_1_dot,
@@ -233,4 +246,5 @@ const rwkv_kernel_table rwkv_avx512_kernels = {
     .rows_dot = {[RWKV_TYPE_FP32] = fp32_rows, [RWKV_TYPE_FP16] = fp16_rows, [RWKV_TYPE_Q4_0] = q4_0_rows,
                  [RWKV_TYPE_Q4_1] = q4_1_rows, [RWKV_TYPE_Q5_0] = q5_0_rows, [RWKV_TYPE_Q5_1] = q5_1_rows,
                  [RWKV_TYPE_Q8_0] = q8_0_rows},
+    .fma_loop = fma_loop,
 };

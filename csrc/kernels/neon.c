@@ -394,6 +394,19 @@ static void gemm_f32(const float *w, int64_t ws, int64_t nr, const float *x, int
     rwkv_gemm_tiled(gemm_4x4, 4, 4, 4, rwkv_gemm_f32_generic, w, ws, nr, x, xs, nt, n, y, ys, accumulate);
 }
 
+/* Sixteen chains of 4 lanes: up to four FMA units with a latency of four cycles (Apple's cores). */
+static double fma_loop(long rounds, float *sink) {
+    enum { CHAINS = 16 };
+    const float32x4_t x = vdupq_n_f32(*sink), y = vdupq_n_f32(1e-6f);
+    float32x4_t a[CHAINS];
+    for (int j = 0; j < CHAINS; j++) a[j] = vdupq_n_f32((float)j);
+    for (long i = 0; i < rounds; i++)
+        for (int j = 0; j < CHAINS; j++) a[j] = vfmaq_f32(y, a[j], x);
+    for (int j = 1; j < CHAINS; j++) a[0] = vaddq_f32(a[0], a[j]);
+    *sink = vaddvq_f32(a[0]);
+    return (double)rounds * CHAINS * 4 * 2;
+}
+
 const rwkv_kernel_table rwkv_neon_kernels = {
     .vec_dot = {[RWKV_TYPE_FP32] = fp32_dot, [RWKV_TYPE_FP16] = fp16_dot, [RWKV_TYPE_Q4_0] = q4_0_dot,
                 [RWKV_TYPE_Q4_1] = q4_1_dot, [RWKV_TYPE_Q5_0] = q5_0_dot, [RWKV_TYPE_Q5_1] = q5_1_dot,
@@ -401,6 +414,7 @@ const rwkv_kernel_table rwkv_neon_kernels = {
     .to_float = {[RWKV_TYPE_Q4_K] = q4_k_to_float, [RWKV_TYPE_Q5_K] = q5_k_to_float},
     .gemm = {gemm_f32, NULL, 0},
     .q8_act_from_float = q8_act_from_float,
+    .fma_loop = fma_loop,
     .rows_dot = {[RWKV_TYPE_FP32] = fp32_rows, [RWKV_TYPE_FP16] = fp16_rows, [RWKV_TYPE_Q4_0] = q4_0_rows,
                  [RWKV_TYPE_Q4_1] = q4_1_rows, [RWKV_TYPE_Q5_0] = q5_0_rows, [RWKV_TYPE_Q5_1] = q5_1_rows,
                  [RWKV_TYPE_Q8_0] = q8_0_rows},

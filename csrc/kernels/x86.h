@@ -3,6 +3,7 @@
 #define RWKV_KERNELS_X86_H
 
 #include <immintrin.h>
+#include <math.h>
 #include <string.h>
 
 #include "../types.h"
@@ -147,42 +148,45 @@ static inline __attribute__((always_inline)) void gemm_panels(panel_tile_fn tile
 typedef __m256i (*block_sums_fn)(const void *block, const int8_t *q);
 enum { NO_TERM = -1 };
 
-/* One block of sum_blocks below into its accumulators. */
+/* One block of sum_blocks below into its accumulators. The term's accumulator is a float: its
+ * value is one number per block, which a vector would carry eight times. */
 static inline __attribute__((always_inline)) void add_block(const uint8_t *row, size_t block_bytes, rwkv_q8_row y,
                                                             int64_t b, block_sums_fn sums, int term, __m256 *acc,
-                                                            __m256 *term_acc) {
+                                                            float *term_acc) {
     const uint8_t *block = row + b * block_bytes;
     uint16_t d;
     memcpy(&d, block, 2);
-    const __m256 scale = _mm256_mul_ps(_mm256_broadcast_ss(&rwkv_fp16_table[d]), _mm256_broadcast_ss(y.d + b));
+    const __m256 scale = _mm256_set1_ps(rwkv_fp16_table[d] * y.d[b]);
     *acc = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(sums(block, y.q[b])), *acc);
     if (term >= 0) {
         uint16_t h;
         memcpy(&h, block + 2 * term, 2);
         /* term 0 is the block's own d (an offset times d: exact d * sum(q) wanted), else its m */
         const float *x_sums = term == 0 ? y.dsum : y.s;
-        *term_acc = _mm256_fmadd_ps(_mm256_broadcast_ss(&rwkv_fp16_table[h]), _mm256_broadcast_ss(x_sums + b), *term_acc);
+        *term_acc = fmaf(rwkv_fp16_table[h], x_sums[b], *term_acc);
     }
 }
 
 /* sum over blocks of d_w * d_x * (integer dot product), plus, when the format has one, `factor` times
  * its FP16 block term (the "+ m" of q*d + m formats, at half `term` of the block; or a constant
- * offset times d) times the activation block's sum. Scales come from the FP16 table by plain
- * loads and broadcasts, which keep the vector ports free for the block arithmetic (eight lane
- * inserts per eight blocks cost Q4_0 a fifth of its time). Two accumulators of each kind keep
+ * offset times d) times the activation block's sum. The scales are multiplied as scalars, from the
+ * FP16 table by plain loads, and broadcast once: that keeps the vector ports free for the block
+ * arithmetic (eight lane inserts per eight blocks cost Q4_0 a fifth of its time; two broadcasts
+ * and a vector multiply per block, a tenth of Q8_0's). Two accumulators of each kind keep
  * consecutive blocks off one chain of FMA latencies. */
 static inline __attribute__((always_inline)) float sum_blocks(const uint8_t *row, size_t block_bytes, const void *act,
                                                               int64_t n, block_sums_fn sums, int term, float factor) {
     const rwkv_q8_row y = rwkv_q8_row_at(act, n);
     const int64_t nb = n / RWKV_QK;
-    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), t0 = _mm256_setzero_ps(), t1 = _mm256_setzero_ps();
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+    float t0 = 0.0f, t1 = 0.0f;
     int64_t b = 0;
     for (; b + 2 <= nb; b += 2) {
         add_block(row, block_bytes, y, b, sums, term, &a0, &t0);
         add_block(row, block_bytes, y, b + 1, sums, term, &a1, &t1);
     }
     if (b < nb) add_block(row, block_bytes, y, b, sums, term, &a0, &t0);
-    return hsum256(_mm256_add_ps(a0, a1)) + factor * _mm256_cvtss_f32(_mm256_add_ps(t0, t1));
+    return hsum256(_mm256_add_ps(a0, a1)) + factor * (t0 + t1);
 }
 
 /* ---- the K formats: super-blocks of eight 32-value sub-blocks ------------------------------- */

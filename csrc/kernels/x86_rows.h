@@ -30,17 +30,17 @@ static inline __attribute__((always_inline)) void add_block_rows(const uint8_t *
     memcpy(&d, block, 2);
     const unpacked_block w = unpack(block);
     for (int t = 0; t < R; t++) {
-        const __m256 scale = _mm256_mul_ps(_mm256_broadcast_ss(&rwkv_fp16_table[d]), _mm256_broadcast_ss(x[t].d + b));
+        const __m256 scale = _mm256_set1_ps(rwkv_fp16_table[d] * x[t].d[b]);
         acc[t][which] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(sums(w, x[t].q[b])), acc[t][which]);
     }
 }
 
 /* add_block's term part for one row: the block's FP16 term times the activation block's sum. */
-static inline __attribute__((always_inline)) __m256 add_term(const uint8_t *row, size_t block_bytes, int64_t b,
-                                                             int term, const float *x_sums, __m256 acc) {
+static inline __attribute__((always_inline)) float add_term(const uint8_t *row, size_t block_bytes, int64_t b,
+                                                            int term, const float *x_sums, float acc) {
     uint16_t h;
     memcpy(&h, row + b * block_bytes + 2 * term, 2);
-    return _mm256_fmadd_ps(_mm256_broadcast_ss(&rwkv_fp16_table[h]), _mm256_broadcast_ss(x_sums + b), acc);
+    return fmaf(rwkv_fp16_table[h], x_sums[b], acc);
 }
 
 /* sum_blocks for `R` activation rows (R <= ROWS_GROUP_MAX, a constant where it is inlined). The
@@ -63,7 +63,7 @@ static inline __attribute__((always_inline)) void rows_group(const uint8_t *row,
     }
     if (b < nb) add_block_rows(row, block_bytes, x, b, R, unpack, sums, acc, 0);
     for (int t = 0; t < R; t++) {
-        __m256 t0 = _mm256_setzero_ps(), t1 = _mm256_setzero_ps();
+        float t0 = 0.0f, t1 = 0.0f;
         if (term >= 0) {
             const float *x_sums = term == 0 ? x[t].dsum : x[t].s; /* as add_block takes them */
             for (b = 0; b + 2 <= nb; b += 2) {
@@ -72,7 +72,7 @@ static inline __attribute__((always_inline)) void rows_group(const uint8_t *row,
             }
             if (b < nb) t0 = add_term(row, block_bytes, b, term, x_sums, t0);
         }
-        y[t] = hsum256(_mm256_add_ps(acc[t][0], acc[t][1])) + factor * _mm256_cvtss_f32(_mm256_add_ps(t0, t1));
+        y[t] = hsum256(_mm256_add_ps(acc[t][0], acc[t][1])) + factor * (t0 + t1);
     }
 }
 

@@ -52,6 +52,7 @@ cdef extern from "rwkv.h":
     const char *rwkv_cpu_features()
     const char *rwkv_arch_name(rwkv_arch arch)
     double rwkv_read_bandwidth(int n_threads, size_t n_bytes) nogil
+    double rwkv_fma_peak(int n_threads) nogil
 
 
 cdef extern from "rwkv_testing.h":
@@ -445,3 +446,15 @@ def read_bandwidth(int n_threads=0, size_t n_bytes=1 << 30):
     if gbps <= 0:
         raise MemoryError(f"cannot allocate {n_bytes} bytes to measure bandwidth")
     return gbps
+
+
+def fma_peak(int n_threads=0):
+    """Multiply-add peak in GFLOP/s of the kernels in use, measured with the engine's thread pool."""
+    if n_threads < 0 or n_threads > 256:
+        raise ValueError(f"n_threads must be 0 (one per core) to 256, not {n_threads}")
+    cdef double gflops
+    with nogil:
+        gflops = rwkv_fma_peak(n_threads)
+    if gflops <= 0:
+        raise MemoryError(f"cannot start {n_threads} threads to measure the multiply-add peak")
+    return gflops

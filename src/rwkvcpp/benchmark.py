@@ -1,6 +1,7 @@
 """Measuring a model: load time, resident memory, decode and prompt speed, how close decoding
-comes to the memory-bandwidth limit (a token costs one pass over the weights), and decoding
-several sequences at once (one pass over the weights for all of them)."""
+comes to the memory-bandwidth limit (a token costs one pass over the weights), how close a prompt
+comes to the multiply-add peak (two operations per weight and token), and decoding several
+sequences at once (one pass over the weights for all of them)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from . import _core
+from . import arch as architectures
 from . import format as fmt
 from ._typing import StrPath
 from .model import Model
@@ -58,6 +60,8 @@ class BenchResult:
     decode_ms_per_token: float
     prompt_tokens: int
     prompt_tokens_per_second: float
+    flops_per_token: int = 0
+    fma_peak_gflops: float = 0.0
     batches: list[BatchResult] = field(default_factory=list)  # BatchResult per batch size asked for
 
     @property
@@ -73,17 +77,30 @@ class BenchResult:
     def percent_of_limit(self) -> float:
         return 100.0 * self.bandwidth_limit_ms / self.decode_ms_per_token
 
+    @property
+    def compute_limit_tokens_per_second(self) -> float:
+        """The most tokens per second the multiply-adds of a prompt allow at the measured peak."""
+        return self.fma_peak_gflops * 1e9 / self.flops_per_token if self.flops_per_token else 0.0
+
+    @property
+    def prompt_percent_of_peak(self) -> float:
+        limit = self.compute_limit_tokens_per_second
+        return 100.0 * self.prompt_tokens_per_second / limit if limit else 0.0
+
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d.update(decode_tokens_per_second=self.decode_tokens_per_second, bandwidth_limit_ms=self.bandwidth_limit_ms,
-                 percent_of_limit=self.percent_of_limit, batches=[b.as_dict() for b in self.batches])
+                 percent_of_limit=self.percent_of_limit,
+                 compute_limit_tokens_per_second=self.compute_limit_tokens_per_second,
+                 prompt_percent_of_peak=self.prompt_percent_of_peak, batches=[b.as_dict() for b in self.batches])
         return d
 
     def summary(self) -> str:
         return (f"{os.path.basename(self.path)} ({self.arch} {self.dtype}, {self.threads} threads, {self.kernels}): "
                 f"decode {self.decode_ms_per_token:.2f} ms/token ({self.decode_tokens_per_second:.1f} tok/s, "
                 f"{self.percent_of_limit:.0f}% of the {self.bandwidth_limit_ms:.2f} ms bandwidth limit), "
-                f"prompt {self.prompt_tokens_per_second:.1f} tok/s, load {self.load_seconds * 1000:.0f} ms, "
+                f"prompt {self.prompt_tokens_per_second:.1f} tok/s ({self.prompt_percent_of_peak:.0f}% of the "
+                f"multiply-add peak), load {self.load_seconds * 1000:.0f} ms, "
                 f"RSS {self.rss_bytes / 2**20:.0f} MiB for a {self.file_bytes / 2**20:.0f} MiB file")
 
 
@@ -96,6 +113,20 @@ def bytes_per_token(path: StrPath) -> int:
             total += record.nbytes // header.n_vocab
         else:
             total += record.nbytes
+    return total
+
+
+def flops_per_token(path: StrPath) -> int:
+    """Floating-point operations of a token's matrix products: two per weight of every matrix
+    (the tensors an FP16 file stores as FP16; the embedding is a lookup, not a product). The
+    element-wise steps are left out: on every released shape they are well under 1% of the total."""
+    records = fmt.load_records(path)
+    arch = architectures.detect(r.name for r in records)
+    total = 0
+    for record in records:
+        if record.name != "emb.weight" and (arch.stored_as_fp16(record.name, record.shape) if arch else
+                                            len(record.shape) == 2):
+            total += 2 * record.shape[0] * record.shape[1]
     return total
 
 
@@ -177,11 +208,16 @@ def run_benchmark(path: StrPath, threads: Optional[int] = None, decode_tokens: i
     bandwidth = _core.read_bandwidth(model.threads, 1 << 30)
     if progress:
         progress("bandwidth", 1, 1)
+        progress("peak", 0, 1)
+    peak = _core.fma_peak(model.threads)
+    if progress:
+        progress("peak", 1, 1)
 
     return BenchResult(
         path=path, arch=model.arch, dtype=model.dtype, n_layer=model.n_layer, n_embed=model.n_embed,
         n_vocab=model.n_vocab, threads=model.threads, kernels=_core.kernel_level(), file_bytes=model.file_size,
         load_seconds=load_seconds, rss_bytes=rss, bytes_per_token=bytes_per_token(path), bandwidth_gbps=bandwidth,
         decode_tokens=decode_tokens, decode_ms_per_token=decode_ms, prompt_tokens=prompt_tokens,
-        prompt_tokens_per_second=prompt_tps, batches=batches,
+        prompt_tokens_per_second=prompt_tps, flops_per_token=flops_per_token(path), fma_peak_gflops=peak,
+        batches=batches,
     )

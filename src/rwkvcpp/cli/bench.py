@@ -42,7 +42,7 @@ def run(args) -> int:
         if stage not in bars:
             for bar in bars.values():
                 bar.close()
-            bars[stage] = Progress(total, "step" if stage in ("prompt", "bandwidth") else "token", stage)
+            bars[stage] = Progress(total, "step" if stage in ("prompt", "bandwidth", "peak") else "token", stage)
         bars[stage].update(done - bars[stage].n)
 
     try:
@@ -64,6 +64,9 @@ def run(args) -> int:
     print(f"bandwidth  {result.bandwidth_gbps:.1f} GB/s measured; {result.bytes_per_token / 1e6:.0f} MB read per "
           f"token -> limit {result.bandwidth_limit_ms:.2f} ms/token; decode reaches {result.percent_of_limit:.0f}%")
     print(f"prompt     {result.prompt_tokens_per_second:.1f} tokens/s over {result.prompt_tokens} tokens")
+    print(f"peak       {result.fma_peak_gflops:.1f} GFLOP/s measured ({result.kernels} multiply-adds); "
+          f"{result.flops_per_token / 1e9:.3g} GFLOP per token -> limit {result.compute_limit_tokens_per_second:.1f} "
+          f"tokens/s; prompt reaches {result.prompt_percent_of_peak:.0f}%")
     if result.batches:
         base = result.batches[0]
         print(f"batches    {'sequences':>9} {'tokens/s':>10} {'ms/token':>9} {'vs ' + str(base.batch):>7}  "
