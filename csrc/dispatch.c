@@ -1,6 +1,5 @@
 /* Choosing kernels at run time: one build runs on any x86-64 (or ARM) CPU and uses the best
  * instruction set it has. RWKV_KERNELS=generic|avx2|avx512|neon forces a lower level, for testing. */
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -8,6 +7,7 @@
 #include "compiler.h"
 #include "dispatch.h"
 #include "matmul.h"
+#include "platform_threads.h"
 #include "rwkv_testing.h"
 
 typedef struct {
@@ -98,7 +98,7 @@ static const kernel_level levels[] = {
 #define N_LEVELS ((int)(sizeof levels / sizeof levels[0]))
 
 static int current = 0;
-static pthread_once_t once = PTHREAD_ONCE_INIT;
+static rwkv_once once = RWKV_ONCE_INIT;
 
 static void install(int level) {
     install_generic();
@@ -131,7 +131,7 @@ static void init_once(void) {
     install(level);
 }
 
-void rwkv_dispatch_init(void) { pthread_once(&once, init_once); }
+void rwkv_dispatch_init(void) { rwkv_call_once(&once, init_once); }
 
 const char *rwkv_kernel_level(void) {
     rwkv_dispatch_init();

@@ -200,7 +200,7 @@ rwkv_status rwkv_load_ex(const char *path, int n_threads, int flags, rwkv_model 
     if (status == RWKV_OK) {
         if (n_threads <= 0) n_threads = rwkv_default_threads();
         m->pool = rwkv_pool_create(n_threads);
-        pthread_mutex_init(&m->lock, NULL);
+        rwkv_mutex_init(&m->lock);
         if (!m->pool) status = rwkv_fail(err, err_len, RWKV_ERR_ALLOC, "%s: cannot start threads", path);
         else m->info.n_threads = rwkv_pool_size(m->pool);
     }
@@ -217,7 +217,7 @@ void rwkv_free(rwkv_model *m) {
     if (!m) return;
     if (m->pool) {
         rwkv_pool_free(m->pool);
-        pthread_mutex_destroy(&m->lock);
+        rwkv_mutex_destroy(&m->lock);
     }
     scratch_free(&m->scratch);
     for (int i = 0; i < m->n_owned; i++) free(m->owned[i]);
