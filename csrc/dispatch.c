@@ -1,15 +1,13 @@
 /* Choosing kernels at run time: one build runs on any x86-64 (or ARM) CPU and uses the best
  * instruction set it has. RWKV_KERNELS=generic|avx2|avx512|neon forces a lower level, for testing. */
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "compiler.h"
 #include "dispatch.h"
-#if defined(__x86_64__) || defined(__i386__)
-#include <cpuid.h>
-#endif
 #include "matmul.h"
+#include "platform_threads.h"
 #include "rwkv_testing.h"
 
 typedef struct {
@@ -48,37 +46,61 @@ void rwkv_install_kernels(const rwkv_kernel_table *level) {
     if (level->fma_loop) rwkv_kernels.fma_loop = level->fma_loop;
 }
 
-#if defined(__x86_64__) || defined(__i386__)
-/* From CPUID itself: clang before 16 has no "f16c" for __builtin_cpu_supports (the fuzzer's build). */
-static int has_f16c(void) {
-    unsigned a, b, c, d;
-    return __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C);
+#if RWKV_HAS_CPUID
+/* The x86 features that the kernel levels need or rwkv_cpu_features names, in its order. */
+enum { SSE3, SSSE3, AVX, F16C, FMA, AVX2, AVX512F, AVX512BW, AVX512VL, AVX512VNNI, N_FEATURES };
+static const char *const feature_names[N_FEATURES] = {"sse3", "ssse3", "avx", "f16c", "fma", "avx2",
+                                                      "avx512f", "avx512bw", "avx512vl", "avx512vnni"};
+
+static int bit(unsigned reg, int n) { return (int)(reg >> n & 1); }
+
+/* From CPUID, each instruction set only where the OS also saves the registers it uses (XCR0:
+ * the SSE and AVX state for 256-bit ones; also the opmask and upper ZMM state for AVX-512). */
+static void x86_features(int have[N_FEATURES]) {
+    unsigned l1[4], l7[4];
+    rwkv_cpuid(1, 0, l1);
+    rwkv_cpuid(7, 0, l7);
+    const unsigned long long xcr0 = bit(l1[2], 27) ? rwkv_xcr0() : 0; /* 27: OSXSAVE */
+    const int avx_state = (xcr0 & 0x6) == 0x6, avx512_state = (xcr0 & 0xe6) == 0xe6;
+    have[SSE3] = bit(l1[2], 0);
+    have[SSSE3] = bit(l1[2], 9);
+    have[AVX] = avx_state && bit(l1[2], 28);
+    have[F16C] = avx_state && bit(l1[2], 29);
+    have[FMA] = avx_state && bit(l1[2], 12);
+    have[AVX2] = avx_state && bit(l7[1], 5);
+    have[AVX512F] = avx512_state && bit(l7[1], 16);
+    have[AVX512BW] = avx512_state && bit(l7[1], 30);
+    have[AVX512VL] = avx512_state && bit(l7[1], 31);
+    have[AVX512VNNI] = avx512_state && bit(l7[2], 11);
 }
 
 static int has_avx2(void) {
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && has_f16c();
+    int have[N_FEATURES];
+    x86_features(have);
+    return have[AVX2] && have[FMA] && have[F16C];
 }
 /* The quantized dots are built on VNNI, so it is required: AVX-512 CPUs without it (Skylake-X)
  * use the AVX2 level. */
 static int has_avx512(void) {
-    return has_avx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
+    int have[N_FEATURES];
+    x86_features(have);
+    return has_avx2() && have[AVX512F] && have[AVX512BW] && have[AVX512VL] && have[AVX512VNNI];
 }
 #endif
 
 static const kernel_level levels[] = {
     {"generic", always, NULL},
-#if defined(__x86_64__) || defined(__i386__)
+#if RWKV_HAS_CPUID
     {"avx2", has_avx2, &rwkv_avx2_kernels},
     {"avx512", has_avx512, &rwkv_avx512_kernels},
-#elif defined(__aarch64__)
+#elif defined(__aarch64__) || defined(_M_ARM64)
     {"neon", always, &rwkv_neon_kernels}, /* NEON is part of AArch64 */
 #endif
 };
 #define N_LEVELS ((int)(sizeof levels / sizeof levels[0]))
 
 static int current = 0;
-static pthread_once_t once = PTHREAD_ONCE_INIT;
+static rwkv_once once = RWKV_ONCE_INIT;
 
 static void install(int level) {
     install_generic();
@@ -111,7 +133,7 @@ static void init_once(void) {
     install(level);
 }
 
-void rwkv_dispatch_init(void) { pthread_once(&once, init_once); }
+void rwkv_dispatch_init(void) { rwkv_call_once(&once, init_once); }
 
 const char *rwkv_kernel_level(void) {
     rwkv_dispatch_init();
@@ -129,20 +151,15 @@ rwkv_status rwkv_set_kernel_level(const char *name) {
 const char *rwkv_cpu_features(void) {
     static char buf[128];
     buf[0] = 0;
-#if defined(__x86_64__) || defined(__i386__)
-    const char *names[] = {"sse3", "ssse3", "avx", "f16c", "fma", "avx2", "avx512f", "avx512bw", "avx512vl",
-                           "avx512vnni"};
-    int have[] = {__builtin_cpu_supports("sse3"),     __builtin_cpu_supports("ssse3"),
-                  __builtin_cpu_supports("avx"),      has_f16c(),
-                  __builtin_cpu_supports("fma"),      __builtin_cpu_supports("avx2"),
-                  __builtin_cpu_supports("avx512f"),  __builtin_cpu_supports("avx512bw"),
-                  __builtin_cpu_supports("avx512vl"), __builtin_cpu_supports("avx512vnni")};
-    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+#if RWKV_HAS_CPUID
+    int have[N_FEATURES];
+    x86_features(have);
+    for (int i = 0; i < N_FEATURES; i++)
         if (have[i]) {
             strcat(buf, buf[0] ? " " : "");
-            strcat(buf, names[i]);
+            strcat(buf, feature_names[i]);
         }
-#elif defined(__aarch64__)
+#elif defined(__aarch64__) || defined(_M_ARM64)
     strcpy(buf, "neon");
 #endif
     return buf;

@@ -210,15 +210,15 @@ static rwkv_status run(rwkv_model *m, const rwkv_sequence *seqs, size_t n, char 
     const int64_t chunk = total < RWKV_CHUNK ? (int64_t)total : RWKV_CHUNK;
     batch b;
     void *memory = batch_alloc(&b, seqs, n);
-    pthread_mutex_lock(&m->lock);
+    rwkv_mutex_lock(&m->lock);
     if (!memory || !rwkv_scratch_reserve(m, chunk)) {
-        pthread_mutex_unlock(&m->lock);
+        rwkv_mutex_unlock(&m->lock);
         free(memory);
         return rwkv_fail(err, err_len, RWKV_ERR_ALLOC, "out of memory for a pass of %lld tokens", (long long)chunk);
     }
     status = rwkv_file_check_unchanged(&m->file, err, err_len);
     if (status != RWKV_OK) {
-        pthread_mutex_unlock(&m->lock);
+        rwkv_mutex_unlock(&m->lock);
         free(memory);
         return status;
     }
@@ -234,7 +234,7 @@ static rwkv_status run(rwkv_model *m, const rwkv_sequence *seqs, size_t n, char 
         run_layers(m, &b, &att, &ffn);
         finish(m, &b, &att);
     }
-    pthread_mutex_unlock(&m->lock);
+    rwkv_mutex_unlock(&m->lock);
     free(memory);
     return check_results(m, seqs, n, err, err_len);
 }

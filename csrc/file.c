@@ -159,8 +159,8 @@ static int parse_records(rwkv_file *f, char *err, size_t err_len) {
                                    "rows, which no reader can use; quantize the FP16/FP32 model to a 32-value format)"
                                  : "");
         /* at most 2^40 elements of at most 4 bytes each: no overflow in 64 bits, checked for 32 */
-        if (__builtin_mul_overflow(rwkv_row_bytes(type, r.ne[0]), (size_t)r.ne[1], &r.nbytes) ||
-            __builtin_mul_overflow(r.nbytes, (size_t)r.ne[2], &r.nbytes))
+        if (rwkv_mul_overflow(rwkv_row_bytes(type, r.ne[0]), (size_t)r.ne[1], &r.nbytes) ||
+            rwkv_mul_overflow(r.nbytes, (size_t)r.ne[2], &r.nbytes))
             return rwkv_fail(err, err_len, RWKV_ERR_FORMAT, "%s: tensor '%s' is too large for this machine", path,
                              r.name);
         if (r.nbytes > f->size - pos)

@@ -7,6 +7,8 @@
 #include <stdint.h>
 #include <sys/stat.h>
 
+#include "compiler.h"
+
 #define RWKV_FILE_MAGIC 0x67676d66
 #define RWKV_MAX_NAME 1024
 /* More elements than any model has (a 1T-parameter tensor), and few enough that every size
@@ -52,15 +54,7 @@ const rwkv_record *rwkv_file_find(const rwkv_file *file, const char *name);
 /* "directory", "FIFO", "character device"...: what a file that is not regular is, for messages. */
 const char *rwkv_file_kind(mode_t mode);
 
-/* MinGW builds use MinGW's C99 printf (__USE_MINGW_ANSI_STDIO), not Windows' own, which lacks %zu. */
-#ifdef __MINGW32__
-#define RWKV_PRINTF_FORMAT gnu_printf
-#else
-#define RWKV_PRINTF_FORMAT printf
-#endif
-
 /* snprintf into err, prefixed with nothing; returns `status`. */
-int rwkv_fail(char *err, size_t err_len, int status, const char *fmt, ...)
-    __attribute__((format(RWKV_PRINTF_FORMAT, 4, 5)));
+int rwkv_fail(char *err, size_t err_len, int status, const char *fmt, ...) RWKV_PRINTF(4, 5);
 
 #endif

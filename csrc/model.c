@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "arch/arch.h"
+#include "compiler.h"
 #include "dispatch.h"
 #include "loader.h"
 
@@ -132,10 +133,10 @@ int rwkv_scratch_reserve(rwkv_model *m, int64_t T) {
     /* The sizes come from tensors the file holds, so they fit; checked anyway, as a wrap would
      * give a small buffer that the passes overrun. */
     size_t per_token, bytes;
-    if (__builtin_mul_overflow((size_t)C, n_vectors, &per_token) ||
-        __builtin_add_overflow(per_token, (size_t)F + 4 * (size_t)W, &per_token) ||
-        __builtin_mul_overflow(per_token, (size_t)T * sizeof(float), &bytes) ||
-        __builtin_add_overflow(bytes, rwkv_matmul_scratch_bytes(m->pool, T, widest) + 64, &bytes))
+    if (rwkv_mul_overflow((size_t)C, n_vectors, &per_token) ||
+        rwkv_add_overflow(per_token, (size_t)F + 4 * (size_t)W, &per_token) ||
+        rwkv_mul_overflow(per_token, (size_t)T * sizeof(float), &bytes) ||
+        rwkv_add_overflow(bytes, rwkv_matmul_scratch_bytes(m->pool, T, widest) + 64, &bytes))
         return 0;
     float *base = malloc(bytes);
     if (!base) return 0;
@@ -199,7 +200,7 @@ rwkv_status rwkv_load_ex(const char *path, int n_threads, int flags, rwkv_model 
     if (status == RWKV_OK) {
         if (n_threads <= 0) n_threads = rwkv_default_threads();
         m->pool = rwkv_pool_create(n_threads);
-        pthread_mutex_init(&m->lock, NULL);
+        rwkv_mutex_init(&m->lock);
         if (!m->pool) status = rwkv_fail(err, err_len, RWKV_ERR_ALLOC, "%s: cannot start threads", path);
         else m->info.n_threads = rwkv_pool_size(m->pool);
     }
@@ -216,7 +217,7 @@ void rwkv_free(rwkv_model *m) {
     if (!m) return;
     if (m->pool) {
         rwkv_pool_free(m->pool);
-        pthread_mutex_destroy(&m->lock);
+        rwkv_mutex_destroy(&m->lock);
     }
     scratch_free(&m->scratch);
     for (int i = 0; i < m->n_owned; i++) free(m->owned[i]);

@@ -2,10 +2,9 @@
 #ifndef RWKV_MODEL_H
 #define RWKV_MODEL_H
 
-#include <pthread.h>
-
 #include "file.h"
 #include "matmul.h"
+#include "platform_threads.h"
 #include "rwkv.h"
 #include "threads.h"
 
@@ -79,7 +78,7 @@ struct rwkv_model {
     int n_owned, cap_owned;
 
     rwkv_pool *pool;
-    pthread_mutex_t lock; /* one evaluation at a time: the pool and scratch are shared */
+    rwkv_mutex lock; /* one evaluation at a time: the pool and scratch are shared */
     rwkv_scratch scratch;
 };
 

@@ -4,24 +4,8 @@
 
 #include <math.h>
 
+#include "compiler.h" /* RWKV_SIMD_CLONES, RWKV_ALWAYS_INLINE for the recurrences */
 #include "model.h"
-
-/* Hot element-wise loops outside the kernel table (the wkv recurrences) get an AVX2 + FMA clone
- * (x86-64-v3) that the loader picks when the CPU has it; the baseline build only vectorises with
- * SSE2. */
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-#define RWKV_SIMD_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
-#else
-#define RWKV_SIMD_CLONES
-#endif
-
-/* A function body the compiler must inline: the recurrences' shared bodies, instantiated once with
- * the released head size as a constant and once for any size. */
-#if defined(__GNUC__)
-#define RWKV_ALWAYS_INLINE __attribute__((always_inline))
-#else
-#define RWKV_ALWAYS_INLINE
-#endif
 
 static inline float rwkv_sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
 static inline float rwkv_silu(float x) { return x / (1.0f + expf(-x)); }

@@ -6,7 +6,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,6 +13,7 @@
 #include <unistd.h>
 
 #include "file.h"
+#include "platform_threads.h"
 #include "rwkv.h"
 
 #define OUTPUT_BUFFER_BYTES ((size_t)1 << 20)
@@ -86,11 +86,11 @@ static char *parent_directory(const char *path) {
 
 /* `target`.tmp-XXXXXXXX with a suffix no other writer picks at the same time. */
 static void temp_name(char *buf, size_t n, const char *target) {
-    static atomic_uint counter;
+    static rwkv_atomic_int counter;
     struct timespec now;
     clock_gettime(CLOCK_REALTIME, &now);
-    const unsigned suffix =
-        (unsigned)now.tv_nsec ^ ((unsigned)getpid() << 12) ^ (atomic_fetch_add(&counter, 1) * 2654435761u);
+    const unsigned suffix = (unsigned)now.tv_nsec ^ ((unsigned)getpid() << 12) ^
+                            ((unsigned)rwkv_atomic_fetch_add(&counter, 1) * 2654435761u);
     snprintf(buf, n, "%s.tmp-%08x", target, suffix);
 }
 

@@ -6,7 +6,6 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,6 +13,7 @@
 
 #include "file.h"
 #include "platform.h"
+#include "platform_threads.h"
 #include "rwkv.h"
 
 #define OUTPUT_BUFFER_BYTES ((size_t)1 << 20)
@@ -53,13 +53,13 @@ static int check_target(rwkv_output *out, char *err, size_t err_len) {
 
 /* A new file named `target`.tmp-XXXXXXXX, a suffix no other writer picks at the same time. */
 static int open_temp(rwkv_output *out) {
-    static atomic_uint counter;
+    static rwkv_atomic_int counter;
     const size_t n = strlen(out->target) + 32;
     out->temp = malloc(n);
     if (!out->temp) return -1;
     for (int attempt = 0; attempt < NAME_ATTEMPTS; attempt++) {
         const unsigned suffix = (unsigned)GetTickCount64() ^ ((unsigned)GetCurrentProcessId() << 12) ^
-                                (atomic_fetch_add(&counter, 1) * 2654435761u);
+                                ((unsigned)rwkv_atomic_fetch_add(&counter, 1) * 2654435761u);
         snprintf(out->temp, n, "%s.tmp-%08x", out->target, suffix);
         wchar_t *wide = rwkv_utf16(out->temp);
         if (!wide) return -1;

@@ -6,21 +6,10 @@
  * so no worker can touch a finished job. */
 #include "threads.h"
 
-#include <pthread.h>
-#include <sched.h>
-#include <stdatomic.h>
 #include <stdlib.h>
 
 #include "platform.h"
-
-#if defined(__x86_64__) || defined(__i386__)
-#include <immintrin.h>
-#define cpu_relax() _mm_pause()
-#elif defined(__aarch64__)
-#define cpu_relax() __asm__ __volatile__("yield")
-#else
-#define cpu_relax() ((void)0)
-#endif
+#include "platform_threads.h"
 
 #define SPIN_ROUNDS 20000 /* a worker's wait before it sleeps */
 #define YIELD_AFTER 256   /* the caller's spins before it lets a descheduled worker run here */
@@ -29,20 +18,20 @@ typedef struct {
     rwkv_chunk_fn fn;
     void *ctx;
     long n_chunks;
-    atomic_long next; /* the next unclaimed chunk */
-    atomic_long done; /* chunks finished */
+    rwkv_atomic_long next; /* the next unclaimed chunk */
+    rwkv_atomic_long done; /* chunks finished */
 } pool_job;
 
 struct rwkv_pool {
     int n_threads;
-    pthread_t *workers;
-    pthread_mutex_t mutex;
-    pthread_cond_t wake;
-    _Atomic(pool_job *) job;
-    atomic_int generation; /* bumped once per job */
-    atomic_int active;     /* workers that may be looking at `job` */
-    atomic_int sleeping;   /* workers blocked on `wake` */
-    atomic_int stop;
+    rwkv_thread *workers;
+    rwkv_mutex mutex;
+    rwkv_cond wake;
+    rwkv_atomic_ptr job;        /* the running pool_job, or NULL */
+    rwkv_atomic_int generation; /* bumped once per job */
+    rwkv_atomic_int active;     /* workers that may be looking at `job` */
+    rwkv_atomic_int sleeping;   /* workers blocked on `wake` */
+    rwkv_atomic_int stop;
 };
 
 typedef struct {
@@ -52,27 +41,27 @@ typedef struct {
 
 static void run_chunks(pool_job *job, int ith) {
     for (;;) {
-        long chunk = atomic_fetch_add(&job->next, 1);
+        long chunk = rwkv_atomic_fetch_add(&job->next, 1);
         if (chunk >= job->n_chunks) return;
         job->fn(job->ctx, chunk, ith);
-        atomic_fetch_add(&job->done, 1);
+        rwkv_atomic_fetch_add(&job->done, 1);
     }
 }
 
 static void wait_for_job(rwkv_pool *pool, int seen) {
     for (int i = 0; i < SPIN_ROUNDS; i++) {
-        if (atomic_load(&pool->generation) != seen || atomic_load(&pool->stop)) return;
-        cpu_relax();
+        if (rwkv_atomic_load(&pool->generation) != seen || rwkv_atomic_load(&pool->stop)) return;
+        rwkv_cpu_relax();
     }
-    pthread_mutex_lock(&pool->mutex);
-    atomic_fetch_add(&pool->sleeping, 1);
-    while (atomic_load(&pool->generation) == seen && !atomic_load(&pool->stop))
-        pthread_cond_wait(&pool->wake, &pool->mutex);
-    atomic_fetch_sub(&pool->sleeping, 1);
-    pthread_mutex_unlock(&pool->mutex);
+    rwkv_mutex_lock(&pool->mutex);
+    rwkv_atomic_fetch_add(&pool->sleeping, 1);
+    while (rwkv_atomic_load(&pool->generation) == seen && !rwkv_atomic_load(&pool->stop))
+        rwkv_cond_wait(&pool->wake, &pool->mutex);
+    rwkv_atomic_fetch_sub(&pool->sleeping, 1);
+    rwkv_mutex_unlock(&pool->mutex);
 }
 
-static void *worker_main(void *p) {
+static RWKV_THREAD_RESULT worker_main(void *p) {
     worker_arg *arg = p;
     rwkv_pool *pool = arg->pool;
     int ith = arg->ith;
@@ -80,14 +69,14 @@ static void *worker_main(void *p) {
     int seen = 0; /* not the current generation: a job may have been posted before this thread ran */
     for (;;) {
         wait_for_job(pool, seen);
-        if (atomic_load(&pool->stop)) break;
-        seen = atomic_load(&pool->generation);
-        atomic_fetch_add(&pool->active, 1);
-        pool_job *job = atomic_load(&pool->job);
+        if (rwkv_atomic_load(&pool->stop)) break;
+        seen = rwkv_atomic_load(&pool->generation);
+        rwkv_atomic_fetch_add(&pool->active, 1);
+        pool_job *job = rwkv_atomic_load_ptr(&pool->job);
         if (job) run_chunks(job, ith);
-        atomic_fetch_sub(&pool->active, 1);
+        rwkv_atomic_fetch_sub(&pool->active, 1);
     }
-    return NULL;
+    return 0;
 }
 
 rwkv_pool *rwkv_pool_create(int n_threads) {
@@ -95,9 +84,9 @@ rwkv_pool *rwkv_pool_create(int n_threads) {
     rwkv_pool *pool = calloc(1, sizeof *pool);
     if (!pool) return NULL;
     pool->n_threads = n_threads;
-    pthread_mutex_init(&pool->mutex, NULL);
-    pthread_cond_init(&pool->wake, NULL);
-    pool->workers = calloc((size_t)n_threads, sizeof(pthread_t));
+    rwkv_mutex_init(&pool->mutex);
+    rwkv_cond_init(&pool->wake);
+    pool->workers = calloc((size_t)n_threads, sizeof(rwkv_thread));
     if (!pool->workers) {
         free(pool);
         return NULL;
@@ -108,7 +97,7 @@ rwkv_pool *rwkv_pool_create(int n_threads) {
             arg->pool = pool;
             arg->ith = i;
         }
-        if (!arg || pthread_create(&pool->workers[i], NULL, worker_main, arg) != 0) {
+        if (!arg || rwkv_thread_create(&pool->workers[i], worker_main, arg) != 0) {
             free(arg);
             pool->n_threads = i; /* run with the threads we got */
             break;
@@ -119,13 +108,13 @@ rwkv_pool *rwkv_pool_create(int n_threads) {
 
 void rwkv_pool_free(rwkv_pool *pool) {
     if (!pool) return;
-    pthread_mutex_lock(&pool->mutex);
-    atomic_store(&pool->stop, 1);
-    pthread_cond_broadcast(&pool->wake);
-    pthread_mutex_unlock(&pool->mutex);
-    for (int i = 1; i < pool->n_threads; i++) pthread_join(pool->workers[i], NULL);
-    pthread_cond_destroy(&pool->wake);
-    pthread_mutex_destroy(&pool->mutex);
+    rwkv_mutex_lock(&pool->mutex);
+    rwkv_atomic_store(&pool->stop, 1);
+    rwkv_cond_broadcast(&pool->wake);
+    rwkv_mutex_unlock(&pool->mutex);
+    for (int i = 1; i < pool->n_threads; i++) rwkv_thread_join(pool->workers[i]);
+    rwkv_cond_destroy(&pool->wake);
+    rwkv_mutex_destroy(&pool->mutex);
     free(pool->workers);
     free(pool);
 }
@@ -134,8 +123,8 @@ int rwkv_pool_size(const rwkv_pool *pool) { return pool->n_threads; }
 
 /* One round of the caller's wait: spin first, then let a descheduled worker have this core. */
 static void back_off(long spins) {
-    if (spins < YIELD_AFTER) cpu_relax();
-    else sched_yield();
+    if (spins < YIELD_AFTER) rwkv_cpu_relax();
+    else rwkv_thread_yield();
 }
 
 void rwkv_pool_run(rwkv_pool *pool, long n_chunks, rwkv_chunk_fn fn, void *ctx) {
@@ -144,17 +133,17 @@ void rwkv_pool_run(rwkv_pool *pool, long n_chunks, rwkv_chunk_fn fn, void *ctx) 
         run_chunks(&job, 0);
         return;
     }
-    atomic_store(&pool->job, &job);
-    atomic_fetch_add(&pool->generation, 1);
-    if (atomic_load(&pool->sleeping) > 0) {
-        pthread_mutex_lock(&pool->mutex);
-        pthread_cond_broadcast(&pool->wake);
-        pthread_mutex_unlock(&pool->mutex);
+    rwkv_atomic_store_ptr(&pool->job, &job);
+    rwkv_atomic_fetch_add(&pool->generation, 1);
+    if (rwkv_atomic_load(&pool->sleeping) > 0) {
+        rwkv_mutex_lock(&pool->mutex);
+        rwkv_cond_broadcast(&pool->wake);
+        rwkv_mutex_unlock(&pool->mutex);
     }
     run_chunks(&job, 0);
-    for (long spins = 0; atomic_load(&job.done) < n_chunks; spins++) back_off(spins);
-    atomic_store(&pool->job, NULL);
-    for (long spins = 0; atomic_load(&pool->active) > 0; spins++) back_off(spins);
+    for (long spins = 0; rwkv_atomic_load(&job.done) < n_chunks; spins++) back_off(spins);
+    rwkv_atomic_store_ptr(&pool->job, NULL);
+    for (long spins = 0; rwkv_atomic_load(&pool->active) > 0; spins++) back_off(spins);
 }
 
 typedef struct {

@@ -24,14 +24,15 @@
 
 /* The file's block formats (docs/FORMAT.md): FP16 scale d (and minimum m), then the values; 5-bit
  * formats keep the fifth bits of all 32 values in qh. The format does not align tensor data, so
- * blocks are read in place from any byte offset: RWKV_BLOCK makes that defined (alignment 1; the
- * same loads on x86-64 and AArch64, which allow unaligned ones). */
-#define RWKV_BLOCK __attribute__((packed))
-typedef struct RWKV_BLOCK { uint16_t d; uint8_t qs[16]; } block_q4_0;
-typedef struct RWKV_BLOCK { uint16_t d, m; uint8_t qs[16]; } block_q4_1;
-typedef struct RWKV_BLOCK { uint16_t d; uint8_t qh[4]; uint8_t qs[16]; } block_q5_0;
-typedef struct RWKV_BLOCK { uint16_t d, m; uint8_t qh[4]; uint8_t qs[16]; } block_q5_1;
-typedef struct RWKV_BLOCK { uint16_t d; int8_t qs[32]; } block_q8_0;
+ * blocks are read in place from any byte offset: packing makes that defined (alignment 1; the
+ * same loads on x86-64 and AArch64, which allow unaligned ones). `#pragma pack` is the one form
+ * GCC, clang and MSVC all take. */
+#pragma pack(push, 1)
+typedef struct { uint16_t d; uint8_t qs[16]; } block_q4_0;
+typedef struct { uint16_t d, m; uint8_t qs[16]; } block_q4_1;
+typedef struct { uint16_t d; uint8_t qh[4]; uint8_t qs[16]; } block_q5_0;
+typedef struct { uint16_t d, m; uint8_t qh[4]; uint8_t qs[16]; } block_q5_1;
+typedef struct { uint16_t d; int8_t qs[32]; } block_q8_0;
 _Static_assert(sizeof(block_q4_0) == 18, "Q4_0 block is 18 bytes");
 _Static_assert(sizeof(block_q4_1) == 20, "Q4_1 block is 20 bytes");
 _Static_assert(sizeof(block_q5_0) == 22, "Q5_0 block is 22 bytes");
@@ -42,11 +43,13 @@ _Static_assert(sizeof(block_q8_0) == 34, "Q8_0 block is 34 bytes");
  * value i of sub-block j is d * sc[j] * q[i] - dmin * m[j], with FP16 d and dmin and 6-bit sc[j]
  * and m[j] packed into 12 bytes (rwkv_k_scales). The quants of sub-blocks 2c and 2c + 1 share
  * the 32 bytes qs[32c..32c+31], as low and high nibbles; Q5_K's fifth bits are bit j of qh[i]. */
-typedef struct RWKV_BLOCK { uint16_t d, dmin; uint8_t scales[12]; } block_k_head;
-typedef struct RWKV_BLOCK { block_k_head head; uint8_t qs[128]; } block_q4_k;
-typedef struct RWKV_BLOCK { block_k_head head; uint8_t qh[32]; uint8_t qs[128]; } block_q5_k;
+typedef struct { uint16_t d, dmin; uint8_t scales[12]; } block_k_head;
+typedef struct { block_k_head head; uint8_t qs[128]; } block_q4_k;
+typedef struct { block_k_head head; uint8_t qh[32]; uint8_t qs[128]; } block_q5_k;
+#pragma pack(pop)
 _Static_assert(sizeof(block_q4_k) == 144, "Q4_K super-block is 144 bytes");
 _Static_assert(sizeof(block_q5_k) == 176, "Q5_K super-block is 176 bytes");
+_Static_assert(_Alignof(block_q8_0) == 1 && _Alignof(block_q5_k) == 1, "blocks are read at any byte offset");
 
 /* The 6-bit scales sc[j] and minimums m[j] of a K super-block. For j < 4, sub-block j has its sc
  * and m in the low six bits of bytes j and 4 + j, and sub-block 4 + j has the low four bits of

@@ -44,12 +44,13 @@ typedef struct {
     float *y;
     const rwkv_pass *pass;
     int64_t H, N;
+    float *b_any; /* wkv7_head_any's b, N floats per item: in scratch, as MSVC has no variable-length arrays */
 } wkv7_task;
 
 /* One head's recurrence over one segment's tokens (item: segment * H + head), with b (N floats)
  * for kk * a. Always inlined, so that the instance for the released head size has N as a constant
- * (loops of known length, b on the stack), and the instance for any other size takes N from the
- * task. */
+ * (loops of known length, b on the stack), and the instance for any other size takes N and b from
+ * the task. */
 RWKV_ALWAYS_INLINE static inline void wkv7_head(const wkv7_task *a, int64_t item, const int N, float *b) {
     const int64_t C = a->H * N, h = item % a->H;
     const rwkv_segment *seg = &a->pass->seg[item / a->H];
@@ -81,8 +82,7 @@ RWKV_SIMD_CLONES static void wkv7_head_released(void *p, int64_t item) {
 
 RWKV_SIMD_CLONES static void wkv7_head_any(void *p, int64_t item) {
     const wkv7_task *a = p;
-    float b[a->N]; /* at most n_embed floats */
-    wkv7_head(a, item, (int)a->N, b);
+    wkv7_head(a, item, (int)a->N, a->b_any + item * a->N);
 }
 
 /* The per-token steps (arch/shared.h), in the order time_mix runs them. */
@@ -179,7 +179,9 @@ static void time_mix(rwkv_model *m, const rwkv_layer *L, int layer, const rwkv_p
     rwkv_matmuls(m, up, 3 + value_lora, pass->rows);
 
     rwkv_parallel_for(m->pool, T, prepare_token, ctx);
-    wkv7_task task = {s->r, s->w, s->k, s->v, s->kk, s->a, s->y, pass, H, N};
+    /* b_any: mix[0], which the projections have read, has room for the N floats of every item
+     * (n_seg * H * N <= T * C). */
+    wkv7_task task = {s->r, s->w, s->k, s->v, s->kk, s->a, s->y, pass, H, N, s->mix[0]};
     rwkv_parallel_for(m->pool, pass->n_seg * H, N == RWKV_RELEASED_HEAD_SIZE ? wkv7_head_released : wkv7_head_any,
                       &task);
     rwkv_parallel_for(m->pool, T, finish_token, ctx);

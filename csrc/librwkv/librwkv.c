@@ -11,10 +11,9 @@
 #undef rwkv_free
 #include "include/rwkv.h" /* from here on those names are rwkv.cpp's */
 #include "matmul.h"         /* RWKV_ROW_KERNEL_TOKENS */
+#include "platform_threads.h"
 
-#include <pthread.h>
 #include <stdarg.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,7 +27,7 @@
 typedef struct {
     rwkv_model *model;
     rwkv_model_info info;
-    atomic_int contexts; /* the model is freed with the last context using it */
+    rwkv_atomic_int contexts; /* the model is freed with the last context using it */
 } shared_model;
 
 struct rwkv_context {
@@ -126,7 +125,7 @@ static struct rwkv_context *new_context(shared_model *shared) {
         fail_global((enum rwkv_error_flags)(RWKV_ERROR_CTX | RWKV_ERROR_ALLOC), "out of memory for a context");
         return NULL;
     }
-    atomic_fetch_add(&shared->contexts, 1);
+    rwkv_atomic_fetch_add(&shared->contexts, 1);
     ctx->shared = shared;
     ctx->spare_state = spare;
     ctx->print_errors = global_print_errors;
@@ -157,7 +156,7 @@ struct rwkv_context *rwkv_init_from_file(const char *path, uint32_t n_threads, u
         return NULL;
     }
     rwkv_get_info(shared->model, &shared->info);
-    atomic_init(&shared->contexts, 0);
+    rwkv_atomic_store(&shared->contexts, 0);
     struct rwkv_context *ctx = new_context(shared);
     if (!ctx) {
         rwkv_engine_free(shared->model);
@@ -180,7 +179,7 @@ struct rwkv_context *rwkv_clone_context(struct rwkv_context *ctx, uint32_t n_thr
 void rwkv_free(struct rwkv_context *ctx) {
     if (!ctx) return;
     shared_model *shared = ctx->shared;
-    if (atomic_fetch_sub(&shared->contexts, 1) == 1) {
+    if (rwkv_atomic_fetch_sub(&shared->contexts, 1) == 1) {
         rwkv_engine_free(shared->model);
         free(shared);
     }
@@ -304,7 +303,7 @@ static bool has_feature(const char *features, const char *name) {
 }
 
 static char system_info[256];
-static pthread_once_t system_info_once = PTHREAD_ONCE_INIT;
+static rwkv_once system_info_once = RWKV_ONCE_INIT;
 
 static void describe_system(void) {
     const char *f = rwkv_cpu_features();
@@ -317,6 +316,6 @@ static void describe_system(void) {
 }
 
 const char *rwkv_get_system_info_string(void) {
-    pthread_once(&system_info_once, describe_system);
+    rwkv_call_once(&system_info_once, describe_system);
     return system_info;
 }

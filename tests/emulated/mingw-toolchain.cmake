@@ -1,5 +1,5 @@
 # Cross-compiling for 64-bit Windows with Debian's gcc-mingw-w64-x86-64 (its POSIX-threads
-# compiler, whose winpthreads library gives the engine pthreads), for the checks that
+# compiler; the engine itself uses Windows' threads, csrc/platform_threads.h), for the checks that
 # tests/test_windows.py runs under Wine. Programs are linked statically, so that Wine needs no
 # MinGW DLLs beside them.
 set(CMAKE_SYSTEM_NAME Windows)
