@@ -17,6 +17,15 @@
 
 typedef long long rwkv_ssize;
 
+#ifdef _MSC_VER
+/* MSVC's <sys/stat.h> has the _S_IF* bits but neither mode_t nor the S_IS* tests (MinGW has both). */
+typedef unsigned short mode_t;
+#define S_ISREG(m) (((m) & _S_IFMT) == _S_IFREG)
+#define S_ISDIR(m) (((m) & _S_IFMT) == _S_IFDIR)
+#define S_ISFIFO(m) (((m) & _S_IFMT) == _S_IFIFO)
+#define S_ISCHR(m) (((m) & _S_IFMT) == _S_IFCHR)
+#endif
+
 /* The UTF-16 form Windows takes of a UTF-8 string (malloc'd), or NULL with errno set. */
 wchar_t *rwkv_utf16(const char *utf8);
 /* Read-only, not inherited by child processes; -1 with errno set on failure. */

@@ -13,7 +13,7 @@ static inline __m256 fp32_load8(const void *w, int64_t i) { return _mm256_loadu_
 static inline __m256 fp16_load8(const void *w, int64_t i) { return load_half8((const uint16_t *)w + i); }
 
 /* Four accumulators of 8 lanes, so the FMAs of consecutive vectors do not wait on each other. */
-static inline __attribute__((always_inline)) float float_dot(const void *w, const float *x, int64_t n,
+static inline RWKV_ALWAYS_INLINE float float_dot(const void *w, const float *x, int64_t n,
                                                              __m256 (*load8)(const void *, int64_t),
                                                              float (*at)(const void *, int64_t)) {
     __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
@@ -106,7 +106,7 @@ static float q5_k_dot(const void *row, const void *act, int64_t n) {
 
 /* float_dot for R activation rows (R <= 3: 12 accumulators), each weight vector loaded (and
  * converted) once for all of them; for each row the operations of float_dot, in its order. */
-static inline __attribute__((always_inline)) void float_rows_group(const void *w, const uint8_t *act, size_t stride,
+static inline RWKV_ALWAYS_INLINE void float_rows_group(const void *w, const uint8_t *act, size_t stride,
                                                                    const int R, int64_t n,
                                                                    __m256 (*load8)(const void *, int64_t),
                                                                    float (*at)(const void *, int64_t), float *y) {
@@ -133,7 +133,7 @@ static inline __attribute__((always_inline)) void float_rows_group(const void *w
     }
 }
 
-static inline __attribute__((always_inline)) void float_rows(const void *w, const uint8_t *act, size_t stride, int T,
+static inline RWKV_ALWAYS_INLINE void float_rows(const void *w, const uint8_t *act, size_t stride, int T,
                                                              int64_t n, __m256 (*load8)(const void *, int64_t),
                                                              float (*at)(const void *, int64_t), float *y) {
     int t = 0;
@@ -218,7 +218,7 @@ enum { PANEL = 24, ROWS = 4 };
  * vectors, 4 broadcasts and 3 loads for 12 FMAs into 12 accumulators, all 16 registers, and no
  * horizontal sums at the end (20% faster than a dot-product tile of 3 rows x 4 tokens, which needs
  * 12). In a loop of its own, this runs at the FMA units' peak. */
-static inline __attribute__((always_inline)) void panel_tile(const float *w, int64_t ws, int rows, const float *xp,
+static inline RWKV_ALWAYS_INLINE void panel_tile(const float *w, int64_t ws, int rows, const float *xp,
                                                              int vecs, int64_t n, float *y, int64_t ys, int tokens,
                                                              int accumulate) {
     __m256 acc[3 * ROWS][3];
@@ -300,7 +300,7 @@ static void q8_0_to_float(const void *src, float *y, int64_t n) {
 }
 
 /* Each sub-block's levels times d * sc minus dmin * m. */
-static inline __attribute__((always_inline)) void k_to_float(const uint8_t *src, size_t block_bytes, k_levels_fn levels,
+static inline RWKV_ALWAYS_INLINE void k_to_float(const uint8_t *src, size_t block_bytes, k_levels_fn levels,
                                                              float *y, int64_t n) {
     for (int64_t b = 0; b < n / RWKV_QK_K; b++) {
         const uint8_t *block = src + (size_t)b * block_bytes;

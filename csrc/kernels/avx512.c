@@ -25,7 +25,7 @@ static inline __m512 fp16_load16(const void *w, int64_t i) {
     return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)w + i)));
 }
 
-static inline __attribute__((always_inline)) float float_dot(const void *w, const float *x, int64_t n,
+static inline RWKV_ALWAYS_INLINE float float_dot(const void *w, const float *x, int64_t n,
                                                              __m512 (*load16)(const void *, int64_t),
                                                              float (*at)(const void *, int64_t)) {
     __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
@@ -108,7 +108,7 @@ static float q5_k_dot(const void *row, const void *act, int64_t n) {
 
 /* float_dot for R activation rows (R <= 6: 24 accumulators), each weight vector loaded (and
  * converted) once for all of them; for each row the operations of float_dot, in its order. */
-static inline __attribute__((always_inline)) void float_rows_group(const void *w, const uint8_t *act, size_t stride,
+static inline RWKV_ALWAYS_INLINE void float_rows_group(const void *w, const uint8_t *act, size_t stride,
                                                                    const int R, int64_t n,
                                                                    __m512 (*load16)(const void *, int64_t),
                                                                    float (*at)(const void *, int64_t), float *y) {
@@ -136,7 +136,7 @@ static inline __attribute__((always_inline)) void float_rows_group(const void *w
 }
 
 /* Groups of 6 rows, the rest in groups of 4, 2 and 1. */
-static inline __attribute__((always_inline)) void float_rows(const void *w, const uint8_t *act, size_t stride, int T,
+static inline RWKV_ALWAYS_INLINE void float_rows(const void *w, const uint8_t *act, size_t stride, int T,
                                                              int64_t n, __m512 (*load16)(const void *, int64_t),
                                                              float (*at)(const void *, int64_t), float *y) {
     int t = 0;
@@ -196,7 +196,7 @@ QUANTIZED_ROWS(q8_0, 0, -128.0f)
  * take 12 rows x 2 vectors or 24 rows x 1. */
 enum { PANEL = 48, ROWS = 8 };
 
-static inline __attribute__((always_inline)) void panel_tile(const float *w, int64_t ws, int rows, const float *xp,
+static inline RWKV_ALWAYS_INLINE void panel_tile(const float *w, int64_t ws, int rows, const float *xp,
                                                              int vecs, int64_t n, float *y, int64_t ys, int tokens,
                                                              int accumulate) {
     __m512 acc[3 * ROWS][3];

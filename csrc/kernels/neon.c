@@ -4,6 +4,7 @@
 #include <arm_neon.h>
 #include <string.h>
 
+#include "../compiler.h"
 #include "../rwkv.h"
 #include "../dispatch.h"
 #include "../matmul.h"
@@ -19,7 +20,7 @@ static inline float fp32_at(const void *w, int64_t i) { return ((const float *)w
 static inline float fp16_at(const void *w, int64_t i) { return half_to_float(((const uint16_t *)w)[i]); }
 
 /* Four accumulators, so the FMAs of consecutive vectors do not wait on each other. */
-static inline __attribute__((always_inline)) float float_dot(const void *w, const float *x, int64_t n,
+static inline RWKV_ALWAYS_INLINE float float_dot(const void *w, const float *x, int64_t n,
                                                              float32x4_t (*load4)(const void *, int64_t),
                                                              float (*at)(const void *, int64_t)) {
     float32x4_t a0 = vdupq_n_f32(0.0f), a1 = a0, a2 = a0, a3 = a0;
@@ -105,7 +106,7 @@ static inline block_values q8_0_values(const void *p) {
 
 /* sum over blocks of d_w * d_x * (integer dot product), plus m * s for the "q*d + m" formats, whose
  * m (FP16) sits right after d. */
-static inline __attribute__((always_inline)) float sum_blocks(const uint8_t *row, size_t block_bytes, const void *act,
+static inline RWKV_ALWAYS_INLINE float sum_blocks(const uint8_t *row, size_t block_bytes, const void *act,
                                                               int64_t n, block_values_fn values, int has_min) {
     const rwkv_q8_row y = rwkv_q8_row_at(act, n);
     float32x4_t acc = vdupq_n_f32(0.0f);
@@ -170,7 +171,7 @@ static inline void k_scales_f32(const uint8_t v[8], float32x4_t out[2]) {
 
 /* sum over sub-blocks of d * sc * d_x * (integer dot product) - dmin * m * s_x; a super-block's
  * eight d_x and s_x are consecutive, so its scales and minimum terms are two vectors each. */
-static inline __attribute__((always_inline)) float k_dot(const uint8_t *row, size_t block_bytes, const void *act,
+static inline RWKV_ALWAYS_INLINE float k_dot(const uint8_t *row, size_t block_bytes, const void *act,
                                                          int64_t n, k_levels_fn levels) {
     const rwkv_q8_row y = rwkv_q8_row_at(act, n);
     float32x4_t acc = vdupq_n_f32(0.0f), mins = vdupq_n_f32(0.0f);
@@ -213,7 +214,7 @@ static inline void k_store16(int8x16_t v, float scale, float offset, float *y) {
 }
 
 /* Each sub-block's levels times d * sc minus dmin * m. */
-static inline __attribute__((always_inline)) void k_to_float(const uint8_t *src, size_t block_bytes, k_levels_fn levels,
+static inline RWKV_ALWAYS_INLINE void k_to_float(const uint8_t *src, size_t block_bytes, k_levels_fn levels,
                                                              float *y, int64_t n) {
     for (int64_t b = 0; b < n / RWKV_QK_K; b++) {
         const uint8_t *block = src + (size_t)b * block_bytes;
@@ -261,7 +262,7 @@ static void q8_act_from_float(const float *x, void *dst, int64_t n) {
 
 /* float_dot for R activation rows (R <= 6: 24 accumulators), each weight vector loaded (and
  * converted) once for all of them; for each row the operations of float_dot, in its order. */
-static inline __attribute__((always_inline)) void float_rows_group(const void *w, const uint8_t *act, size_t stride,
+static inline RWKV_ALWAYS_INLINE void float_rows_group(const void *w, const uint8_t *act, size_t stride,
                                                                    const int R, int64_t n,
                                                                    float32x4_t (*load4)(const void *, int64_t),
                                                                    float (*at)(const void *, int64_t), float *y) {
@@ -289,7 +290,7 @@ static inline __attribute__((always_inline)) void float_rows_group(const void *w
 }
 
 /* Groups of 6 rows, the rest in groups of 4, 2 and 1. */
-static inline __attribute__((always_inline)) void float_rows(const void *w, const uint8_t *act, size_t stride, int T,
+static inline RWKV_ALWAYS_INLINE void float_rows(const void *w, const uint8_t *act, size_t stride, int T,
                                                              int64_t n, float32x4_t (*load4)(const void *, int64_t),
                                                              float (*at)(const void *, int64_t), float *y) {
     int t = 0;
@@ -314,7 +315,7 @@ static void fp16_rows(const void *row, const void *act, size_t stride, int T, in
 
 /* sum_blocks for R activation rows (R <= 8), each block unpacked once for all of them; for each
  * row the operations of sum_blocks, in its order. */
-static inline __attribute__((always_inline)) void blocks_rows_group(const uint8_t *row, size_t block_bytes,
+static inline RWKV_ALWAYS_INLINE void blocks_rows_group(const uint8_t *row, size_t block_bytes,
                                                                     const uint8_t *act, size_t stride, const int R,
                                                                     int64_t n, block_values_fn values, int has_min,
                                                                     float *y) {
@@ -339,7 +340,7 @@ static inline __attribute__((always_inline)) void blocks_rows_group(const uint8_
 }
 
 /* Groups of 8 rows, the rest in groups of 4, 2 and 1. */
-static inline __attribute__((always_inline)) void blocks_rows(const uint8_t *row, size_t block_bytes, const uint8_t *act,
+static inline RWKV_ALWAYS_INLINE void blocks_rows(const uint8_t *row, size_t block_bytes, const uint8_t *act,
                                                               size_t stride, int T, int64_t n, block_values_fn values,
                                                               int has_min, float *y) {
     int t = 0;

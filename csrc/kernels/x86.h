@@ -6,6 +6,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "../compiler.h"
 #include "../types.h"
 
 static inline float hsum256(__m256 v) {
@@ -105,7 +106,7 @@ typedef void (*panel_tile_fn)(const float *w, int64_t ws, int rows, const float 
  * chunks). Rows go in groups of 3 * rows, which every shape divides, each group against every panel
  * while its weights stay in L1; leftover rows go `rows` at a time, then one by one. The tile is
  * called with constant shapes so that each shape compiles into its own loop. */
-static inline __attribute__((always_inline)) void gemm_panels(panel_tile_fn tile, int rows, int panel, int lanes,
+static inline RWKV_ALWAYS_INLINE void gemm_panels(panel_tile_fn tile, int rows, int panel, int lanes,
                                                               const float *w, int64_t ws, int64_t nr, const float *x,
                                                               int64_t xs, int64_t nt, int64_t n, float *y, int64_t ys,
                                                               int accumulate) {
@@ -150,7 +151,7 @@ enum { NO_TERM = -1 };
 
 /* One block of sum_blocks below into its accumulators. The term's accumulator is a float: its
  * value is one number per block, which a vector would carry eight times. */
-static inline __attribute__((always_inline)) void add_block(const uint8_t *row, size_t block_bytes, rwkv_q8_row y,
+static inline RWKV_ALWAYS_INLINE void add_block(const uint8_t *row, size_t block_bytes, rwkv_q8_row y,
                                                             int64_t b, block_sums_fn sums, int term, __m256 *acc,
                                                             float *term_acc) {
     const uint8_t *block = row + b * block_bytes;
@@ -174,7 +175,7 @@ static inline __attribute__((always_inline)) void add_block(const uint8_t *row, 
  * arithmetic (eight lane inserts per eight blocks cost Q4_0 a fifth of its time; two broadcasts
  * and a vector multiply per block, a tenth of Q8_0's). Two accumulators of each kind keep
  * consecutive blocks off one chain of FMA latencies. */
-static inline __attribute__((always_inline)) float sum_blocks(const uint8_t *row, size_t block_bytes, const void *act,
+static inline RWKV_ALWAYS_INLINE float sum_blocks(const uint8_t *row, size_t block_bytes, const void *act,
                                                               int64_t n, block_sums_fn sums, int term, float factor) {
     const rwkv_q8_row y = rwkv_q8_row_at(act, n);
     const int64_t nb = n / RWKV_QK;
@@ -225,7 +226,7 @@ static inline __m256 k_scales_ps(const uint8_t v[8]) {
 /* sum over sub-blocks of d * sc * d_x * (integer dot product) - dmin * m * s_x. The activation
  * blocks line up with the sub-blocks, so a super-block's eight d_x and s_x are consecutive: the
  * eight scales and the minimum terms come in one vector each. */
-static inline __attribute__((always_inline)) float k_dot(const uint8_t *row, size_t block_bytes, const void *act,
+static inline RWKV_ALWAYS_INLINE float k_dot(const uint8_t *row, size_t block_bytes, const void *act,
                                                          int64_t n, k_levels_fn levels, u8_i8_sums_fn sums) {
     const rwkv_q8_row y = rwkv_q8_row_at(act, n);
     __m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()}, mins = _mm256_setzero_ps();

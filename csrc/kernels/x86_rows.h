@@ -21,7 +21,7 @@ typedef __m256i (*unpacked_sums_fn)(unpacked_block w, const int8_t *q);
 
 /* add_block's integer and scale part for `R` rows: block b of the row into accumulator `acc`
  * (0 or 1, as sum_blocks alternates them) of each. */
-static inline __attribute__((always_inline)) void add_block_rows(const uint8_t *row, size_t block_bytes,
+static inline RWKV_ALWAYS_INLINE void add_block_rows(const uint8_t *row, size_t block_bytes,
                                                                  const rwkv_q8_row *x, int64_t b, const int R,
                                                                  unpack_block_fn unpack, unpacked_sums_fn sums,
                                                                  __m256 acc[][2], const int which) {
@@ -36,7 +36,7 @@ static inline __attribute__((always_inline)) void add_block_rows(const uint8_t *
 }
 
 /* add_block's term part for one row: the block's FP16 term times the activation block's sum. */
-static inline __attribute__((always_inline)) float add_term(const uint8_t *row, size_t block_bytes, int64_t b,
+static inline RWKV_ALWAYS_INLINE float add_term(const uint8_t *row, size_t block_bytes, int64_t b,
                                                             int term, const float *x_sums, float acc) {
     uint16_t h;
     memcpy(&h, row + b * block_bytes + 2 * term, 2);
@@ -45,7 +45,7 @@ static inline __attribute__((always_inline)) float add_term(const uint8_t *row, 
 
 /* sum_blocks for `R` activation rows (R <= ROWS_GROUP_MAX, a constant where it is inlined). The
  * block terms are accumulated in a loop of their own, row by row, in sum_blocks' order. */
-static inline __attribute__((always_inline)) void rows_group(const uint8_t *row, size_t block_bytes,
+static inline RWKV_ALWAYS_INLINE void rows_group(const uint8_t *row, size_t block_bytes,
                                                              const uint8_t *act, size_t act_stride, const int R,
                                                              int64_t n, unpack_block_fn unpack, unpacked_sums_fn sums,
                                                              int term, float factor, float *y) {
@@ -77,7 +77,7 @@ static inline __attribute__((always_inline)) void rows_group(const uint8_t *row,
 }
 
 /* T rows in groups of `R_max` (4 or 8), the rest in groups of 4, 2 and 1. */
-static inline __attribute__((always_inline)) void rows_blocks(const uint8_t *row, size_t block_bytes,
+static inline RWKV_ALWAYS_INLINE void rows_blocks(const uint8_t *row, size_t block_bytes,
                                                               const uint8_t *act, size_t act_stride, int T, int64_t n,
                                                               const int R_max, unpack_block_fn unpack,
                                                               unpacked_sums_fn sums, int term, float factor, float *y) {
