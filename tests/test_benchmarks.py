@@ -143,3 +143,28 @@ def test_compare_refuses_bad_arguments(tmp_path):
     assert run.returncode == 2 and "not an executable" in run.stderr and len(run.stderr.splitlines()) == 1
     run = bench_script("compare.py", tmp_path, "--threads", "1,0")
     assert run.returncode == 2 and "at least 1" in run.stderr and len(run.stderr.splitlines()) == 1
+
+
+def test_short_evals_reports_every_length_against_decoding():
+    r = bench_script("short_evals.py", BUILTIN, "--threads", "1", "--rounds", "1", "--lengths", "2,9")
+    assert r.returncode == 0, r.stderr
+    header, rule, row = r.stdout.splitlines()
+    assert header == "| model | decode ms/token | T=2 | T=9 |"
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[0] == BUILTIN.name and float(cells[1]) > 0
+    for cell in cells[2:]:  # "ms (ratio x)", the ratio that ms over the decode figure
+        ms, ratio = cell.split(" (")
+        assert float(ratio.rstrip("x)")) == pytest.approx(float(ms) / float(cells[1]), abs=0.01, rel=0.02)
+
+
+@pytest.mark.parametrize("args, message", [(["--lengths", "1,4"], "at least 2"),
+                                           (["--lengths", "two"], "comma-separated integers"),
+                                           (["--rounds", "0"], "at least 1")])
+def test_short_evals_refuses_bad_arguments(args, message):
+    r = bench_script("short_evals.py", BUILTIN, *args)
+    assert r.returncode == 2 and message in r.stderr
+
+
+def test_short_evals_names_a_missing_model(tmp_path):
+    r = bench_script("short_evals.py", tmp_path / "none.bin")
+    assert r.returncode == 2 and "none.bin: no such model file" in r.stderr
