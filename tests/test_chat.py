@@ -236,7 +236,8 @@ def test_chat_bad_preset_is_a_one_line_error(files):
 
 def test_ctrl_c_stops_the_reply_and_the_chat_goes_on(files):
     proc = subprocess.Popen(
-        [sys.executable, "-m", "rwkvcpp", "chat", files["model"], "--threads", "1", "-n", "10000000"],
+        [sys.executable, "-X", "faulthandler", "-m", "rwkvcpp", "chat", files["model"], "--threads", "1", "-n",
+         "10000000"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV, cwd=REPO,
     )
     try:
@@ -252,7 +253,14 @@ def test_ctrl_c_stops_the_reply_and_the_chat_goes_on(files):
                     break
         assert b"Assistant:" in seen, "the reply never started"
         proc.send_signal(signal.SIGINT)
-        rest, err = proc.communicate(b"+help\n", timeout=60)
+        try:
+            rest, err = proc.communicate(b"+help\n", timeout=60)
+        except subprocess.TimeoutExpired:
+            # Seen once in a CI run (not reproduced in 100 runs since): leave the stacks of every
+            # thread of the stuck chat (faulthandler prints them on SIGABRT) for whoever sees it next.
+            proc.send_signal(signal.SIGABRT)
+            _, err = proc.communicate(timeout=30)
+            pytest.fail("the chat did not go on after Ctrl-C; its threads:\n" + err.decode(errors="replace")[-6000:])
     finally:
         if proc.poll() is None:
             proc.kill()
