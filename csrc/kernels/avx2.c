@@ -14,8 +14,8 @@ static inline __m256 fp16_load8(const void *w, int64_t i) { return load_half8((c
 
 /* Four accumulators of 8 lanes, so the FMAs of consecutive vectors do not wait on each other. */
 static inline RWKV_ALWAYS_INLINE float float_dot(const void *w, const float *x, int64_t n,
-                                                             __m256 (*load8)(const void *, int64_t),
-                                                             float (*at)(const void *, int64_t)) {
+                                                 __m256 (*load8)(const void *, int64_t),
+                                                 float (*at)(const void *, int64_t)) {
     __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
     int64_t i = 0;
     for (; i + 32 <= n; i += 32) {
@@ -107,9 +107,9 @@ static float q5_k_dot(const void *row, const void *act, int64_t n) {
 /* float_dot for R activation rows (R <= 3: 12 accumulators), each weight vector loaded (and
  * converted) once for all of them; for each row the operations of float_dot, in its order. */
 static inline RWKV_ALWAYS_INLINE void float_rows_group(const void *w, const uint8_t *act, size_t stride,
-                                                                   const int R, int64_t n,
-                                                                   __m256 (*load8)(const void *, int64_t),
-                                                                   float (*at)(const void *, int64_t), float *y) {
+                                                       const int R, int64_t n,
+                                                       __m256 (*load8)(const void *, int64_t),
+                                                       float (*at)(const void *, int64_t), float *y) {
     const float *x[3];
     __m256 a[3][4];
     for (int t = 0; t < R; t++) {
@@ -134,8 +134,8 @@ static inline RWKV_ALWAYS_INLINE void float_rows_group(const void *w, const uint
 }
 
 static inline RWKV_ALWAYS_INLINE void float_rows(const void *w, const uint8_t *act, size_t stride, int T,
-                                                             int64_t n, __m256 (*load8)(const void *, int64_t),
-                                                             float (*at)(const void *, int64_t), float *y) {
+                                                 int64_t n, __m256 (*load8)(const void *, int64_t),
+                                                 float (*at)(const void *, int64_t), float *y) {
     int t = 0;
     for (; t + 3 <= T; t += 3) float_rows_group(w, act + (size_t)t * stride, stride, 3, n, load8, at, y + t);
     if (T - t == 2) float_rows_group(w, act + (size_t)t * stride, stride, 2, n, load8, at, y + t);
@@ -219,8 +219,8 @@ enum { PANEL = 24, ROWS = 4 };
  * horizontal sums at the end (20% faster than a dot-product tile of 3 rows x 4 tokens, which needs
  * 12). In a loop of its own, this runs at the FMA units' peak. */
 static inline RWKV_ALWAYS_INLINE void panel_tile(const float *w, int64_t ws, int rows, const float *xp,
-                                                             int vecs, int64_t n, float *y, int64_t ys, int tokens,
-                                                             int accumulate) {
+                                                 int vecs, int64_t n, float *y, int64_t ys, int tokens,
+                                                 int accumulate) {
     __m256 acc[3 * ROWS][3];
     for (int r = 0; r < rows; r++)
         for (int v = 0; v < vecs; v++) acc[r][v] = _mm256_setzero_ps();
@@ -301,7 +301,7 @@ static void q8_0_to_float(const void *src, float *y, int64_t n) {
 
 /* Each sub-block's levels times d * sc minus dmin * m. */
 static inline RWKV_ALWAYS_INLINE void k_to_float(const uint8_t *src, size_t block_bytes, k_levels_fn levels,
-                                                             float *y, int64_t n) {
+                                                 float *y, int64_t n) {
     for (int64_t b = 0; b < n / RWKV_QK_K; b++) {
         const uint8_t *block = src + (size_t)b * block_bytes;
         const block_k_head *head = (const block_k_head *)block;

@@ -26,8 +26,8 @@ static inline __m512 fp16_load16(const void *w, int64_t i) {
 }
 
 static inline RWKV_ALWAYS_INLINE float float_dot(const void *w, const float *x, int64_t n,
-                                                             __m512 (*load16)(const void *, int64_t),
-                                                             float (*at)(const void *, int64_t)) {
+                                                 __m512 (*load16)(const void *, int64_t),
+                                                 float (*at)(const void *, int64_t)) {
     __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
     int64_t i = 0;
     for (; i + 64 <= n; i += 64) {
@@ -109,9 +109,9 @@ static float q5_k_dot(const void *row, const void *act, int64_t n) {
 /* float_dot for R activation rows (R <= 6: 24 accumulators), each weight vector loaded (and
  * converted) once for all of them; for each row the operations of float_dot, in its order. */
 static inline RWKV_ALWAYS_INLINE void float_rows_group(const void *w, const uint8_t *act, size_t stride,
-                                                                   const int R, int64_t n,
-                                                                   __m512 (*load16)(const void *, int64_t),
-                                                                   float (*at)(const void *, int64_t), float *y) {
+                                                       const int R, int64_t n,
+                                                       __m512 (*load16)(const void *, int64_t),
+                                                       float (*at)(const void *, int64_t), float *y) {
     const float *x[6];
     __m512 a[6][4];
     for (int t = 0; t < R; t++) {
@@ -137,8 +137,8 @@ static inline RWKV_ALWAYS_INLINE void float_rows_group(const void *w, const uint
 
 /* Groups of 6 rows, the rest in groups of 4, 2 and 1. */
 static inline RWKV_ALWAYS_INLINE void float_rows(const void *w, const uint8_t *act, size_t stride, int T,
-                                                             int64_t n, __m512 (*load16)(const void *, int64_t),
-                                                             float (*at)(const void *, int64_t), float *y) {
+                                                 int64_t n, __m512 (*load16)(const void *, int64_t),
+                                                 float (*at)(const void *, int64_t), float *y) {
     int t = 0;
     for (; t + 6 <= T; t += 6) float_rows_group(w, act + (size_t)t * stride, stride, 6, n, load16, at, y + t);
     if (T - t >= 4) {
@@ -197,8 +197,8 @@ QUANTIZED_ROWS(q8_0, 0, -128.0f)
 enum { PANEL = 48, ROWS = 8 };
 
 static inline RWKV_ALWAYS_INLINE void panel_tile(const float *w, int64_t ws, int rows, const float *xp,
-                                                             int vecs, int64_t n, float *y, int64_t ys, int tokens,
-                                                             int accumulate) {
+                                                 int vecs, int64_t n, float *y, int64_t ys, int tokens,
+                                                 int accumulate) {
     __m512 acc[3 * ROWS][3];
     for (int r = 0; r < rows; r++)
         for (int v = 0; v < vecs; v++) acc[r][v] = _mm512_setzero_ps();

@@ -21,8 +21,8 @@ static inline float fp16_at(const void *w, int64_t i) { return half_to_float(((c
 
 /* Four accumulators, so the FMAs of consecutive vectors do not wait on each other. */
 static inline RWKV_ALWAYS_INLINE float float_dot(const void *w, const float *x, int64_t n,
-                                                             float32x4_t (*load4)(const void *, int64_t),
-                                                             float (*at)(const void *, int64_t)) {
+                                                 float32x4_t (*load4)(const void *, int64_t),
+                                                 float (*at)(const void *, int64_t)) {
     float32x4_t a0 = vdupq_n_f32(0.0f), a1 = a0, a2 = a0, a3 = a0;
     int64_t i = 0;
     for (; i + 16 <= n; i += 16) {
@@ -107,7 +107,7 @@ static inline block_values q8_0_values(const void *p) {
 /* sum over blocks of d_w * d_x * (integer dot product), plus m * s for the "q*d + m" formats, whose
  * m (FP16) sits right after d. */
 static inline RWKV_ALWAYS_INLINE float sum_blocks(const uint8_t *row, size_t block_bytes, const void *act,
-                                                              int64_t n, block_values_fn values, int has_min) {
+                                                  int64_t n, block_values_fn values, int has_min) {
     const rwkv_q8_row y = rwkv_q8_row_at(act, n);
     float32x4_t acc = vdupq_n_f32(0.0f);
     float offsets = 0.0f;
@@ -172,7 +172,7 @@ static inline void k_scales_f32(const uint8_t v[8], float32x4_t out[2]) {
 /* sum over sub-blocks of d * sc * d_x * (integer dot product) - dmin * m * s_x; a super-block's
  * eight d_x and s_x are consecutive, so its scales and minimum terms are two vectors each. */
 static inline RWKV_ALWAYS_INLINE float k_dot(const uint8_t *row, size_t block_bytes, const void *act,
-                                                         int64_t n, k_levels_fn levels) {
+                                             int64_t n, k_levels_fn levels) {
     const rwkv_q8_row y = rwkv_q8_row_at(act, n);
     float32x4_t acc = vdupq_n_f32(0.0f), mins = vdupq_n_f32(0.0f);
     for (int64_t b = 0; b < n / RWKV_QK_K; b++) {
@@ -215,7 +215,7 @@ static inline void k_store16(int8x16_t v, float scale, float offset, float *y) {
 
 /* Each sub-block's levels times d * sc minus dmin * m. */
 static inline RWKV_ALWAYS_INLINE void k_to_float(const uint8_t *src, size_t block_bytes, k_levels_fn levels,
-                                                             float *y, int64_t n) {
+                                                 float *y, int64_t n) {
     for (int64_t b = 0; b < n / RWKV_QK_K; b++) {
         const uint8_t *block = src + (size_t)b * block_bytes;
         const block_k_head *head = (const block_k_head *)block;
@@ -263,9 +263,9 @@ static void q8_act_from_float(const float *x, void *dst, int64_t n) {
 /* float_dot for R activation rows (R <= 6: 24 accumulators), each weight vector loaded (and
  * converted) once for all of them; for each row the operations of float_dot, in its order. */
 static inline RWKV_ALWAYS_INLINE void float_rows_group(const void *w, const uint8_t *act, size_t stride,
-                                                                   const int R, int64_t n,
-                                                                   float32x4_t (*load4)(const void *, int64_t),
-                                                                   float (*at)(const void *, int64_t), float *y) {
+                                                       const int R, int64_t n,
+                                                       float32x4_t (*load4)(const void *, int64_t),
+                                                       float (*at)(const void *, int64_t), float *y) {
     const float *x[6];
     float32x4_t a[6][4];
     for (int t = 0; t < R; t++) {
@@ -291,8 +291,8 @@ static inline RWKV_ALWAYS_INLINE void float_rows_group(const void *w, const uint
 
 /* Groups of 6 rows, the rest in groups of 4, 2 and 1. */
 static inline RWKV_ALWAYS_INLINE void float_rows(const void *w, const uint8_t *act, size_t stride, int T,
-                                                             int64_t n, float32x4_t (*load4)(const void *, int64_t),
-                                                             float (*at)(const void *, int64_t), float *y) {
+                                                 int64_t n, float32x4_t (*load4)(const void *, int64_t),
+                                                 float (*at)(const void *, int64_t), float *y) {
     int t = 0;
     for (; t + 6 <= T; t += 6) float_rows_group(w, act + (size_t)t * stride, stride, 6, n, load4, at, y + t);
     if (T - t >= 4) {
@@ -316,9 +316,9 @@ static void fp16_rows(const void *row, const void *act, size_t stride, int T, in
 /* sum_blocks for R activation rows (R <= 8), each block unpacked once for all of them; for each
  * row the operations of sum_blocks, in its order. */
 static inline RWKV_ALWAYS_INLINE void blocks_rows_group(const uint8_t *row, size_t block_bytes,
-                                                                    const uint8_t *act, size_t stride, const int R,
-                                                                    int64_t n, block_values_fn values, int has_min,
-                                                                    float *y) {
+                                                        const uint8_t *act, size_t stride, const int R,
+                                                        int64_t n, block_values_fn values, int has_min,
+                                                        float *y) {
     rwkv_q8_row x[8];
     float32x4_t acc[8];
     float offsets[8];
@@ -341,8 +341,8 @@ static inline RWKV_ALWAYS_INLINE void blocks_rows_group(const uint8_t *row, size
 
 /* Groups of 8 rows, the rest in groups of 4, 2 and 1. */
 static inline RWKV_ALWAYS_INLINE void blocks_rows(const uint8_t *row, size_t block_bytes, const uint8_t *act,
-                                                              size_t stride, int T, int64_t n, block_values_fn values,
-                                                              int has_min, float *y) {
+                                                  size_t stride, int T, int64_t n, block_values_fn values,
+                                                  int has_min, float *y) {
     int t = 0;
     for (; t + 8 <= T; t += 8) blocks_rows_group(row, block_bytes, act + (size_t)t * stride, stride, 8, n, values, has_min, y + t);
     if (T - t >= 4) {

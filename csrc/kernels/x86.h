@@ -107,9 +107,9 @@ typedef void (*panel_tile_fn)(const float *w, int64_t ws, int rows, const float 
  * while its weights stay in L1; leftover rows go `rows` at a time, then one by one. The tile is
  * called with constant shapes so that each shape compiles into its own loop. */
 static inline RWKV_ALWAYS_INLINE void gemm_panels(panel_tile_fn tile, int rows, int panel, int lanes,
-                                                              const float *w, int64_t ws, int64_t nr, const float *x,
-                                                              int64_t xs, int64_t nt, int64_t n, float *y, int64_t ys,
-                                                              int accumulate) {
+                                                  const float *w, int64_t ws, int64_t nr, const float *x,
+                                                  int64_t xs, int64_t nt, int64_t n, float *y, int64_t ys,
+                                                  int accumulate) {
     const int wide = 3 * rows, half = 3 * rows / 2;
     for (int64_t r = 0; r < nr;) {
         const int group = nr - r >= wide ? wide : nr - r >= rows ? rows : 1;
@@ -152,8 +152,8 @@ enum { NO_TERM = -1 };
 /* One block of sum_blocks below into its accumulators. The term's accumulator is a float: its
  * value is one number per block, which a vector would carry eight times. */
 static inline RWKV_ALWAYS_INLINE void add_block(const uint8_t *row, size_t block_bytes, rwkv_q8_row y,
-                                                            int64_t b, block_sums_fn sums, int term, __m256 *acc,
-                                                            float *term_acc) {
+                                                int64_t b, block_sums_fn sums, int term, __m256 *acc,
+                                                float *term_acc) {
     const uint8_t *block = row + b * block_bytes;
     uint16_t d;
     memcpy(&d, block, 2);
@@ -173,10 +173,10 @@ static inline RWKV_ALWAYS_INLINE void add_block(const uint8_t *row, size_t block
  * offset times d) times the activation block's sum. The scales are multiplied as scalars, from the
  * FP16 table by plain loads, and broadcast once: that keeps the vector ports free for the block
  * arithmetic (eight lane inserts per eight blocks cost Q4_0 a fifth of its time; two broadcasts
- * and a vector multiply per block, a tenth of Q8_0's). Two accumulators of each kind keep
+ * and a vector multiply per block cost Q8_0 7% and Q5_1 13%). Two accumulators of each kind keep
  * consecutive blocks off one chain of FMA latencies. */
 static inline RWKV_ALWAYS_INLINE float sum_blocks(const uint8_t *row, size_t block_bytes, const void *act,
-                                                              int64_t n, block_sums_fn sums, int term, float factor) {
+                                                  int64_t n, block_sums_fn sums, int term, float factor) {
     const rwkv_q8_row y = rwkv_q8_row_at(act, n);
     const int64_t nb = n / RWKV_QK;
     __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
@@ -227,7 +227,7 @@ static inline __m256 k_scales_ps(const uint8_t v[8]) {
  * blocks line up with the sub-blocks, so a super-block's eight d_x and s_x are consecutive: the
  * eight scales and the minimum terms come in one vector each. */
 static inline RWKV_ALWAYS_INLINE float k_dot(const uint8_t *row, size_t block_bytes, const void *act,
-                                                         int64_t n, k_levels_fn levels, u8_i8_sums_fn sums) {
+                                             int64_t n, k_levels_fn levels, u8_i8_sums_fn sums) {
     const rwkv_q8_row y = rwkv_q8_row_at(act, n);
     __m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()}, mins = _mm256_setzero_ps();
     for (int64_t b = 0; b < n / RWKV_QK_K; b++) {

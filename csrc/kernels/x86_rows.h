@@ -22,9 +22,9 @@ typedef __m256i (*unpacked_sums_fn)(unpacked_block w, const int8_t *q);
 /* add_block's integer and scale part for `R` rows: block b of the row into accumulator `acc`
  * (0 or 1, as sum_blocks alternates them) of each. */
 static inline RWKV_ALWAYS_INLINE void add_block_rows(const uint8_t *row, size_t block_bytes,
-                                                                 const rwkv_q8_row *x, int64_t b, const int R,
-                                                                 unpack_block_fn unpack, unpacked_sums_fn sums,
-                                                                 __m256 acc[][2], const int which) {
+                                                     const rwkv_q8_row *x, int64_t b, const int R,
+                                                     unpack_block_fn unpack, unpacked_sums_fn sums,
+                                                     __m256 acc[][2], const int which) {
     const uint8_t *block = row + b * block_bytes;
     uint16_t d;
     memcpy(&d, block, 2);
@@ -37,7 +37,7 @@ static inline RWKV_ALWAYS_INLINE void add_block_rows(const uint8_t *row, size_t 
 
 /* add_block's term part for one row: the block's FP16 term times the activation block's sum. */
 static inline RWKV_ALWAYS_INLINE float add_term(const uint8_t *row, size_t block_bytes, int64_t b,
-                                                            int term, const float *x_sums, float acc) {
+                                                int term, const float *x_sums, float acc) {
     uint16_t h;
     memcpy(&h, row + b * block_bytes + 2 * term, 2);
     return fmaf(rwkv_fp16_table[h], x_sums[b], acc);
@@ -46,9 +46,9 @@ static inline RWKV_ALWAYS_INLINE float add_term(const uint8_t *row, size_t block
 /* sum_blocks for `R` activation rows (R <= ROWS_GROUP_MAX, a constant where it is inlined). The
  * block terms are accumulated in a loop of their own, row by row, in sum_blocks' order. */
 static inline RWKV_ALWAYS_INLINE void rows_group(const uint8_t *row, size_t block_bytes,
-                                                             const uint8_t *act, size_t act_stride, const int R,
-                                                             int64_t n, unpack_block_fn unpack, unpacked_sums_fn sums,
-                                                             int term, float factor, float *y) {
+                                                 const uint8_t *act, size_t act_stride, const int R,
+                                                 int64_t n, unpack_block_fn unpack, unpacked_sums_fn sums,
+                                                 int term, float factor, float *y) {
     const int64_t nb = n / RWKV_QK;
     rwkv_q8_row x[ROWS_GROUP_MAX];
     __m256 acc[ROWS_GROUP_MAX][2];
@@ -78,9 +78,9 @@ static inline RWKV_ALWAYS_INLINE void rows_group(const uint8_t *row, size_t bloc
 
 /* T rows in groups of `R_max` (4 or 8), the rest in groups of 4, 2 and 1. */
 static inline RWKV_ALWAYS_INLINE void rows_blocks(const uint8_t *row, size_t block_bytes,
-                                                              const uint8_t *act, size_t act_stride, int T, int64_t n,
-                                                              const int R_max, unpack_block_fn unpack,
-                                                              unpacked_sums_fn sums, int term, float factor, float *y) {
+                                                  const uint8_t *act, size_t act_stride, int T, int64_t n,
+                                                  const int R_max, unpack_block_fn unpack,
+                                                  unpacked_sums_fn sums, int term, float factor, float *y) {
     int t = 0;
     for (; t + R_max <= T; t += R_max)
         rows_group(row, block_bytes, act + (size_t)t * act_stride, act_stride, R_max, n, unpack, sums, term, factor, y + t);
