@@ -24,6 +24,10 @@ typedef unsigned short mode_t;
 #define S_ISDIR(m) (((m) & _S_IFMT) == _S_IFDIR)
 #define S_ISFIFO(m) (((m) & _S_IFMT) == _S_IFIFO)
 #define S_ISCHR(m) (((m) & _S_IFMT) == _S_IFCHR)
+/* Its struct stat holds a 32-bit size; _stat64 (struct and function alike) is the same with a
+ * 64-bit one, what MinGW gives every struct stat under _FILE_OFFSET_BITS=64. */
+#define stat _stat64
+#define fstat _fstat64
 #endif
 
 /* The UTF-16 form Windows takes of a UTF-8 string (malloc'd), or NULL with errno set. */
