@@ -239,6 +239,9 @@ def test_ctrl_c_stops_the_reply_and_the_chat_goes_on(files):
         [sys.executable, "-X", "faulthandler", "-m", "rwkvcpp", "chat", files["model"], "--threads", "1", "-n",
          "10000000"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV, cwd=REPO,
+        # Ctrl-C as at a terminal: a test run started in the background by a shell without job
+        # control inherits SIGINT ignored, and Python then leaves it ignored (the chat never stops).
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         proc.stdin.write(b"tell me everything\n")
@@ -256,8 +259,8 @@ def test_ctrl_c_stops_the_reply_and_the_chat_goes_on(files):
         try:
             rest, err = proc.communicate(b"+help\n", timeout=60)
         except subprocess.TimeoutExpired:
-            # Seen once in a CI run (not reproduced in 100 runs since): leave the stacks of every
-            # thread of the stuck chat (faulthandler prints them on SIGABRT) for whoever sees it next.
+            # Leave the stacks of every thread of the stuck chat (faulthandler prints them on
+            # SIGABRT) for whoever sees it next.
             proc.send_signal(signal.SIGABRT)
             _, err = proc.communicate(timeout=30)
             pytest.fail("the chat did not go on after Ctrl-C; its threads:\n" + err.decode(errors="replace")[-6000:])
