@@ -79,8 +79,8 @@ double rwkv_fma_loop_portable(long rounds, float *sink) {
 #define FMA_CHUNKS_PER_THREAD 8 /* so that a thread held up by the system leaves its share to others */
 
 typedef struct {
-    double flops[FMA_CHUNKS_PER_THREAD * 256];
-    float sinks[FMA_CHUNKS_PER_THREAD * 256];
+    double *flops; /* per chunk */
+    float *sinks;  /* per chunk */
 } fma_task;
 
 static void fma_chunk(void *p, long chunk, int ith) {
@@ -93,25 +93,20 @@ static void fma_chunk(void *p, long chunk, int ith) {
 double rwkv_fma_peak(int n_threads) {
     rwkv_dispatch_init();
     const int threads = n_threads > 0 ? n_threads : rwkv_default_threads();
-    if (threads > 256) return 0.0;
-    rwkv_pool *pool = rwkv_pool_create(threads);
-    fma_task *task = malloc(sizeof *task);
-    if (!pool || !task) {
-        free(task);
-        rwkv_pool_free(pool);
-        return 0.0;
-    }
     const long chunks = (long)threads * FMA_CHUNKS_PER_THREAD;
+    rwkv_pool *pool = rwkv_pool_create(threads);
+    fma_task task = {malloc((size_t)chunks * sizeof(double)), malloc((size_t)chunks * sizeof(float))};
     double best = 0.0;
-    for (int round = 0; round < 3; round++) {
+    for (int round = 0; pool && task.flops && task.sinks && round < 3; round++) {
         double t = seconds();
-        rwkv_pool_run(pool, chunks, fma_chunk, task);
+        rwkv_pool_run(pool, chunks, fma_chunk, &task);
         t = seconds() - t;
         double flops = 0.0;
-        for (long c = 0; c < chunks; c++) flops += task->flops[c];
+        for (long c = 0; c < chunks; c++) flops += task.flops[c];
         if (flops / t > best) best = flops / t;
     }
-    free(task);
+    free(task.flops);
+    free(task.sinks);
     rwkv_pool_free(pool);
     return best / 1e9;
 }

@@ -159,7 +159,7 @@ double rwkv_read_bandwidth(int n_threads, size_t bytes);
 /* Floating-point operations per second, in billions, of the kernels in use with n_threads threads
  * (0: one per core): their widest multiply-adds in enough independent chains to keep every
  * multiply-add unit busy (best of three runs, about a tenth of a second each). The ceiling of
- * sequence mode, whose micro-GEMM is made of these. 0.0 when the threads cannot be had. */
+ * sequence mode, whose micro-GEMM is made of these. 0.0 when the threads or memory cannot be had. */
 double rwkv_fma_peak(int n_threads);
 
 #ifdef __cplusplus

@@ -450,8 +450,8 @@ def read_bandwidth(int n_threads=0, size_t n_bytes=1 << 30):
 
 def fma_peak(int n_threads=0):
     """Multiply-add peak in GFLOP/s of the kernels in use, measured with the engine's thread pool."""
-    if n_threads < 0 or n_threads > 256:
-        raise ValueError(f"n_threads must be 0 (one per core) to 256, not {n_threads}")
+    if n_threads < 0 or n_threads > 4096:
+        raise ValueError(f"n_threads must be 0 (one per core) to 4096, not {n_threads}")
     cdef double gflops
     with nogil:
         gflops = rwkv_fma_peak(n_threads)
