@@ -74,17 +74,19 @@ static void x86_features(int have[N_FEATURES]) {
     have[AVX512VNNI] = avx512_state && bit(l7[2], 11);
 }
 
+static int avx2_level(const int have[N_FEATURES]) { return have[AVX2] && have[FMA] && have[F16C]; }
+
 static int has_avx2(void) {
     int have[N_FEATURES];
     x86_features(have);
-    return have[AVX2] && have[FMA] && have[F16C];
+    return avx2_level(have);
 }
 /* The quantized dots are built on VNNI, so it is required: AVX-512 CPUs without it (Skylake-X)
  * use the AVX2 level. */
 static int has_avx512(void) {
     int have[N_FEATURES];
     x86_features(have);
-    return has_avx2() && have[AVX512F] && have[AVX512BW] && have[AVX512VL] && have[AVX512VNNI];
+    return avx2_level(have) && have[AVX512F] && have[AVX512BW] && have[AVX512VL] && have[AVX512VNNI];
 }
 #endif
 

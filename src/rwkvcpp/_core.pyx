@@ -456,5 +456,5 @@ def fma_peak(int n_threads=0):
     with nogil:
         gflops = rwkv_fma_peak(n_threads)
     if gflops <= 0:
-        raise MemoryError(f"cannot start {n_threads} threads to measure the multiply-add peak")
+        raise MemoryError("cannot start the threads or allocate the memory to measure the multiply-add peak")
     return gflops
